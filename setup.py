@@ -1,0 +1,46 @@
+"""Install smoothseg: ``pip install -e ".[test]"`` (add ``dicom`` for the HCC-TACE-Seg converter)."""
+
+from pathlib import Path
+
+import re
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "smoothseg" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="smoothseg",
+    version=VERSION,
+    description="Self-configuring liver and liver-tumour segmentation in CT (SmoothSegNet: cascade, "
+                "TLVR smoothing, SegResNetVAE, active contours)",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["smoothseg", "smoothseg.*", "dataset_conversion", "dataset_conversion.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "SimpleITK>=2.2",
+        "batchgenerators>=0.25",
+        "scikit-image>=0.21",
+        "scikit-learn>=1.3",
+        "pandas>=2.0",
+        "acvl-utils>=0.2",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4", "pydicom>=2.4", "highdicom>=0.22",
+                 "openpyxl>=3.1"],
+        "dicom": ["pydicom>=2.4", "highdicom>=0.22", "openpyxl>=3.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "smoothseg_make_demo_dataset=smoothseg.cli.make_demo_dataset:main",
+            "smoothseg_verify_dataset=smoothseg.cli.verify_dataset:main",
+        ],
+    },
+)

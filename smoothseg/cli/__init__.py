@@ -1,0 +1,1 @@
+"""Console commands: one thin module per command (argparse, then one library call)."""

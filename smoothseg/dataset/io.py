@@ -1,0 +1,239 @@
+"""Image I/O that never loses geometry.
+
+Everything is read through SimpleITK, so NIfTI, NRRD, MHA/MHD and DICOM series folders all work.
+Arrays are returned in NumPy order ``(z, y, x)``; :class:`Geometry` keeps the physical frame in
+SimpleITK's ``(x, y, z)`` order (spacing in mm, origin in mm, direction as a row-major 3x3 matrix).
+
+Reading validates what later stages rely on: the image is 3D, single-channel and finite.
+Writing is atomic: the file appears under its final name complete, or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from smoothseg.atomic import atomic_path
+from smoothseg.errors import ImageReadError, SmoothSegError
+
+#: File endings smoothseg accepts for single-file images, longest first so ``.nii.gz`` wins over ``.gz``.
+IMAGE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical frame of a 3D image, in SimpleITK's (x, y, z) convention.
+
+    ``direction`` is the row-major 3x3 matrix whose columns are the physical directions of the
+    index axes i, j, k. A voxel with index (i, j, k) lies at
+    ``origin + direction @ (spacing * (i, j, k))``.
+    """
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
+        object.__setattr__(self, "origin", tuple(float(v) for v in self.origin))
+        object.__setattr__(self, "direction", tuple(float(v) for v in np.asarray(self.direction).ravel()))
+        if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+            raise ValueError("Geometry needs 3 spacings, 3 origin values and 9 direction values")
+        if min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be positive, got {self.spacing}")
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in NumPy array order (z, y, x)."""
+        return self.spacing[::-1]
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> Geometry:
+        return cls(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        """Stamp this geometry onto a SimpleITK image (in place) and return it."""
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def index_to_physical(self, index_xyz: np.ndarray) -> np.ndarray:
+        """Physical coordinates (mm) of continuous indices given as ``(..., 3)`` in (i, j, k) order."""
+        idx = np.asarray(index_xyz, dtype=float)
+        return np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ self.direction_matrix.T
+
+    def differences(self, other: Geometry, *, spacing_tol: float = 1e-4, origin_tol_mm: float = 1e-3,
+                    direction_tol: float = 1e-4) -> list[str]:
+        """Human-readable list of the ways ``other`` differs from this geometry beyond tolerance.
+
+        ``spacing_tol`` is relative; ``origin_tol_mm`` is absolute in mm; ``direction_tol`` is on
+        the matrix entries.
+        """
+        problems = []
+        s1, s2 = np.asarray(self.spacing), np.asarray(other.spacing)
+        if np.any(np.abs(s1 - s2) > spacing_tol * np.maximum(np.abs(s1), np.abs(s2))):
+            problems.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)}")
+        if np.any(np.abs(np.subtract(self.origin, other.origin)) > origin_tol_mm):
+            problems.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)}")
+        if np.any(np.abs(np.subtract(self.direction, other.direction)) > direction_tol):
+            problems.append(f"direction {_fmt(self.direction)} vs {_fmt(other.direction)}")
+        return problems
+
+    def to_dict(self) -> dict:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(d["spacing"], d["origin"], d["direction"])
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, read without loading voxels."""
+
+    path: Path
+    dimension: int
+    size: tuple[int, ...]  # SimpleITK order (x, y, z[, t])
+    components: int
+    pixel_type: str
+    geometry: Geometry | None  # None when the image is not 3D
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Array shape in NumPy order (z, y, x)."""
+        return tuple(self.size[::-1])
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def image_ending(path: str | Path) -> str | None:
+    """The recognised file ending of ``path`` (e.g. ``.nii.gz``), or None."""
+    name = Path(path).name.lower()
+    for ending in IMAGE_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    return None
+
+
+def _dicom_file_names(folder: Path, series_uid: str | None) -> list[str]:
+    reader = sitk.ImageSeriesReader()
+    series = list(reader.GetGDCMSeriesIDs(str(folder)))
+    if not series:
+        raise ImageReadError(folder, "folder holds no readable DICOM series")
+    if series_uid is None:
+        if len(series) > 1:
+            raise ImageReadError(
+                folder, f"folder holds {len(series)} DICOM series ({', '.join(series)}); pass series_uid to choose one"
+            )
+        series_uid = series[0]
+    elif series_uid not in series:
+        raise ImageReadError(folder, f"DICOM series {series_uid} not found; present: {', '.join(series)}")
+    return list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+
+
+def _check_3d(path: Path, dimension: int, components: int) -> None:
+    if dimension != 3:
+        raise ImageReadError(path, f"expected a 3D image, found a {dimension}D image")
+    if components != 1:
+        raise ImageReadError(path, f"expected a single-channel image, found {components} components per voxel")
+
+
+def read_header(path: str | Path) -> ImageHeader:
+    """Read an image's header (size, geometry, pixel type) without loading its voxels."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file does not exist")
+    if path.is_dir():  # DICOM series: the header is spread over the files, so read the series
+        image = read_sitk(path)
+        return ImageHeader(path, 3, tuple(image.GetSize()), 1, image.GetPixelIDTypeAsString(),
+                           Geometry.from_sitk(image))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageReadError(path, f"unreadable image header ({_first_line(exc)})") from None
+    dim = reader.GetDimension()
+    geometry = None
+    if dim == 3:
+        geometry = Geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    return ImageHeader(path, dim, tuple(reader.GetSize()), reader.GetNumberOfComponents(),
+                       sitk.GetPixelIDValueAsString(reader.GetPixelID()), geometry)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # SimpleITK messages start with a source location; the last line usually says what went wrong.
+    return lines[-1] if lines else type(exc).__name__
+
+
+def read_sitk(path: str | Path, series_uid: str | None = None) -> sitk.Image:
+    """Read a file or DICOM series folder into a SimpleITK image, checking that it is 3D and scalar."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file does not exist")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(_dicom_file_names(path, series_uid))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageReadError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
+    _check_3d(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel())
+    return image
+
+
+def read_image(path: str | Path, *, series_uid: str | None = None, check_finite: bool = True
+               ) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D image into a ``(z, y, x)`` array and its :class:`Geometry`.
+
+    Raises :class:`ImageReadError` (naming the file) when the file is missing, unreadable or
+    truncated, not 3D, multi-channel, or (with ``check_finite``) holds NaN or Inf voxels.
+    """
+    path = Path(path)
+    image = read_sitk(path, series_uid)
+    try:
+        array = sitk.GetArrayFromImage(image)
+    except RuntimeError as exc:  # pragma: no cover - SimpleITK reads lazily only for some formats
+        raise ImageReadError(path, f"unreadable voxel data ({_first_line(exc)})") from None
+    if check_finite and np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        n_bad = int(bad.sum())
+        if n_bad:
+            first = tuple(int(v) for v in np.argwhere(bad)[0][::-1])
+            raise ImageReadError(path, f"{n_bad} voxel(s) are NaN or Inf (first at index (x, y, z) = {first})")
+    return array, Geometry.from_sitk(image)
+
+
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """Wrap a ``(z, y, x)`` array as a SimpleITK image with ``geometry``."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise SmoothSegError(f"expected a 3D (z, y, x) array, got shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    return geometry.apply_to(sitk.GetImageFromArray(array, isVector=False))
+
+
+def write_sitk(image: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:
+    """Write a SimpleITK image atomically: to a temporary sibling first, then rename over ``path``."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return Path(path)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, *, compress: bool = True) -> Path:
+    """Write a ``(z, y, x)`` array with exactly ``geometry`` to ``path`` (format from the ending), atomically."""
+    return write_sitk(to_sitk(array, geometry), path, compress=compress)
