@@ -41,6 +41,8 @@ setup(
         "console_scripts": [
             "smoothseg_make_demo_dataset=smoothseg.cli.make_demo_dataset:main",
             "smoothseg_verify_dataset=smoothseg.cli.verify_dataset:main",
+            "smoothseg_convert_hcc_tace_seg=smoothseg.cli.convert_hcc_tace_seg:main",
+            "smoothseg_convert_msd=smoothseg.cli.convert_msd:main",
         ],
     },
 )
