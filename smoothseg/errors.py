@@ -22,6 +22,15 @@ class ImageReadError(SmoothSegError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class ImageWriteError(SmoothSegError):
+    """An image cannot be written (unsupported format or pixel type, full disk, no permission)."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: cannot write image: {problem}")
+
+
 class DatasetSchemaError(SmoothSegError):
     """``dataset.json`` (or another dataset file) does not follow the expected schema."""
 

@@ -10,6 +10,9 @@ Writing is atomic: the file appears under its final name complete, or not at all
 
 from __future__ import annotations
 
+import gzip
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from smoothseg.atomic import atomic_path
-from smoothseg.errors import ImageReadError, SmoothSegError
+from smoothseg.errors import ImageReadError, ImageWriteError, SmoothSegError
 
 #: File endings smoothseg accepts for single-file images, longest first so ``.nii.gz`` wins over ``.gz``.
 IMAGE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -177,11 +180,57 @@ def _first_line(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def read_sitk(path: str | Path, series_uid: str | None = None) -> sitk.Image:
-    """Read a file or DICOM series folder into a SimpleITK image, checking that it is 3D and scalar."""
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _check_nifti_voxels(path: Path, image: sitk.Image | sitk.ImageFileReader, check_finite: bool) -> None:
+    """Check a NIfTI file's voxel block ourselves, because ITK's NIfTI reader does not.
+
+    ITK fills a truncated voxel block with zeros and silently replaces NaN/Inf with 0. Here the
+    (decompressed) voxel block is read from disk: a short block or a broken gzip stream is refused,
+    and so are non-finite floats. ``image`` is anything with the NIfTI header as metadata (an image,
+    or a reader after ``ReadImageInformation``).
+    """
+    meta = {k: image.GetMetaData(k) for k in ("vox_offset", "bitpix", "datatype", "dim[0]")
+            if image.HasMetaDataKey(k)}
+    if len(meta) < 4:
+        return
+    n_dims = int(meta["dim[0]"])
+    n_voxels = int(np.prod([int(image.GetMetaData(f"dim[{i}]")) for i in range(1, n_dims + 1)]))
+    offset = int(float(meta["vox_offset"]))
+    n_bytes = n_voxels * int(meta["bitpix"]) // 8
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read(offset + n_bytes)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageReadError(path, f"unreadable or truncated image (compressed data is corrupt: {exc})") from None
+    if len(raw) < offset + n_bytes:
+        raise ImageReadError(path, f"unreadable or truncated image: voxel data holds {max(len(raw) - offset, 0)} of "
+                                   f"{n_bytes} bytes")
+    float_code = _NIFTI_FLOAT_TYPES.get(int(meta["datatype"]))
+    if check_finite and float_code:
+        endian = "<" if int.from_bytes(raw[:4], "little") in (348, 540) else ">"
+        _check_finite(path, np.frombuffer(raw, endian + float_code, count=n_voxels, offset=offset),
+                      tuple(int(v) for v in image.GetSize()[::-1]))
+
+
+def _check_finite(path: Path, values: np.ndarray, shape_zyx: tuple[int, ...]) -> None:
+    bad = ~np.isfinite(values)
+    n_bad = int(bad.sum())
+    if n_bad:
+        first = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), shape_zyx)[::-1]
+        raise ImageReadError(path, f"{n_bad} voxel(s) are NaN or Inf (first at index (x, y, z) = "
+                                   f"{tuple(int(v) for v in first)})")
+
+
+def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: bool = True) -> sitk.Image:
+    """Read a file or DICOM series folder into a SimpleITK image, checking it is 3D, scalar, complete and finite."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file does not exist")
+    if image_ending(path) in (".nii", ".nii.gz") and path.is_file():
+        return _read_nifti(path, check_finite)
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
@@ -195,6 +244,27 @@ def read_sitk(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     return image
 
 
+def _read_nifti(path: Path, check_finite: bool) -> sitk.Image:
+    """Read a NIfTI file while a second thread checks its voxel block (zlib releases the GIL)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageReadError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
+    _check_3d(path, reader.GetDimension(), reader.GetNumberOfComponents())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        check = pool.submit(_check_nifti_voxels, path, reader, check_finite)
+        try:
+            image, failure = reader.Execute(), None
+        except RuntimeError as exc:
+            image, failure = None, exc
+        check.result()  # raises the more specific ImageReadError first
+    if failure is not None:
+        raise ImageReadError(path, f"unreadable or truncated image ({_first_line(failure)})") from None
+    return image
+
+
 def read_image(path: str | Path, *, series_uid: str | None = None, check_finite: bool = True
                ) -> tuple[np.ndarray, Geometry]:
     """Read a 3D image into a ``(z, y, x)`` array and its :class:`Geometry`.
@@ -203,17 +273,13 @@ def read_image(path: str | Path, *, series_uid: str | None = None, check_finite:
     truncated, not 3D, multi-channel, or (with ``check_finite``) holds NaN or Inf voxels.
     """
     path = Path(path)
-    image = read_sitk(path, series_uid)
+    image = read_sitk(path, series_uid, check_finite=check_finite)
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:  # pragma: no cover - SimpleITK reads lazily only for some formats
         raise ImageReadError(path, f"unreadable voxel data ({_first_line(exc)})") from None
     if check_finite and np.issubdtype(array.dtype, np.floating):
-        bad = ~np.isfinite(array)
-        n_bad = int(bad.sum())
-        if n_bad:
-            first = tuple(int(v) for v in np.argwhere(bad)[0][::-1])
-            raise ImageReadError(path, f"{n_bad} voxel(s) are NaN or Inf (first at index (x, y, z) = {first})")
+        _check_finite(path, array, array.shape)
     return array, Geometry.from_sitk(image)
 
 
@@ -224,16 +290,35 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
         raise SmoothSegError(f"expected a 3D (z, y, x) array, got shape {array.shape}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    return geometry.apply_to(sitk.GetImageFromArray(array, isVector=False))
+    try:
+        image = sitk.GetImageFromArray(array, isVector=False)
+    except TypeError as exc:
+        raise SmoothSegError(f"cannot store a {array.dtype} array as an image ({exc})") from None
+    return geometry.apply_to(image)
 
 
 def write_sitk(image: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:
     """Write a SimpleITK image atomically: to a temporary sibling first, then rename over ``path``."""
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
-    return Path(path)
+    path = Path(path)
+    if image_ending(path) is None:
+        raise ImageWriteError(path, f"unknown file ending; use one of {', '.join(IMAGE_ENDINGS)}")
+    try:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+    except (RuntimeError, OSError) as exc:
+        raise ImageWriteError(path, _first_line(exc)) from None
+    return path
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, *, compress: bool = True) -> Path:
-    """Write a ``(z, y, x)`` array with exactly ``geometry`` to ``path`` (format from the ending), atomically."""
-    return write_sitk(to_sitk(array, geometry), path, compress=compress)
+    """Write a ``(z, y, x)`` array with exactly ``geometry`` to ``path`` (format from the ending), atomically.
+
+    Raises :class:`ImageWriteError` naming the file when it cannot be written; an existing file at
+    ``path`` is then left untouched.
+    """
+    path = Path(path)
+    try:
+        image = to_sitk(array, geometry)
+    except SmoothSegError as exc:
+        raise ImageWriteError(path, str(exc)) from None
+    return write_sitk(image, path, compress=compress)

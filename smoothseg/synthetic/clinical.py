@@ -1,0 +1,37 @@
+"""Synthetic clinical variables modelled on HCC-TACE-Seg's spreadsheet.
+
+Some columns carry information about the case's tumour-to-liver volume ratio (TLVR), with noise, so
+the TLVR regression has something real to learn; others are independent of it. The TLVR itself is
+never a column. A few numeric cells are left blank, as in real registries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Feature columns written to ``clinical.csv`` and declared in ``dataset.json`` (case id column excluded).
+FEATURES: tuple[str, ...] = ("Age", "Sex", "AFP", "Tr_Size", "T_involvment", "CLIP_Score", "BCLC", "Okuda",
+                             "Evidence_of_cirh")
+CATEGORICAL: tuple[str, ...] = ("Sex", "BCLC")
+_MAY_BE_MISSING = ("AFP", "Tr_Size", "CLIP_Score", "Okuda", "Evidence_of_cirh")
+MISSING_RATE = 0.06
+
+
+def clinical_row(rng: np.random.Generator, tlvr: float, max_diameter_mm: float) -> dict[str, object]:
+    """One patient's clinical variables; ``tlvr`` and ``max_diameter_mm`` are the phantom's truth."""
+    burden = float(np.sqrt(max(tlvr, 0.0)))  # ~0..0.7, spreads small ratios apart
+    row: dict[str, object] = {
+        "Age": int(np.clip(round(rng.normal(64, 10)), 30, 90)),
+        "Sex": "M" if rng.uniform() < 0.78 else "F",
+        "AFP": round(float(10 ** (0.8 + 3.0 * burden + rng.normal(0, 0.45))), 1),
+        "Tr_Size": round(max(0.0, max_diameter_mm / 10 + rng.normal(0, 0.6)), 1) if max_diameter_mm else 0.0,
+        "T_involvment": 2 if tlvr + rng.normal(0, 0.05) > 0.2 else 1,
+        "CLIP_Score": int(np.clip(round(0.5 + 6 * burden + rng.normal(0, 0.7)), 0, 6)),
+        "BCLC": "ABCD"[int(np.clip(round(0.3 + 4 * burden + rng.normal(0, 0.5)), 0, 3))],
+        "Okuda": int(np.clip(round(1 + 2.5 * burden + rng.normal(0, 0.5)), 1, 3)),
+        "Evidence_of_cirh": int(rng.uniform() < 0.7),
+    }
+    for col in _MAY_BE_MISSING:
+        if rng.uniform() < MISSING_RATE:
+            row[col] = None
+    return row
