@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.atomic import atomic_write
+from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.errors import ImageReadError, ImageWriteError
 
 FLIPPED = Geometry((0.75, 0.8125, 2.5), (101.25, -33.5, 412.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
