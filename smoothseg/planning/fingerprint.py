@@ -1,0 +1,134 @@
+"""Dataset fingerprint: what the planner needs to know about a raw dataset, extracted once.
+
+Per case: shape, spacing and direction; intensity statistics of the body, the liver region and the
+tumour; the liver bounding-box extent in mm; tumour count and volumes; the ground-truth TLVR
+(tumour-to-liver-region volume ratio). Per dataset: pooled intensity statistics from a fixed
+number of voxels sampled per case and region. Sampling is seeded by the case id, so the
+fingerprint is deterministic whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from smoothseg.atomic import write_json
+from smoothseg.dataset.cases import CaseFiles
+from smoothseg.dataset.dataset_json import DatasetSpec
+from smoothseg.dataset.io import read_image
+from smoothseg.dataset.raw_dataset import RawDataset
+from smoothseg.errors import SmoothSegError
+
+logger = logging.getLogger(__name__)
+
+PERCENTILES = (0.5, 5.0, 50.0, 95.0, 99.5)
+REGIONS = ("body", "liver", "tumor")
+SAMPLES_PER_REGION = 10_000
+BODY_THRESHOLD_HU = -500.0
+FINGERPRINT_VERSION = 1
+
+
+def intensity_stats(values: np.ndarray) -> dict[str, Any] | None:
+    """Percentiles (0.5, 5, 50, 95, 99.5), mean, std and count of a 1-D sample; None when empty."""
+    if values.size == 0:
+        return None
+    pct = np.percentile(values, PERCENTILES)
+    return {"percentiles": {str(p): round(float(v), 3) for p, v in zip(PERCENTILES, pct, strict=True)},
+            "mean": round(float(values.mean()), 3), "std": round(float(values.std()), 3), "n": int(values.size)}
+
+
+def body_mask(image: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """The patient's body: voxels above ``threshold`` HU, largest connected component, holes filled per slice."""
+    mask = image > threshold
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    mask = labels == int(sizes.argmax())
+    return np.stack([ndimage.binary_fill_holes(sl) for sl in mask])
+
+
+def _sample(values: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    if values.size <= n:
+        return values
+    return values[rng.choice(values.size, n, replace=False)]
+
+
+def case_fingerprint(case: CaseFiles, spec: DatasetSpec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Fingerprint of one training case, plus the intensity samples per region for pooling."""
+    if case.label is None or 0 not in case.images:
+        raise SmoothSegError(f"case {case.case_id}: image or label missing; run smoothseg_verify_dataset")
+    image, geometry = read_image(case.image(0))
+    label, _ = read_image(case.label)
+    spacing_zyx = np.asarray(geometry.spacing_zyx)
+    liver = np.isin(label, spec.task_regions.liver)
+    tumour = np.isin(label, spec.task_regions.tumor)
+    regions = {"body": body_mask(image), "liver": liver, "tumor": tumour}
+    rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
+    samples = {name: _sample(image[mask].astype(np.float32), rng, SAMPLES_PER_REGION)
+               for name, mask in regions.items()}
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    liver_ml = float(liver.sum()) * voxel_ml
+    lesion_labels, n_lesions = ndimage.label(tumour, structure=np.ones((3, 3, 3)))
+    lesion_ml = sorted((np.bincount(lesion_labels.ravel())[1:] * voxel_ml).round(3).tolist(), reverse=True)
+    if liver.any():
+        idx = np.nonzero(liver)
+        lo = np.array([i.min() for i in idx])
+        hi = np.array([i.max() for i in idx]) + 1
+        liver_bbox = {"start": lo.tolist(), "stop": hi.tolist(),
+                      "extent_mm": [round(float(v), 2) for v in (hi - lo) * spacing_zyx]}
+    else:
+        liver_bbox = None
+    record = {
+        "case_id": case.case_id,
+        "shape": list(image.shape),
+        "spacing": [float(v) for v in spacing_zyx],
+        "direction": list(geometry.direction),
+        "intensity": {name: intensity_stats(image[mask].astype(np.float32)) for name, mask in regions.items()},
+        "liver_bbox": liver_bbox,
+        "liver_volume_ml": round(liver_ml, 3),
+        "tumor_count": int(n_lesions),
+        "tumor_volumes_ml": lesion_ml,
+        "tlvr": round(float(tumour.sum()) / float(liver.sum()), 6) if liver.any() else 0.0,
+    }
+    return record, samples
+
+
+def _case_fingerprint_star(args) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    return case_fingerprint(*args)
+
+
+def extract_fingerprint(raw: RawDataset, num_processes: int = 1) -> dict[str, Any]:
+    """Fingerprint every training case (in parallel) and pool the intensity samples per region."""
+    cases = [c for c in raw.training_cases if c.label is not None]
+    if not cases:
+        raise SmoothSegError(f"{raw.folder}: no labelled training cases to fingerprint")
+    jobs = [(c, raw.spec) for c in cases]
+    bar = dict(total=len(jobs), desc="fingerprint", unit="case")
+    if num_processes > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(num_processes, len(jobs))) as pool:
+            results = list(tqdm(pool.map(_case_fingerprint_star, jobs), **bar))
+    else:
+        results = [_case_fingerprint_star(j) for j in tqdm(jobs, **bar)]
+    records = [r for r, _ in results]
+    pooled = {name: intensity_stats(np.concatenate([s[name] for _, s in results])) for name in REGIONS}
+    return {
+        "version": FINGERPRINT_VERSION,
+        "dataset": raw.name,
+        "task_regions": raw.spec.task_regions.to_dict(),
+        "n_cases": len(records),
+        "pooled_intensity": pooled,
+        "cases": records,
+    }
+
+
+def save_fingerprint(fingerprint: dict[str, Any], path: Path) -> Path:
+    return write_json(fingerprint, path)

@@ -1,0 +1,121 @@
+"""The per-task preprocessor: one object used by preprocessing for training and by inference.
+
+``liver`` task: whole volume, resampled to the coarse spacing, windowed and normalised; labels
+{0 background, 1 liver region}.
+``tumor`` task: crop to a liver mask's bounding box plus the planned margin (the ground-truth liver
+in training, the predicted liver at inference), resample to the fine spacing, window and normalise;
+labels {0 outside liver, 1 liver, 2 tumour}. Intensities outside the liver are kept: the data loader
+masks them, so training can perturb the mask the way liver-stage errors will at inference.
+
+:meth:`TaskPreprocessor.revert` undoes the resampling and the crop, back to the original grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from smoothseg.dataset.io import Geometry
+from smoothseg.planning.plans import ConfigurationPlan
+from smoothseg.preprocessing.cropping import Box, bounding_box, box_slices, expand_box, paste
+from smoothseg.preprocessing.normalization import normalize_ct
+from smoothseg.preprocessing.resampling import (
+    is_anisotropic,
+    resample_image,
+    resample_labels,
+    resample_probabilities,
+    shape_for_spacing,
+)
+
+
+@dataclass
+class TaskPreprocessor:
+    plan: ConfigurationPlan
+    liver_labels: tuple[int, ...]
+    tumor_labels: tuple[int, ...]
+
+    @classmethod
+    def from_plans(cls, plans, task: str) -> TaskPreprocessor:
+        return cls(plans[task], tuple(plans.task_regions["liver"]), tuple(plans.task_regions["tumor"]))
+
+    # -- geometry ---------------------------------------------------------------------------------------------
+    def crop_box(self, shape, spacing_zyx, liver_mask: np.ndarray | None) -> Box:
+        """The region of the original grid this task sees."""
+        full: Box = ((0, 0, 0), tuple(int(v) for v in shape))
+        if self.plan.crop == "none":
+            return full
+        if liver_mask is None:
+            raise ValueError("the tumor task needs a liver mask to crop to")
+        box = bounding_box(liver_mask)
+        if box is None:
+            raise ValueError("the liver mask is empty: nothing to crop to")
+        return expand_box(box, shape, spacing_zyx, self.plan.crop_margin_mm)
+
+    def _separate_z(self, spacing_zyx) -> bool:
+        t = self.plan.resampling.anisotropy_threshold
+        return is_anisotropic(spacing_zyx, t) or is_anisotropic(self.plan.spacing, t)
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray, geometry: Geometry, liver_mask: np.ndarray | None = None,
+                   label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """Image (and raw label map) on the original grid -> network input ``(1, z, y, x)``, task labels, properties.
+
+        ``liver_mask`` defaults to the label map's liver region when a label is given (training).
+        """
+        spacing = tuple(geometry.spacing_zyx)
+        if liver_mask is None and label is not None and self.plan.crop == "liver":
+            liver_mask = np.isin(label, self.liver_labels)
+        box = self.crop_box(image.shape, spacing, liver_mask)
+        sl = box_slices(box)
+        cropped = image[sl]
+        new_shape = shape_for_spacing(cropped.shape, spacing, self.plan.spacing)
+        separate_z = self._separate_z(spacing)
+        rs = self.plan.resampling
+        data = resample_image(cropped, new_shape, order=rs.image_order, separate_z=separate_z, z_order=rs.z_order)
+        data = normalize_ct(data, self.plan.window)[None]
+        properties: dict[str, Any] = {
+            "task": self.plan.name,
+            "original_shape": [int(v) for v in image.shape],
+            "geometry": geometry.to_dict(),
+            "crop_box": {"start": list(box[0]), "stop": list(box[1])},
+            "cropped_shape": [int(v) for v in cropped.shape],
+            "resampled_shape": [int(v) for v in new_shape],
+            "spacing": list(self.plan.spacing),
+            "separate_z": bool(separate_z),
+        }
+        seg = None
+        if label is not None:
+            task_label = self.map_labels(label[sl])
+            seg = resample_labels(task_label, new_shape, order=rs.label_order, separate_z=separate_z,
+                                  z_order=rs.z_order)
+        return data, seg, properties
+
+    def map_labels(self, raw: np.ndarray) -> np.ndarray:
+        """Raw labels -> task labels: liver {0, 1 liver region}; tumor {0 outside, 1 liver, 2 tumour}."""
+        out = np.zeros(raw.shape, dtype=np.uint8)
+        out[np.isin(raw, self.liver_labels)] = 1
+        if self.plan.name == "tumor" or self.plan.num_classes == 3:
+            out[np.isin(raw, self.tumor_labels)] = 2
+        return out
+
+    # -- inverse ----------------------------------------------------------------------------------------------
+    def revert_probabilities(self, probabilities: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+        """Per-class maps on the preprocessed grid -> on the original grid (outside the crop: background)."""
+        cropped = resample_probabilities(probabilities, properties["cropped_shape"],
+                                         order=1, separate_z=properties["separate_z"],
+                                         z_order=self.plan.resampling.z_order)
+        box = (tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"]))
+        full = paste(cropped, box, properties["original_shape"], fill=0)
+        outside = np.ones(full.shape[1:], dtype=bool)
+        outside[box_slices(box)] = False
+        full[0][outside] = 1.0
+        return full
+
+    def revert_labels(self, seg: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+        """A task label map on the preprocessed grid -> on the original grid."""
+        cropped = resample_labels(seg, properties["cropped_shape"], order=self.plan.resampling.label_order,
+                                  separate_z=properties["separate_z"], z_order=self.plan.resampling.z_order)
+        box = (tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"]))
+        return paste(cropped, box, properties["original_shape"], fill=0)
