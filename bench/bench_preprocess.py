@@ -1,0 +1,90 @@
+"""Fingerprint + planning + preprocessing speed and peak memory on full-size phantoms, next to nnU-Net v2.
+
+Writes ``--cases`` synthetic CTs of ``--size full`` (512 x 512 x ~100) into a scratch folder, then runs,
+each as its own process tree with one worker (``-np 1``):
+
+* ``smoothseg_plan_and_preprocess -d 900`` (fingerprint, both task plans, liver + tumor preprocessing);
+* ``nnUNetv2_plan_and_preprocess -d 900 -c 3d_fullres`` when ``--nnunet-venv`` points at a virtual
+  environment with nnunetv2 installed (never a dependency of smoothseg; install it separately).
+
+Peak memory is the largest resident set of any single process in the tree (``RUSAGE_CHILDREN``).
+Usage: ``python bench/bench_preprocess.py --cases 3 [--nnunet-venv /path/to/venv] [--workdir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MEASURE = """
+import resource, subprocess, sys, time
+t0 = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+elapsed = time.perf_counter() - t0
+peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+if code.returncode:
+    sys.stderr.write(code.stderr[-3000:])
+print(f"{elapsed:.3f} {peak_mb:.1f} {code.returncode}")
+"""
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, env=env)
+    elapsed, peak, code = out.stdout.split()
+    if int(code):
+        raise SystemExit(f"{cmd[0]} failed:\n{out.stderr}")
+    return float(elapsed), float(peak)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=3, help="number of training cases (full-size phantoms)")
+    parser.add_argument("--size", default="full", choices=("small", "full"))
+    parser.add_argument("--nnunet-venv", help="virtual environment with nnunetv2, for the side-by-side yardstick")
+    parser.add_argument("--workdir", help="scratch folder (default: a temporary folder, removed afterwards)")
+    args = parser.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="smoothseg-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
+    env["SMOOTHSEG_HOME"] = str(work / "smoothseg")
+    n_total = args.cases + max(1, round(args.cases / 3))  # the generator puts a quarter in the test split
+    bindir = Path(sys.executable).parent
+    t0 = time.perf_counter()
+    subprocess.run([str(bindir / "smoothseg_make_demo_dataset"), "-n", str(n_total), "--size", args.size, "-np", "2",
+                    "-q"], env=env, check=True)
+    raw = work / "smoothseg" / "raw" / "Dataset900_SyntheticLiver"
+    n_train = len(list((raw / "imagesTr").glob("*.nii.gz")))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    print(f"dataset: {n_train} training cases of size '{args.size}' (generated in {time.perf_counter() - t0:.0f} s)")
+
+    ours_t, ours_mem = measure([str(bindir / "smoothseg_plan_and_preprocess"), "-d", "900", "-np", "1", "-q"], env)
+    print(f"smoothseg  plan_and_preprocess (liver + tumor): {ours_t:7.1f} s total, {ours_t / n_train:6.1f} s/case, "
+          f"peak RSS {ours_mem:7.0f} MB")
+
+    if args.nnunet_venv:
+        nn_env = dict(env)
+        nn_raw = work / "nnunet" / "raw"
+        nn_raw.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(raw, nn_raw / raw.name, dirs_exist_ok=True)
+        nn_env.update(nnUNet_raw=str(nn_raw), nnUNet_preprocessed=str(work / "nnunet" / "preprocessed"),
+                      nnUNet_results=str(work / "nnunet" / "results"))
+        tool = str(Path(args.nnunet_venv) / "bin" / "nnUNetv2_plan_and_preprocess")
+        nn_t, nn_mem = measure([tool, "-d", "900", "-c", "3d_fullres", "-np", "1", "-npfp", "1"], nn_env)
+        print(f"nnU-Net v2 plan_and_preprocess (3d_fullres):    {nn_t:7.1f} s total, {nn_t / n_train:6.1f} s/case, "
+              f"peak RSS {nn_mem:7.0f} MB")
+        print(f"ratio smoothseg / nnU-Net: time {ours_t / nn_t:.2f}, peak memory {ours_mem / nn_mem:.2f}")
+    else:
+        print("nnU-Net yardstick skipped (pass --nnunet-venv)")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
