@@ -153,8 +153,8 @@ def test_hand_edited_plans_are_honoured(demo_dataset: Path) -> None:
 def _cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
     env["SMOOTHSEG_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "smoothseg.cli.plan_and_preprocess", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "smoothseg.cli.plan_and_preprocess", *args], capture_output=True, encoding="utf-8",
+                          errors="replace", env=env, timeout=300)
 
 
 def test_cli_refuses_a_broken_dataset_and_writes_nothing(demo_dataset: Path, data_home: Path) -> None:

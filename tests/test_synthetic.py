@@ -137,8 +137,8 @@ def test_cli_makes_a_clean_dataset(data_home: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
     env["SMOOTHSEG_HOME"] = str(data_home)
     make = subprocess.run([sys.executable, "-m", "smoothseg.cli.make_demo_dataset", "-n", "2", "--seed", "3"],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120)
     assert make.returncode == 0, make.stderr
     verify = subprocess.run([sys.executable, "-m", "smoothseg.cli.verify_dataset", "-d", "900"],
-                            capture_output=True, text=True, env=env, timeout=120)
+                            capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120)
     assert verify.returncode == 0 and "1 training and 1 test case(s); 0 problem(s)" in verify.stdout

@@ -18,7 +18,7 @@ from smoothseg.dataset.verify import verify_dataset
 def _cli(*args: str, env_home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
     env["SMOOTHSEG_HOME"] = str(env_home)
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120)
 
 
 def test_demo_dataset_is_clean(demo_dataset: Path) -> None:
