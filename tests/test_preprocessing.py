@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 from scipy import ndimage
 
 from smoothseg.dataset.io import read_image, write_image
@@ -150,27 +148,20 @@ def test_hand_edited_plans_are_honoured(demo_dataset: Path) -> None:
     assert np.all(np.abs(np.asarray(seg.shape) - cropped / 2) <= 1)
 
 
-def _cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
-    env["SMOOTHSEG_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "smoothseg.cli.plan_and_preprocess", *args], capture_output=True, encoding="utf-8",
-                          errors="replace", env=env, timeout=300)
-
-
 def test_cli_refuses_a_broken_dataset_and_writes_nothing(demo_dataset: Path, data_home: Path) -> None:
     (demo_dataset / "labelsTr" / "SynLiver_001.nii.gz").unlink()
-    out = _cli(["-d", "900", "--verify_dataset_integrity"], data_home)
+    out = run_cli("plan_and_preprocess", "-d", "900", "--verify_dataset_integrity", home=data_home)
     assert out.returncode == 1
     assert "[SynLiver_001]: label is missing" in out.stdout and "nothing was written" in out.stdout
     assert not (data_home / "preprocessed").exists()
 
 
 def test_cli_plans_and_preprocesses(demo_dataset: Path, data_home: Path) -> None:
-    out = _cli(["-d", "900", "-np", "2", "--no_pp", "--split-scheme", "holdout"], data_home)
+    out = run_cli("plan_and_preprocess", "-d", "900", "--no_pp", "--split-scheme", "holdout", home=data_home)
     assert out.returncode == 0, out.stderr
     assert "liver:" in out.stdout and "tumor:" in out.stdout and "window [" in out.stdout
     folder = data_home / "preprocessed" / "Dataset900_SyntheticLiver"
     assert json.loads((folder / "splits.json").read_text())["scheme"] == "holdout"
     assert not (folder / "liver").exists()
-    bad = _cli(["-d", "901"], data_home)
+    bad = run_cli("plan_and_preprocess", "-d", "901", home=data_home)
     assert bad.returncode == 2 and "Dataset900_SyntheticLiver" in bad.stderr

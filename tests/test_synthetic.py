@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_helpers import run_cli
 from scipy import ndimage, stats
 
 from smoothseg.dataset.io import read_image
@@ -134,11 +132,7 @@ def test_clinical_columns_carry_tlvr_signal() -> None:
 
 
 def test_cli_makes_a_clean_dataset(data_home: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
-    env["SMOOTHSEG_HOME"] = str(data_home)
-    make = subprocess.run([sys.executable, "-m", "smoothseg.cli.make_demo_dataset", "-n", "2", "--seed", "3"],
-                          capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120)
+    make = run_cli("make_demo_dataset", "-n", "2", "--seed", "3", home=data_home)
     assert make.returncode == 0, make.stderr
-    verify = subprocess.run([sys.executable, "-m", "smoothseg.cli.verify_dataset", "-d", "900"],
-                            capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120)
+    verify = run_cli("verify_dataset", "-d", "900", home=data_home)
     assert verify.returncode == 0 and "1 training and 1 test case(s); 0 problem(s)" in verify.stdout

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from cli_helpers import run_cli
 
 from smoothseg.dataset.io import Geometry, read_image, write_image
 from smoothseg.dataset.verify import verify_dataset
-
-
-def _cli(*args: str, env_home: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
-    env["SMOOTHSEG_HOME"] = str(env_home)
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120)
 
 
 def test_demo_dataset_is_clean(demo_dataset: Path) -> None:
@@ -79,14 +71,14 @@ def test_broken_dataset_json_is_one_clear_problem(demo_dataset: Path) -> None:
 
 
 def test_cli_exit_codes(demo_dataset: Path, data_home: Path) -> None:
-    ok = _cli("smoothseg.cli.verify_dataset", "-d", "900", env_home=data_home)
+    ok = run_cli("verify_dataset", "-d", "900", home=data_home)
     assert ok.returncode == 0, ok.stderr
     assert "0 problem(s)" in ok.stdout and "dataset is clean" in ok.stdout
     assert f"raw          root: {data_home / 'raw'}" in ok.stderr  # every command logs its roots
     (demo_dataset / "labelsTr" / "SynLiver_000.nii.gz").unlink()
-    bad = _cli("smoothseg.cli.verify_dataset", "-d", "Dataset900_SyntheticLiver", env_home=data_home)
+    bad = run_cli("verify_dataset", "-d", "Dataset900_SyntheticLiver", home=data_home)
     assert bad.returncode == 1 and "label is missing" in bad.stdout
-    missing = _cli("smoothseg.cli.verify_dataset", "-d", "42", env_home=data_home)
+    missing = run_cli("verify_dataset", "-d", "42", home=data_home)
     assert missing.returncode == 2
     assert "error: no dataset '42'" in missing.stderr and "Dataset900_SyntheticLiver" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -1,0 +1,16 @@
+"""Running console commands as real processes, with their own data roots, for the CLI tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_cli(module: str, *args: str, home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m smoothseg.cli.<module> args`` with ``SMOOTHSEG_HOME=home`` and capture its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
+    env["SMOOTHSEG_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", f"smoothseg.cli.{module}", *args], capture_output=True,
+                          encoding="utf-8", errors="replace", env=env, timeout=timeout)
