@@ -44,6 +44,7 @@ setup(
             "smoothseg_convert_hcc_tace_seg=smoothseg.cli.convert_hcc_tace_seg:main",
             "smoothseg_convert_msd=smoothseg.cli.convert_msd:main",
             "smoothseg_plan_and_preprocess=smoothseg.cli.plan_and_preprocess:main",
+            "smoothseg_train=smoothseg.cli.train:main",
         ],
     },
 )

@@ -1,0 +1,134 @@
+"""Patch sampling from memory-mapped preprocessed cases (a batchgenerators ``DataLoader``).
+
+* Foreground oversampling: a fraction ``oversample_foreground`` of each batch (at least one sample
+  when the fraction is positive) is centred on a random voxel of a foreground class; the rest are
+  placed uniformly, so the tumour task also sees tumour-free patches. For the tumour task the
+  foreground class is the tumour when the case has one, else the liver.
+* Tumour task: intensities outside the liver are masked as at inference. The mask is the
+  reference liver, randomly dilated or eroded by up to ``mask_jitter_mm`` (per axis in mm, from
+  the real spacing), so the model tolerates the liver stage's errors. Labels outside the
+  perturbed mask become 0, as the cascade discards tumour outside the predicted liver.
+* Per sample the batch carries ``liver_coverage`` (reference liver voxels in the patch over those
+  of the whole case) and ``clinical_tlvr`` for the TLVR term, and ``keys`` (case ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import DataLoader
+from scipy import ndimage
+
+from smoothseg.preprocessing.dataset_preprocessing import load_case, load_locations
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    patch_size: tuple[int, int, int]
+    batch_size: int
+    oversample_foreground: float = 0.33
+    mask_outside_liver: bool = False
+    mask_jitter_mm: float = 0.0
+    fill_value: float = 0.0  # normalised intensity written outside the liver mask
+
+
+class PatchLoader(DataLoader):
+    """Infinite random patches from the cases ``case_ids`` of one preprocessed task folder."""
+
+    def __init__(self, folder: Path, case_ids: list[str], config: SamplingConfig,
+                 clinical_tlvr: dict[str, float] | None = None, seed: int = 0, num_threads: int = 1):
+        if not case_ids:
+            raise ValueError("no cases to load patches from")
+        super().__init__(list(case_ids), config.batch_size, num_threads_in_multithreaded=num_threads,
+                         seed_for_shuffle=seed, infinite=True)
+        self.case_ids = list(case_ids)
+        self.folder = Path(folder)
+        self.config = config
+        self.clinical_tlvr = clinical_tlvr or {}
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self._locations: dict[str, dict[int, np.ndarray]] = {}
+
+    # batchgenerators calls set_thread_id in each worker; reseed so workers draw different, reproducible patches
+    def set_thread_id(self, thread_id: int) -> None:
+        super().set_thread_id(thread_id)
+        self.rng = np.random.default_rng([self.seed, thread_id])
+
+    def _case_locations(self, case_id: str) -> dict[int, np.ndarray]:
+        if case_id not in self._locations:
+            self._locations[case_id] = load_locations(self.folder, case_id)
+        return self._locations[case_id]
+
+    def _patch_start(self, shape, centre: np.ndarray | None) -> np.ndarray:
+        patch = np.asarray(self.config.patch_size)
+        shape = np.asarray(shape)
+        lo = np.minimum(0, shape - patch)  # negative when the case is smaller than the patch (padded)
+        hi = np.maximum(0, shape - patch)
+        if centre is None:
+            return np.array([self.rng.integers(a, b + 1) for a, b in zip(lo, hi, strict=True)])
+        start = centre - patch // 2 + self.rng.integers(-(patch // 8), patch // 8 + 1)
+        return np.clip(start, lo, hi)
+
+    def _foreground_centre(self, case_id: str) -> np.ndarray | None:
+        locations = self._case_locations(case_id)
+        present = [c for c, v in sorted(locations.items()) if len(v)]
+        if not present:
+            return None
+        cls = max(present)  # tumour (2) when present, else liver (1)
+        coords = locations[cls]
+        return coords[self.rng.integers(len(coords))]
+
+    def _crop(self, array: np.ndarray, start: np.ndarray, fill) -> np.ndarray:
+        """Crop ``array[..., z, y, x]`` at ``start`` to the patch size, padding with ``fill`` where outside."""
+        patch = np.asarray(self.config.patch_size)
+        shape = np.asarray(array.shape[-3:])
+        src_lo = np.maximum(start, 0)
+        src_hi = np.minimum(start + patch, shape)
+        out = np.full((*array.shape[:-3], *patch), fill, dtype=array.dtype)
+        dst_lo = src_lo - start
+        dst = tuple(slice(a, b) for a, b in zip(dst_lo, dst_lo + (src_hi - src_lo), strict=True))
+        src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi, strict=True))
+        out[(..., *dst)] = array[(..., *src)]
+        return out
+
+    def _jittered_mask(self, liver: np.ndarray, spacing) -> np.ndarray:
+        jitter = self.config.mask_jitter_mm
+        if jitter <= 0 or not liver.any():
+            return liver
+        mm = self.rng.uniform(-jitter, jitter)
+        radius = np.maximum(np.round(abs(mm) / np.asarray(spacing)).astype(int), 0)
+        if not radius.any():
+            return liver
+        structure = np.zeros(2 * radius + 1, dtype=bool)
+        zz, yy, xx = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+        structure[((zz / max(radius[0], 1)) ** 2 + (yy / max(radius[1], 1)) ** 2
+                   + (xx / max(radius[2], 1)) ** 2) <= 1.0] = True
+        op = ndimage.binary_dilation if mm > 0 else ndimage.binary_erosion
+        return op(liver, structure=structure)
+
+    def generate_train_batch(self) -> dict:
+        cfg = self.config
+        keys = [self.case_ids[i] for i in self.rng.integers(len(self.case_ids), size=cfg.batch_size)]
+        n_fg = int(np.ceil(cfg.oversample_foreground * cfg.batch_size)) if cfg.oversample_foreground > 0 else 0
+        data = np.empty((cfg.batch_size, 1, *cfg.patch_size), dtype=np.float32)
+        seg = np.empty((cfg.batch_size, 1, *cfg.patch_size), dtype=np.int16)
+        coverage = np.zeros(cfg.batch_size, dtype=np.float32)
+        tlvr = np.full(cfg.batch_size, np.nan, dtype=np.float32)
+        for b, case_id in enumerate(keys):
+            image, labels, props = load_case(self.folder, case_id)
+            centre = self._foreground_centre(case_id) if b < n_fg else None
+            start = self._patch_start(labels.shape, centre)
+            patch_img = self._crop(image, start, cfg.fill_value)
+            patch_seg = self._crop(labels, start, 0)
+            total_liver = max(int(props.get("liver_voxels", 0)), 1)
+            coverage[b] = min(1.0, float(np.count_nonzero(patch_seg)) / total_liver)
+            if cfg.mask_outside_liver:
+                mask = self._jittered_mask(patch_seg > 0, props["spacing"])
+                patch_img[0][~mask] = cfg.fill_value
+                patch_seg[~mask] = 0
+            data[b] = patch_img
+            seg[b, 0] = patch_seg
+            tlvr[b] = self.clinical_tlvr.get(case_id, np.nan)
+        return {"data": data, "seg": seg, "keys": keys, "liver_coverage": coverage, "clinical_tlvr": tlvr}

@@ -1,0 +1,178 @@
+"""Data loading, the trainers, checkpoints and resuming, on tiny plans edited by hand (as users may)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cli_helpers import run_cli
+from smoothseg.errors import SmoothSegError
+from smoothseg.network.segresnet_vae import SegResNetVAE
+from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
+from smoothseg.training.checkpoint import load_checkpoint
+from smoothseg.training.data_loader import PatchLoader, SamplingConfig
+from smoothseg.training.trainer import SmoothSegTrainer, Trainer, TrainingConfig, train
+
+TINY_PATCH = {"liver": [16, 32, 32], "tumor": [16, 32, 32]}
+
+
+@pytest.fixture
+def tiny(demo_dataset: Path, data_home: Path) -> Path:
+    """The demo dataset planned and preprocessed, with plans edited down to a tiny network."""
+    result = plan_and_preprocess(900)
+    plans_path = result.folder / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    for task, cfg in plans["configurations"].items():
+        cfg["patch_size"] = TINY_PATCH[task]
+        cfg["batch_size"] = 2
+        cfg["network"]["init_filters"] = 4
+        cfg["network"]["vae_nz"] = 16
+    plans_path.write_text(json.dumps(plans))
+    return result.folder
+
+
+def _config(task: str, **kw) -> TrainingConfig:
+    base = dict(dataset="900", task=task, fold="0", device="cpu", epochs=2, iters_per_epoch=3, val_iters=1,
+                num_workers=0)
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+def test_patch_loader_oversamples_and_masks(tiny: Path) -> None:
+    ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
+    cfg = SamplingConfig((16, 32, 32), 6, oversample_foreground=0.5, mask_outside_liver=True, mask_jitter_mm=0.0,
+                         fill_value=-9.0)
+    loader = PatchLoader(tiny / "tumor", ids, cfg, {ids[0]: 0.25}, seed=3)
+    batch = loader.generate_train_batch()
+    assert batch["data"].shape == (6, 1, 16, 32, 32) and batch["seg"].shape == (6, 1, 16, 32, 32)
+    seg = batch["seg"][:, 0]
+    assert all((seg[b] > 0).any() for b in range(3))  # the oversampled half holds liver or tumour
+    outside = seg == 0
+    assert np.all(batch["data"][:, 0][outside] == -9.0)  # intensities outside the liver are masked
+    assert np.all((batch["liver_coverage"] >= 0) & (batch["liver_coverage"] <= 1))
+    tlvr = dict(zip(batch["keys"], batch["clinical_tlvr"], strict=True))
+    assert all(np.isnan(v) for k, v in tlvr.items() if k != ids[0])
+    again = PatchLoader(tiny / "tumor", ids, cfg, {ids[0]: 0.25}, seed=3).generate_train_batch()
+    np.testing.assert_array_equal(again["data"], batch["data"])  # reproducible for a seed
+
+
+def test_whole_liver_patch_has_full_coverage(tiny: Path) -> None:
+    ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
+    shape = np.load(tiny / "tumor" / f"{ids[0]}_seg.npy").shape
+    big = tuple(int(np.ceil(s / 16) * 16) for s in shape)
+    loader = PatchLoader(tiny / "tumor", [ids[0]], SamplingConfig(big, 1, oversample_foreground=0.0), seed=0)
+    assert loader.generate_train_batch()["liver_coverage"][0] == pytest.approx(1.0)
+
+
+def test_mask_jitter_changes_the_mask(tiny: Path) -> None:
+    ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
+    cfg = SamplingConfig((16, 32, 32), 8, oversample_foreground=1.0, mask_outside_liver=True, mask_jitter_mm=8.0,
+                         fill_value=-9.0)
+    batch = PatchLoader(tiny / "tumor", ids, cfg, seed=1).generate_train_batch()
+    unmasked = (batch["data"][:, 0] != -9.0)
+    labelled = batch["seg"][:, 0] > 0
+    assert not np.array_equal(unmasked, labelled)  # dilated masks show intensities around the liver
+
+
+@pytest.mark.parametrize("task", ["liver", "tumor"])
+def test_training_writes_checkpoints_and_progress(tiny: Path, data_home: Path, task: str) -> None:
+    out = train(_config(task))
+    assert out == data_home / "results" / "Dataset900_SyntheticLiver" / f"SmoothSegTrainer__{task}" / "fold_0"
+    for name in ("checkpoint_latest.pth", "checkpoint_final.pth", "progress.png", "training_log.txt",
+                 "run_config.json"):
+        assert (out / name).is_file(), name
+    assert (out / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = torch.load(out / "checkpoint_final.pth", weights_only=True)
+    assert ckpt["trainer"] == "SmoothSegTrainer" and ckpt["task"] == task and ckpt["epoch"] == 1
+    assert ckpt["plans"]["configurations"][task]["patch_size"] == TINY_PATCH[task]
+    assert len(ckpt["progress"]["train_loss"]) == 2 and all(np.isfinite(ckpt["progress"]["train_loss"]))
+    model = SegResNetVAE(**ckpt["network_kwargs"])
+    model.load_state_dict(ckpt["network_state"])
+    if task == "tumor":
+        assert ckpt["tlvr_model"] is not None and "r2" in ckpt["tlvr_scores"]
+        assert np.isfinite(ckpt["progress"]["train_tlvr"]).all()
+    else:
+        assert ckpt["tlvr_model"] is None and np.isnan(ckpt["progress"]["train_tlvr"]).all()
+    log = (out / "training_log.txt").read_text()
+    assert "epoch 1:" in log
+
+
+def test_tlvr_off_without_clinical_table(tiny: Path, demo_dataset: Path, caplog) -> None:
+    spec = json.loads((demo_dataset / "dataset.json").read_text())
+    del spec["clinical"]
+    (demo_dataset / "dataset.json").write_text(json.dumps(spec))
+    with caplog.at_level("INFO", logger="smoothseg"):
+        out = train(_config("tumor", epochs=1))
+    assert "TLVR term off: " in caplog.text and "clinical" in caplog.text
+    assert torch.load(out / "checkpoint_final.pth", weights_only=True)["tlvr_model"] is None
+
+
+def test_zero_tlvr_weight_reproduces_the_plain_trainer(tiny: Path) -> None:
+    loader = PatchLoader(tiny / "tumor", sorted(p.stem for p in (tiny / "tumor").glob("*.json")),
+                         SamplingConfig((16, 32, 32), 2), seed=0)
+    batch = loader.generate_train_batch()
+    batch["clinical_tlvr"] = np.array([0.2, 0.1], dtype=np.float32)
+    totals = []
+    for cls, weight in ((Trainer, 0.5), (SmoothSegTrainer, 0.0), (SmoothSegTrainer, 0.5)):
+        torch.manual_seed(0)
+        trainer = cls(_config("tumor", trainer=cls.__name__, tlvr_weight=weight))
+        trainer.model_for_training = trainer.network
+        totals.append(trainer.train_step(batch)["total"])
+    assert totals[0] == totals[1]
+    assert totals[2] != totals[0]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"fold": "7"}, "fold 7 does not exist"),
+    ({"trainer": "NoSuchTrainer"}, "available: SmoothSegTrainer, Trainer"),
+    ({"dataset": "42"}, "Dataset900_SyntheticLiver"),
+    ({"device": "cuda"}, "no CUDA GPU"),
+])
+def test_clear_errors(tiny: Path, change: dict, words: str) -> None:
+    if change.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SmoothSegError, match=words):
+        train(_config("tumor", **change))
+
+
+def test_unknown_configuration_lists_the_existing_ones(tiny: Path, data_home: Path) -> None:
+    out = run_cli("train", "900", "lung", "0", home=data_home)
+    assert out.returncode == 2 and "invalid choice: 'lung'" in out.stderr and "liver" in out.stderr
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tiny: Path, data_home: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
+    env["SMOOTHSEG_HOME"] = str(data_home)
+    args = [sys.executable, "-m", "smoothseg.cli.train", "900", "tumor", "0", "-device", "cpu", "--epochs", "40",
+            "--iters-per-epoch", "2", "--val-iters", "1", "--num-workers", "0"]
+    fold = data_home / "results" / "Dataset900_SyntheticLiver" / "SmoothSegTrainer__tumor" / "fold_0"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            latest = fold / "checkpoint_latest.pth"
+            if latest.exists() and load_checkpoint(latest)["epoch"] >= 1:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (fold / "checkpoint_final.pth").exists()
+    done = load_checkpoint(fold / "checkpoint_latest.pth")["epoch"] + 1
+    assert 2 <= done < 40
+    resumed = run_cli("train", "900", "tumor", "0", "-device", "cpu", "--epochs", str(done + 2), "--iters-per-epoch",
+                      "2", "--val-iters", "1", "--num-workers", "0", "--c", home=data_home)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done} epoch(s) done, continuing at epoch {done}" in resumed.stderr
+    final = load_checkpoint(fold / "checkpoint_final.pth")
+    assert final["epoch"] == done + 1 and len(final["progress"]["train_loss"]) == done + 2
