@@ -45,6 +45,11 @@ setup(
             "smoothseg_convert_msd=smoothseg.cli.convert_msd:main",
             "smoothseg_plan_and_preprocess=smoothseg.cli.plan_and_preprocess:main",
             "smoothseg_train=smoothseg.cli.train:main",
+            "smoothseg_predict=smoothseg.cli.predict:main",
+            "smoothseg_export_model=smoothseg.cli.export_model:main",
+            "smoothseg_install_model=smoothseg.cli.install_model:main",
+            "smoothseg_evaluate=smoothseg.cli.evaluate:main",
+            "smoothseg_plot_overlay=smoothseg.cli.plot_overlay:main",
         ],
     },
 )

@@ -64,7 +64,8 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     print(f"dataset: {n_train} training cases of size '{args.size}' (generated in {time.perf_counter() - t0:.0f} s)")
 
-    ours_t, ours_mem = measure([str(bindir / "smoothseg_plan_and_preprocess"), "-d", "900", "-np", "1", "-q"], env)
+    ours_t, ours_mem = measure([str(bindir / "smoothseg_plan_and_preprocess"), "-d", "900", "-np", "1", "-q",
+                                "--clean", "--overwrite_plans"], env)
     print(f"smoothseg  plan_and_preprocess (liver + tumor): {ours_t:7.1f} s total, {ours_t / n_train:6.1f} s/case, "
           f"peak RSS {ours_mem:7.0f} MB")
 
@@ -73,6 +74,7 @@ def main() -> None:
         nn_raw = work / "nnunet" / "raw"
         nn_raw.mkdir(parents=True, exist_ok=True)
         shutil.copytree(raw, nn_raw / raw.name, dirs_exist_ok=True)
+        shutil.rmtree(work / "nnunet" / "preprocessed", ignore_errors=True)
         nn_env.update(nnUNet_raw=str(nn_raw), nnUNet_preprocessed=str(work / "nnunet" / "preprocessed"),
                       nnUNet_results=str(work / "nnunet" / "results"))
         tool = str(Path(args.nnunet_venv) / "bin" / "nnUNetv2_plan_and_preprocess")
