@@ -183,22 +183,28 @@ def _first_line(exc: Exception) -> str:
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 
-def _check_nifti_voxels(path: Path, image: sitk.Image | sitk.ImageFileReader, check_finite: bool) -> None:
+def _nifti_header(reader: sitk.ImageFileReader) -> dict[str, str]:
+    """The NIfTI header fields the voxel check needs, copied out of the reader (plain strings)."""
+    keys = [k for k in reader.GetMetaDataKeys() if k in ("vox_offset", "bitpix", "datatype") or k.startswith("dim[")]
+    header = {k: reader.GetMetaData(k) for k in keys}
+    header["size"] = ",".join(str(v) for v in reader.GetSize())
+    return header
+
+
+def _check_nifti_voxels(path: Path, header: dict[str, str], check_finite: bool) -> None:
     """Check a NIfTI file's voxel block ourselves, because ITK's NIfTI reader does not.
 
     ITK fills a truncated voxel block with zeros and silently replaces NaN/Inf with 0. Here the
     (decompressed) voxel block is read from disk: a short block or a broken gzip stream is refused,
-    and so are non-finite floats. ``image`` is anything with the NIfTI header as metadata (an image,
-    or a reader after ``ReadImageInformation``).
+    and so are non-finite floats. ``header`` comes from :func:`_nifti_header` (a plain dict, so this
+    can run in a thread while ITK decodes: SimpleITK objects are not thread-safe).
     """
-    meta = {k: image.GetMetaData(k) for k in ("vox_offset", "bitpix", "datatype", "dim[0]")
-            if image.HasMetaDataKey(k)}
-    if len(meta) < 4:
+    if not all(k in header for k in ("vox_offset", "bitpix", "datatype", "dim[0]")):
         return
-    n_dims = int(meta["dim[0]"])
-    n_voxels = int(np.prod([int(image.GetMetaData(f"dim[{i}]")) for i in range(1, n_dims + 1)]))
-    offset = int(float(meta["vox_offset"]))
-    n_bytes = n_voxels * int(meta["bitpix"]) // 8
+    n_dims = int(header["dim[0]"])
+    n_voxels = int(np.prod([int(header[f"dim[{i}]"]) for i in range(1, n_dims + 1)]))
+    offset = int(float(header["vox_offset"]))
+    n_bytes = n_voxels * int(header["bitpix"]) // 8
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -208,11 +214,11 @@ def _check_nifti_voxels(path: Path, image: sitk.Image | sitk.ImageFileReader, ch
     if len(raw) < offset + n_bytes:
         raise ImageReadError(path, f"unreadable or truncated image: voxel data holds {max(len(raw) - offset, 0)} of "
                                    f"{n_bytes} bytes")
-    float_code = _NIFTI_FLOAT_TYPES.get(int(meta["datatype"]))
+    float_code = _NIFTI_FLOAT_TYPES.get(int(header["datatype"]))
     if check_finite and float_code:
         endian = "<" if int.from_bytes(raw[:4], "little") in (348, 540) else ">"
-        _check_finite(path, np.frombuffer(raw, endian + float_code, count=n_voxels, offset=offset),
-                      tuple(int(v) for v in image.GetSize()[::-1]))
+        shape_zyx = tuple(int(v) for v in header["size"].split(","))[::-1]
+        _check_finite(path, np.frombuffer(raw, endian + float_code, count=n_voxels, offset=offset), shape_zyx)
 
 
 def _check_finite(path: Path, values: np.ndarray, shape_zyx: tuple[int, ...]) -> None:
@@ -254,7 +260,7 @@ def _read_nifti(path: Path, check_finite: bool) -> sitk.Image:
         raise ImageReadError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
     _check_3d(path, reader.GetDimension(), reader.GetNumberOfComponents())
     with ThreadPoolExecutor(max_workers=1) as pool:
-        check = pool.submit(_check_nifti_voxels, path, reader, check_finite)
+        check = pool.submit(_check_nifti_voxels, path, _nifti_header(reader), check_finite)
         try:
             image, failure = reader.Execute(), None
         except RuntimeError as exc:

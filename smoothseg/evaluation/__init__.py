@@ -1,5 +1,7 @@
-"""Evaluation: per-case metrics (:mod:`.metrics`), folder evaluation, size strata and the tumour report."""
+"""Evaluation: per-case metrics (:mod:`.metrics`), folder evaluation (:mod:`.evaluate`), size strata
+(:mod:`.strata`), the replication protocol (:mod:`.replication`) and overlay pictures (:mod:`.overlay`)."""
 
+from smoothseg.evaluation.evaluate import evaluate, evaluate_folders, match_cases, plot_overlay_files, to_task_labels
 from smoothseg.evaluation.metrics import (
     Lesion,
     LesionDetection,
@@ -15,9 +17,15 @@ from smoothseg.evaluation.metrics import (
     surface_distances,
     volume_ml,
 )
+from smoothseg.evaluation.overlay import draw_overlay, save_overlay, select_slices
+from smoothseg.evaluation.replication import summarize_replications, write_replication_summary
+from smoothseg.evaluation.strata import STRATA, assign_strata, load_clinical_sizes, per_case_aggregate
 
 __all__ = [
     "Lesion", "LesionDetection", "OverlapCounts", "SurfaceDistances", "evaluate_case", "lesion_detection",
     "max_diameter_mm", "overlap_counts", "overlap_metrics", "pool_counts", "pooled_overlap_metrics",
     "surface_distances", "volume_ml",
+    "STRATA", "assign_strata", "draw_overlay", "evaluate", "evaluate_folders", "load_clinical_sizes", "match_cases",
+    "per_case_aggregate", "plot_overlay_files", "save_overlay", "select_slices", "summarize_replications",
+    "to_task_labels", "write_replication_summary",
 ]

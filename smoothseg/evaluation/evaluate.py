@@ -1,0 +1,576 @@
+"""Evaluate a folder of predicted label maps against a folder of reference label maps.
+
+This module owns the folder-level evaluation behind ``smoothseg_evaluate``: matching cases by file name, refusing
+mismatched inputs, running :func:`~smoothseg.evaluation.metrics.evaluate_case` per case (in parallel), aggregating
+(per-case means and pooled global metrics, lesion detection, the paper's size strata) and writing the outputs:
+
+* ``<stem>.json`` (e.g. ``summary.json``): the summary dict returned by :func:`evaluate_folders`;
+* ``<stem>_cases.csv``: one row per case, every metric of ``evaluate_case`` plus the strata columns;
+* ``<stem>.md``: the paper-style table and the other aggregates, as markdown;
+* ``overlays/`` (with ``png=True``): pictures of the best and the worst case.
+
+**Labels.** Predictions use the output convention 0 background, 1 liver, 2 tumour. References may hold raw dataset
+labels; they are mapped to 0/1/2 first: liver region -> 1, tumour -> 2. The regions come from ``dataset.json``'s
+``task_regions`` when a dataset is named, and default to liver region {1, 2}, tumour {2} otherwise (so without a
+dataset the HCC-TACE-Seg portal vein, label 3, counts as background; pass the dataset to count it as liver).
+
+**Refusals.** Before anything is computed, both folders are listed and every label header is read; missing
+predictions, extra predictions, ambiguous case ids, unreadable headers and grids that differ in size, spacing,
+origin or direction (beyond :meth:`Geometry.differences`'s tolerances) are all collected and raised as one
+:class:`SmoothSegError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from smoothseg.atomic import write_json, write_text
+from smoothseg.dataset.dataset_json import TaskRegions
+from smoothseg.dataset.io import IMAGE_ENDINGS, image_ending, read_header, read_image
+from smoothseg.dataset.raw_dataset import RawDataset
+from smoothseg.errors import SmoothSegError
+from smoothseg.evaluation.metrics import (
+    DEFAULT_LESION_MIN_DICE,
+    counts_from_case,
+    evaluate_case,
+    pooled_overlap_metrics,
+)
+from smoothseg.evaluation.overlay import DEFAULT_WINDOW, save_overlay
+from smoothseg.evaluation.strata import (
+    DIAMETER_COLUMN,
+    DIAMETER_SOURCE_COLUMN,
+    DIAMETER_STRATUM_COLUMN,
+    DIAMETER_THRESHOLD_CM,
+    NO_STRATUM,
+    PAPER_METRICS,
+    STRATA,
+    VOLUME_STRATUM_COLUMN,
+    VOLUME_THRESHOLD_ML,
+    assign_strata,
+    format_mean_std,
+    load_clinical_sizes,
+    paper_table_markdown,
+    per_case_aggregate,
+    stratum_case_ids,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_REGIONS", "SUMMARY_SCHEMA", "CasePair", "OutputPaths", "evaluate", "evaluate_folders",
+    "find_case_image", "list_label_files", "match_cases", "output_paths", "plot_overlay_files", "summary_markdown",
+    "to_task_labels",
+]
+
+SUMMARY_SCHEMA = "smoothseg-evaluation-summary/1"
+#: Liver region and tumour labels of a reference when no dataset is named.
+DEFAULT_REGIONS = TaskRegions(liver=(1, 2), tumor=(2,))
+#: Labels a prediction may hold: 0 background, 1 liver, 2 tumour.
+PREDICTION_LABELS: tuple[int, ...] = (0, 1, 2)
+STRUCTURES = ("liver", "tumor")
+_RATIO_METRICS = ("dice", "iou", "sensitivity", "precision", "specificity", "accuracy")
+_VOXEL_COUNTS = ("tp", "fp", "fn", "tn")
+
+AGGREGATION_NOTES: dict[str, str] = {
+    "metrics": "per-case aggregates: mean_per_case / std_per_case (population std, ddof=0) / median / min / max over "
+               "the cases whose value is finite; n_nan cases were undefined (e.g. Dice with reference and prediction "
+               "both empty) and n_inf cases infinite (surface distances with exactly one mask empty): both are left "
+               "out of the statistics and counted",
+    "global": "<structure>_<metric>_global: pooled over all voxels of all cases (LiTS 'Dice global'), i.e. the "
+              "voxel counts TP/FP/FN/TN are summed over cases before the ratio is taken; larger cases weigh more",
+    "lesion_detection": "lesion TP/FP/FN summed over cases, then precision = TP/(TP+FP), recall = TP/(TP+FN), "
+                        "F1 = 2TP/(2TP+FP+FN)",
+    "strata": "per-case aggregates of the paper's tumour metrics within each stratum, plus the stratum's pooled "
+              "tumour Dice",
+}
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """One case to evaluate: its id and its reference and predicted label files."""
+
+    case_id: str
+    reference: Path
+    prediction: Path
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where the outputs of one evaluation go, all derived from the summary JSON's path."""
+
+    summary_json: Path
+    cases_csv: Path
+    markdown: Path
+    overlays: Path
+
+
+def output_paths(output_json: str | Path) -> OutputPaths:
+    """``summary.json`` -> ``summary_cases.csv``, ``summary.md`` and ``overlays/`` in the same folder."""
+    output_json = Path(output_json)
+    stem = output_json.name[:-5] if output_json.name.lower().endswith(".json") else output_json.name
+    folder = output_json.parent
+    return OutputPaths(output_json, folder / f"{stem}_cases.csv", folder / f"{stem}.md", folder / "overlays")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Case matching and refusals
+# ----------------------------------------------------------------------------------------------------------------
+
+def list_label_files(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """Label files of a folder by case id (file name minus its image ending), and the problems found.
+
+    Hidden files, sub-folders and files without an image ending (``summary.json``, CSVs, ``.npz``) are ignored.
+    Two files of the same case id with different endings are a problem (the case is ambiguous).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}, [f"{folder}: folder does not exist"]
+    files: dict[str, Path] = {}
+    problems = []
+    for path in sorted(folder.iterdir()):
+        ending = image_ending(path)
+        if path.name.startswith(".") or not path.is_file() or ending is None:
+            continue
+        case_id = path.name[: -len(ending)]
+        if case_id in files:
+            problems.append(f"{folder}: case '{case_id}' is ambiguous: {files[case_id].name} and {path.name}")
+            continue
+        files[case_id] = path
+    return files, problems
+
+
+def _geometry_problems(pair: CasePair) -> list[str]:
+    try:
+        ref, pred = read_header(pair.reference), read_header(pair.prediction)
+    except SmoothSegError as exc:
+        return [f"[{pair.case_id}] {exc}"]
+    problems = []
+    for header in (ref, pred):
+        if header.dimension != 3 or header.components != 1:
+            problems.append(f"[{pair.case_id}] {header.path}: not a 3D single-channel label map "
+                            f"({header.dimension}D, {header.components} component(s))")
+    if problems:
+        return problems
+    differences = []
+    if ref.size != pred.size:
+        differences.append(f"size {ref.size} vs {pred.size}")
+    differences += ref.geometry.differences(pred.geometry)
+    if differences:
+        problems.append(f"[{pair.case_id}] prediction {pair.prediction.name} does not match the reference grid "
+                        f"(reference vs prediction): " + "; ".join(differences))
+    return problems
+
+
+def _short_list(items: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def match_cases(reference_dir: str | Path, prediction_dir: str | Path) -> list[CasePair]:
+    """Pair reference and prediction files by case id and check their grids; refuse on any problem.
+
+    Raises one :class:`SmoothSegError` listing every problem: missing folders, no reference cases, missing
+    predictions, extra predictions, ambiguous case ids, unreadable headers, and grid mismatches (size, spacing,
+    origin, direction). Only headers are read.
+    """
+    reference_dir, prediction_dir = Path(reference_dir), Path(prediction_dir)
+    references, problems = list_label_files(reference_dir)
+    predictions, pred_problems = list_label_files(prediction_dir)
+    problems += pred_problems
+    if reference_dir.is_dir() and not references:
+        problems.append(f"{reference_dir}: holds no label maps (endings {', '.join(IMAGE_ENDINGS)})")
+    missing = sorted(set(references) - set(predictions))
+    extra = sorted(set(predictions) - set(references))
+    if missing and prediction_dir.is_dir():
+        problems.append(f"{len(missing)} missing prediction(s) in {prediction_dir}: {_short_list(missing)}")
+    if extra and reference_dir.is_dir():
+        problems.append(f"{len(extra)} extra prediction(s) without a reference in {reference_dir}: "
+                        f"{_short_list(extra)}")
+    pairs = [CasePair(cid, references[cid], predictions[cid]) for cid in sorted(set(references) & set(predictions))]
+    for pair in pairs:
+        problems += _geometry_problems(pair)
+    if problems:
+        raise SmoothSegError(f"refusing to evaluate {prediction_dir} against {reference_dir}; "
+                             f"{len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per case
+# ----------------------------------------------------------------------------------------------------------------
+
+def to_task_labels(labels: np.ndarray, regions: TaskRegions) -> np.ndarray:
+    """Map raw labels to 0/1/2: liver region -> 1, tumour -> 2 (tumour wins), everything else -> 0."""
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    out[np.isin(labels, list(regions.liver))] = 1
+    out[np.isin(labels, list(regions.tumor))] = 2
+    return out
+
+
+def _evaluate_pair(pair: CasePair, regions: TaskRegions) -> dict[str, Any]:
+    """Read, map and evaluate one case. Errors come back as ``{"error": message}`` (pickling-safe)."""
+    try:
+        reference, geometry = read_image(pair.reference)
+        prediction, _ = read_image(pair.prediction)
+        unexpected = sorted(set(np.unique(prediction).tolist()) - set(PREDICTION_LABELS))
+        if unexpected:
+            return {"error": f"[{pair.case_id}] {pair.prediction}: prediction holds label(s) {unexpected}; "
+                             f"predictions must use 0 background, 1 liver, 2 tumour"}
+        row: dict[str, Any] = {"case_id": pair.case_id}
+        row.update(evaluate_case(to_task_labels(reference, regions), prediction, geometry.spacing_zyx))
+        row.update({"reference_file": str(pair.reference), "prediction_file": str(pair.prediction)})
+        return row
+    except (SmoothSegError, ValueError) as exc:
+        return {"error": f"[{pair.case_id}] {exc}"}
+
+
+def _evaluate_star(args: tuple[CasePair, TaskRegions]) -> dict[str, Any]:
+    return _evaluate_pair(*args)
+
+
+def _evaluate_all(pairs: Sequence[CasePair], regions: TaskRegions, num_processes: int) -> list[dict[str, Any]]:
+    jobs = [(pair, regions) for pair in pairs]
+    bar = dict(total=len(jobs), desc="evaluate", unit="case")
+    if num_processes > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(num_processes, len(jobs))) as pool:
+            rows = list(tqdm(pool.map(_evaluate_star, jobs), **bar))
+    else:
+        rows = [_evaluate_star(job) for job in tqdm(jobs, **bar)]
+    errors = [row["error"] for row in rows if "error" in row]
+    if errors:
+        raise SmoothSegError(f"{len(errors)} case(s) could not be evaluated:\n" + "\n".join(f"  - {e}" for e in errors))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Aggregation
+# ----------------------------------------------------------------------------------------------------------------
+
+def _per_case_metric_keys(rows: Sequence[dict]) -> list[str]:
+    """Numeric per-case metrics worth averaging: everything but raw voxel counts, files and strata columns."""
+    skip = {f"{s}_{c}" for s in STRUCTURES for c in _VOXEL_COUNTS} | {
+        "tumor_lesion_tp", "tumor_lesion_fp", "tumor_lesion_fn", DIAMETER_COLUMN}
+    first = rows[0]
+    return [k for k, v in first.items()
+            if k not in skip and isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)]
+
+
+def _global_metrics(rows: Sequence[dict]) -> dict[str, float]:
+    out = {}
+    for structure in STRUCTURES:
+        pooled = pooled_overlap_metrics(counts_from_case(row, structure) for row in rows)
+        out.update({f"{structure}_{m}_global": pooled[m] for m in _RATIO_METRICS})
+    return out
+
+
+def _lesion_detection(rows: Sequence[dict]) -> dict[str, Any]:
+    tp = sum(int(r["tumor_lesion_tp"]) for r in rows)
+    fp = sum(int(r["tumor_lesion_fp"]) for r in rows)
+    fn = sum(int(r["tumor_lesion_fn"]) for r in rows)
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else math.nan
+
+    return {
+        "tp": tp, "fp": fp, "fn": fn,
+        "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "criterion": f"a reference lesion (26-connected component) is detected when Dice with the union of the "
+                     f"predicted components overlapping it >= {DEFAULT_LESION_MIN_DICE}; a predicted component "
+                     f"overlapping no detected lesion is a false positive",
+    }
+
+
+def _strata(rows: Sequence[dict]) -> dict[str, Any]:
+    by_id = {r["case_id"]: r for r in rows}
+    out: dict[str, Any] = {}
+    for stratum in STRATA:
+        ids = stratum_case_ids(rows, stratum.key)
+        members = [by_id[i] for i in ids]
+        entry: dict[str, Any] = {"label": stratum.label, "rule": stratum.rule, "n_cases": len(ids), "case_ids": ids}
+        for metric in PAPER_METRICS:
+            entry[metric] = per_case_aggregate(r[metric] for r in members)
+        entry["tumor_dice_global"] = pooled_overlap_metrics(counts_from_case(r, "tumor") for r in members)["dice"]
+        out[stratum.key] = entry
+    return out
+
+
+def _size_sources(rows: Sequence[dict], clinical_csv: Path | None) -> dict[str, Any]:
+    sources = [r[DIAMETER_SOURCE_COLUMN] for r in rows]
+    return {
+        "diameter_threshold_cm": DIAMETER_THRESHOLD_CM, "volume_threshold_ml": VOLUME_THRESHOLD_ML,
+        "clinical_csv": str(clinical_csv) if clinical_csv else None,
+        "n_diameter_from_clinical": sum(s.startswith("clinical") for s in sources),
+        "n_diameter_from_reference": sum(s == "reference" for s in sources),
+        "n_without_reference_tumor": sum(s == NO_STRATUM for s in sources),
+        "diameter_rule": "largest per-lesion 3D diameter of the reference tumour (mm, real spacing) / 10, unless "
+                         "the clinical table gives the case's Tr_Size (cm)",
+        "volume_rule": "reference tumour volume in ml (= cm³)",
+        "tumour_free_cases": "counted in 'all' only (tumour Dice 0 when tumour is predicted, undefined otherwise)",
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: NumPy scalars to Python, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _summarize(rows: list[dict], *, reference_dir: Path, prediction_dir: Path, dataset: str | None,
+               regions: TaskRegions, clinical_csv: Path | None) -> dict[str, Any]:
+    metric_keys = _per_case_metric_keys(rows)
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "reference_dir": str(reference_dir),
+        "prediction_dir": str(prediction_dir),
+        "dataset": dataset,
+        "regions": {"reference_liver_labels": list(regions.liver), "reference_tumor_labels": list(regions.tumor),
+                    "prediction_labels": {"liver_region": [1, 2], "tumor": [2]}},
+        "n_cases": len(rows),
+        "aggregation": AGGREGATION_NOTES,
+        "metrics": {k: per_case_aggregate(r[k] for r in rows) for k in metric_keys},
+        "global": _global_metrics(rows),
+        "lesion_detection": _lesion_detection(rows),
+        "size_strata": _size_sources(rows, clinical_csv),
+        "strata": _strata(rows),
+        "cases": rows,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+_FIRST_COLUMNS = ("case_id", DIAMETER_COLUMN, DIAMETER_SOURCE_COLUMN, DIAMETER_STRATUM_COLUMN, VOLUME_STRATUM_COLUMN)
+
+
+def _cases_csv(rows: Sequence[dict]) -> str:
+    frame = pd.DataFrame(list(rows))
+    columns = [c for c in _FIRST_COLUMNS if c in frame.columns] + [c for c in frame.columns if c not in _FIRST_COLUMNS]
+    return frame[columns].to_csv(index=False, na_rep="nan")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The paper-style strata table followed by liver/tumour aggregates, global metrics and lesion detection."""
+    lines = ["# Evaluation summary", "",
+             f"Predictions `{summary['prediction_dir']}` against references `{summary['reference_dir']}`: "
+             f"{summary['n_cases']} case(s).", "",
+             "## Tumour segmentation by size (paper layout; per-case mean ± std)", "",
+             paper_table_markdown(summary["strata"]), "",
+             "Size strata hold the cases whose reference has tumour; `All` holds every case. Diameter: "
+             f"{summary['size_strata']['n_diameter_from_reference']} case(s) from the reference, "
+             f"{summary['size_strata']['n_diameter_from_clinical']} from the clinical Tr_Size; "
+             f"{summary['size_strata']['n_without_reference_tumor']} case(s) without reference tumour. "
+             "`(n=k)`: only k cases had a defined value.", "",
+             "## Per-case means (mean ± std over cases with a finite value)", "",
+             "| Metric | mean ± std | median | n finite | n NaN | n inf |", "|---|---|---|---|---|---|"]
+    for key in ("liver_dice", "liver_iou", "liver_hd95_mm", "liver_assd_mm", "tumor_dice", "tumor_iou",
+                "tumor_sensitivity", "tumor_precision", "tumor_hd95_mm", "tumor_assd_mm", "tumor_lesion_f1"):
+        agg = summary["metrics"].get(key)
+        if agg:
+            lines.append(f"| {key} | {format_mean_std(agg['mean_per_case'], agg['std_per_case'])} | "
+                         f"{_fmt(agg['median_per_case'])} | {agg['n_finite']} | {agg['n_nan']} | {agg['n_inf']} |")
+    glob = summary["global"]
+    det = summary["lesion_detection"]
+    lines += ["", "## Pooled over all voxels (global)", "",
+              "| Structure | Dice | IoU | Sensitivity | Precision |", "|---|---|---|---|---|"]
+    for s in STRUCTURES:
+        lines.append(f"| {s} | {_fmt(glob[f'{s}_dice_global'])} | {_fmt(glob[f'{s}_iou_global'])} | "
+                     f"{_fmt(glob[f'{s}_sensitivity_global'])} | {_fmt(glob[f'{s}_precision_global'])} |")
+    lines += ["", "## Lesion detection (pooled over cases)", "",
+              f"TP {det['tp']}, FP {det['fp']}, FN {det['fn']}: precision {_fmt(det['precision'])}, "
+              f"recall {_fmt(det['recall'])}, F1 {_fmt(det['f1'])}. Criterion: {det['criterion']}.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Overlays
+# ----------------------------------------------------------------------------------------------------------------
+
+def find_case_image(images_dir: str | Path, case_id: str) -> Path | None:
+    """The image of ``case_id``: ``<case>_0000<ending>`` (nnU-Net) or ``<case><ending>``, any image ending."""
+    images_dir = Path(images_dir)
+    for name in (f"{case_id}_0000", case_id):
+        for ending in IMAGE_ENDINGS:
+            candidate = images_dir / f"{name}{ending}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _image_folders(reference_dir: Path, images_dir: Path | None, dataset: str | None) -> list[Path]:
+    """Where to look for images: ``images_dir``; else the dataset's imagesTr/imagesTs; else ``labelsXx``'s sibling."""
+    if images_dir is not None:
+        return [Path(images_dir)]
+    if dataset is not None:
+        folder = RawDataset.find(dataset).folder
+        return [folder / "imagesTr", folder / "imagesTs"]
+    if reference_dir.name.startswith("labels"):
+        sibling = reference_dir.parent / ("images" + reference_dir.name[len("labels"):])
+        if sibling.is_dir():
+            return [sibling]
+    return []
+
+
+def _overlay_choices(rows: Sequence[dict]) -> dict[str, dict]:
+    """``{"best": row, "worst": row}`` by tumour Dice (finite values), falling back to liver Dice; {} if neither."""
+    for metric in ("tumor_dice", "liver_dice"):
+        scored = [r for r in rows if math.isfinite(float(r[metric]))]
+        if scored:
+            ordered = sorted(scored, key=lambda r: float(r[metric]))
+            return {"best": {**ordered[-1], "_metric": metric}, "worst": {**ordered[0], "_metric": metric}}
+    return {}
+
+
+def _write_overlays(rows: Sequence[dict], folders: list[Path], target: Path, regions: TaskRegions) -> list[dict]:
+    written = []
+    for role, row in _overlay_choices(rows).items():
+        case_id, metric = row["case_id"], row["_metric"]
+        image_path = next((p for p in (find_case_image(f, case_id) for f in folders) if p is not None), None)
+        if image_path is None:
+            logger.warning("no image for case %s in %s; overlay skipped", case_id, ", ".join(map(str, folders)))
+            continue
+        image, geometry = read_image(image_path)
+        reference, _ = read_image(Path(row["reference_file"]))
+        prediction, _ = read_image(Path(row["prediction_file"]))
+        title = f"{case_id}: {role} case by {metric.replace('_', ' ')} = {float(row[metric]):.3f}"
+        path = save_overlay(target / f"{role}_{case_id}.png", image, geometry, prediction,
+                            reference=to_task_labels(reference, regions), title=title, window=DEFAULT_WINDOW)
+        written.append({"role": role, "case_id": case_id, "metric": metric, "value": float(row[metric]),
+                        "file": str(path)})
+    return written
+
+
+def _case_id_of_image(path: Path) -> str:
+    ending = image_ending(path) or path.suffix
+    stem = path.name[: -len(ending)] if ending else path.name
+    return stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+
+
+def plot_overlay_files(image: Path, segmentation: Path, output_png: Path, *, reference: Path | None = None,
+                       window: tuple[float, float] = DEFAULT_WINDOW, dataset: str | None = None,
+                       title: str | None = None) -> Path:
+    """Read an image, its segmentation (0/1/2) and optionally a reference, and write their overlay PNG.
+
+    The reference's raw labels are mapped with ``dataset``'s ``task_regions`` (default liver {1, 2}, tumour {2}).
+    All label maps must lie on the image's grid (size, spacing, origin, direction), else :class:`SmoothSegError`
+    lists the differences. The title defaults to the case id (the image name without ending and ``_0000``).
+    """
+    array, geometry = read_image(Path(image))
+    problems = []
+    maps = {}
+    for name, path in (("segmentation", segmentation), ("reference", reference)):
+        if path is None:
+            continue
+        labels, label_geometry = read_image(Path(path))
+        differences = ([f"shape {labels.shape} vs {array.shape}"] if labels.shape != array.shape else []) \
+            + geometry.differences(label_geometry)
+        if differences:
+            problems.append(f"{name} {path} is not on the grid of image {image} (image vs {name}): "
+                            + "; ".join(differences))
+        maps[name] = labels
+    if problems:
+        raise SmoothSegError("\n".join(problems))
+    unexpected = sorted(set(np.unique(maps["segmentation"]).tolist()) - set(PREDICTION_LABELS))
+    if unexpected:
+        raise SmoothSegError(f"{segmentation}: holds label(s) {unexpected}; segmentations use 0/1/2 "
+                             "(pass raw label maps with -r)")
+    ref = to_task_labels(maps["reference"], _regions_for(dataset)) if "reference" in maps else None
+    return save_overlay(output_png, array, geometry, maps["segmentation"], reference=ref,
+                        title=title or _case_id_of_image(Path(image)), window=window)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------------
+
+def _regions_for(dataset: str | None) -> TaskRegions:
+    if dataset is None:
+        return DEFAULT_REGIONS
+    return RawDataset.find(dataset).spec.task_regions
+
+
+def evaluate(reference_dir: Path, prediction_dir: Path, output_json: Path | None = None, *,
+             dataset: str | None = None, clinical_csv: Path | None = None, num_processes: int = 1,
+             png: bool = False, images_dir: Path | None = None) -> dict:
+    """:func:`evaluate_folders` plus ``images_dir``, the folder of CT images for ``png`` overlays.
+
+    Images for the overlays are looked up in ``images_dir``; without it in the dataset's ``imagesTr``/``imagesTs``
+    when ``dataset`` is given; else in the ``images*`` sibling of a ``labels*`` reference folder. Without any, the
+    pictures are skipped with a warning.
+    """
+    reference_dir, prediction_dir = Path(reference_dir), Path(prediction_dir)
+    dataset = None if dataset is None else str(dataset)
+    regions = _regions_for(dataset)
+    clinical_sizes = load_clinical_sizes(clinical_csv) if clinical_csv is not None else None
+    pairs = match_cases(reference_dir, prediction_dir)
+    logger.info("evaluating %d case(s); reference liver region %s, tumour %s", len(pairs), list(regions.liver),
+                list(regions.tumor))
+    rows = assign_strata(_evaluate_all(pairs, regions, max(1, int(num_processes))), clinical_sizes)
+    if clinical_sizes is not None:
+        unmatched = [r["case_id"] for r in rows if r["case_id"] not in clinical_sizes]
+        if unmatched:
+            logger.warning("%d case(s) have no Tr_Size in %s; their diameter comes from the reference: %s",
+                           len(unmatched), clinical_csv, _short_list(unmatched))
+    summary = _summarize(rows, reference_dir=reference_dir, prediction_dir=prediction_dir, dataset=dataset,
+                         regions=regions, clinical_csv=clinical_csv)
+    summary["overlays"] = []
+    if output_json is not None:
+        paths = output_paths(output_json)
+        if png:
+            folders = _image_folders(reference_dir, images_dir, dataset)
+            if folders:
+                summary["overlays"] = _write_overlays(rows, folders, paths.overlays, regions)
+            else:
+                logger.warning("no image folder (give -img IMAGES_DIR or -d DATASET); overlays skipped")
+        summary = _json_safe(summary)
+        write_text(_cases_csv(rows), paths.cases_csv)
+        write_text(summary_markdown(summary), paths.markdown)
+        write_json(summary, paths.summary_json)
+        logger.info("wrote %s, %s and %s", paths.summary_json, paths.cases_csv, paths.markdown)
+    elif png:
+        logger.warning("png=True needs an output_json to place overlays/ next to; overlays skipped")
+    return _json_safe(summary)
+
+
+def evaluate_folders(reference_dir: Path, prediction_dir: Path, output_json: Path | None = None, *,
+                     dataset: str | None = None, clinical_csv: Path | None = None, num_processes: int = 1,
+                     png: bool = False) -> dict:
+    """Evaluate every prediction in ``prediction_dir`` against the reference of the same case id.
+
+    Cases are matched by file name (``<case><ending>``, any SimpleITK ending; other files are ignored). The
+    inputs are refused with one :class:`SmoothSegError` listing every problem (missing or extra predictions, grid
+    mismatches) before anything is computed. References are mapped to 0/1/2 with ``dataset``'s ``task_regions``
+    (default liver {1, 2}, tumour {2}); predictions must hold 0/1/2. ``clinical_csv`` gives maximal tumour diameters
+    (``Tr_Size``, cm) that override the reference diameter for the size strata.
+
+    With ``output_json`` the summary is written there, with ``<stem>_cases.csv`` and ``<stem>.md`` beside it, and
+    with ``png`` the best and worst case's overlays into ``overlays/`` (images from the dataset or a sibling
+    ``images*`` folder; see :func:`evaluate`). Returns the summary dict (plain JSON: non-finite numbers are None);
+    ``documentation/evaluation.md`` defines every key.
+    """
+    return evaluate(reference_dir, prediction_dir, output_json, dataset=dataset, clinical_csv=clinical_csv,
+                    num_processes=num_processes, png=png)
