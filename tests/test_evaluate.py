@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_cli
 
 from smoothseg.dataset.dataset_json import TaskRegions
 from smoothseg.dataset.io import Geometry, write_image
@@ -18,7 +19,6 @@ from smoothseg.evaluation.metrics import evaluate_case
 from smoothseg.evaluation.replication import summarize_replications, write_replication_summary
 from smoothseg.evaluation.strata import PAPER_METRICS, STRATA
 from smoothseg.synthetic import make_phantom
-from tests.cli_helpers import run_cli
 
 SHAPE = (8, 24, 24)  # (z, y, x)
 GEOMETRY = Geometry((10.0, 10.0, 10.0), (0.0, 0.0, 0.0))  # 1 ml voxels, so diameters reach 10 cm easily

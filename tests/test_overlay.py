@@ -5,11 +5,11 @@ from __future__ import annotations
 import matplotlib.image
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 
 from smoothseg.dataset.io import Geometry, write_image
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.overlay import DPI, FIGURE_SIZE_IN, DisplayFrame, draw_overlay, save_overlay, select_slices
-from tests.cli_helpers import run_cli
 
 SHAPE = (21, 41, 49)  # (z, y, x)
 SPACING = (0.8, 0.8, 2.5)  # (x, y, z) mm
