@@ -51,7 +51,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], Any]) -> Path:
 
 
 def write_text(text: str, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(data: Any, path: str | Path) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cli_helpers import run_cli
+
 from smoothseg.errors import SmoothSegError
 from smoothseg.network.segresnet_vae import SegResNetVAE
 from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
@@ -176,3 +176,20 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny: Path, data_home: Path
     assert f"{done} epoch(s) done, continuing at epoch {done}" in resumed.stderr
     final = load_checkpoint(fold / "checkpoint_final.pth")
     assert final["epoch"] == done + 1 and len(final["progress"]["train_loss"]) == done + 2
+
+
+def test_training_both_tasks_runs_the_full_validation(tiny: Path, data_home: Path) -> None:
+    """Once liver and tumour models of a fold are final, training ends with the cascade on the validation cases."""
+    liver = train(_config("liver", epochs=1))
+    assert not (liver / "validation").exists()  # waits for the tumour model
+    tumor = train(_config("tumor", epochs=1))
+    validation = tumor / "validation"
+    val_ids = json.loads((tiny / "splits.json").read_text())["splits"][0]["val"]
+    for case_id in val_ids:
+        assert (validation / f"{case_id}.nii.gz").is_file()
+    metrics = json.loads((validation / "metrics.json").read_text())
+    assert metrics and "liver" in json.dumps(metrics)
+    again = run_cli("train", "900", "tumor", "0", "-device", "cpu", "--val", home=data_home)
+    assert again.returncode == 0, again.stderr
+    missing = run_cli("train", "900", "tumor", "1", "-device", "cpu", "--val", home=data_home)
+    assert missing.returncode == 2 and "train this fold first" in missing.stderr

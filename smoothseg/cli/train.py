@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, run
 from smoothseg.planning.plans import TASKS
-from smoothseg.training.trainer import TRAINERS, TrainingConfig, train
+from smoothseg.training.trainer import TRAINERS, TrainingConfig, train, validate_only
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -15,7 +15,10 @@ def _body(args: argparse.Namespace) -> int:
         dataset=args.dataset, task=args.configuration, fold=args.fold, trainer=args.tr, device=args.device,
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, initial_lr=args.lr,
         tlvr_weight=args.tlvr_weight, patience=args.patience, compile=args.compile, num_workers=args.num_workers,
-        seed=args.seed, continue_training=args.c)
+        seed=args.seed, continue_training=args.c, validate=not args.no_val)
+    if args.val:
+        print(f"validation: {validate_only(config)}")
+        return 0
     output = train(config)
     print(f"trained model: {output}")
     return 0
@@ -40,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-workers", dest="num_workers", type=int, default=None,
                         help="augmentation worker processes (default: CPU count - 1, or $SMOOTHSEG_NUM_WORKERS)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val", action="store_true",
+                        help="only run the full validation of a finished fold (cascade on its validation cases)")
+    parser.add_argument("--no-val", dest="no_val", action="store_true",
+                        help="skip the full validation at the end of training")
     return run(parser, _body, argv)
 
 

@@ -25,7 +25,9 @@ def is_anisotropic(spacing, threshold: float) -> bool:
 def _zoom(array: np.ndarray, factors, order: int) -> np.ndarray:
     if all(abs(f - 1.0) < 1e-12 for f in factors):
         return array
-    return ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+    if order > 1:  # prefilter in float32 ourselves: scipy's own prefilter makes a float64 copy of the whole volume
+        array = ndimage.spline_filter(array, order=order, output=np.float32, mode="nearest")
+    return ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True, prefilter=False)
 
 
 def resample_array(array: np.ndarray, new_shape, *, order: int, separate_z: bool = False, z_order: int = 0

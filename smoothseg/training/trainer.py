@@ -97,6 +97,7 @@ class TrainingConfig:
     num_workers: int | None = None
     seed: int = 0
     continue_training: bool = False
+    validate: bool = True  # run the cascade on the fold's validation cases once both tasks are trained
 
 
 def build_network(plan: ConfigurationPlan) -> SegResNetVAE:
@@ -325,7 +326,27 @@ class Trainer:
         save_checkpoint(final, self.output / "checkpoint_final.pth")
         logger.info("training done: %s (best EMA pseudo-Dice %.4f)", self.output / "checkpoint_final.pth",
                     self.best_ema)
+        if cfg.validate:
+            self.full_validation()
         return self.output
+
+    def full_validation(self) -> Path | None:
+        """Predict the fold's validation cases with the full cascade (the tumour stage on the *predicted* liver).
+
+        Runs once both the liver and the tumour model of this fold are final; until then it logs why it waits.
+        """
+        other = "tumor" if self.config.task == "liver" else "liver"
+        other_final = self.output.parent.parent / f"{self.name}__{other}" / self.output.name / "checkpoint_final.pth"
+        if self.config.fold == "all":
+            logger.info("no full validation for fold 'all' (it has no held-out cases)")
+            return None
+        if not other_final.exists():
+            logger.info("full validation waits for the %s model of fold %s (%s)", other, self.config.fold,
+                        other_final)
+            return None
+        from smoothseg.inference.validation import validate_fold
+
+        return validate_fold(self.preprocessed.name, self.config.fold, trainer=self.name, device=self.config.device)
 
     def _epoch(self, epoch: int, train_aug, val_aug) -> bool:
         """One epoch of training and validation; returns True when early stopping triggers."""
@@ -437,3 +458,14 @@ def train(config: TrainingConfig) -> Path:
     if config.task not in TASKS:
         raise SmoothSegError(f"unknown configuration '{config.task}'; available: {', '.join(TASKS)}")
     return get_trainer_class(config.trainer)(config).run()
+
+
+def validate_only(config: TrainingConfig) -> Path:
+    """``smoothseg_train ... --val``: the full validation of a finished fold, without training."""
+    trainer = get_trainer_class(config.trainer)(config)
+    if not (trainer.output / "checkpoint_final.pth").exists():
+        raise SmoothSegError(f"--val: {trainer.output} has no checkpoint_final.pth; train this fold first")
+    result = trainer.full_validation()
+    if result is None:
+        raise SmoothSegError("--val needs the final liver and tumor models of this fold (see the log)")
+    return result

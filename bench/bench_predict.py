@@ -1,0 +1,179 @@
+"""Inference cascade: seconds per stage and peak memory for one phantom, with and without mirroring TTA.
+
+Self-contained: writes a synthetic dataset of ``--size`` (``full``: 512 x 512 x ~100 at clinical spacing; ``small``:
+128 x 128 x ~48) into a scratch folder, plans it with the real planner (``plan_and_preprocess`` without
+preprocessing, so the network widths and patch sizes are those a user would get for such data under
+``--gpu-memory-target``), writes freshly initialised (untrained) liver and tumour checkpoints, and then, in a fresh
+child process per setting, times on the test case:
+
+* read + preprocess: ``read_image`` and the liver stage's preprocessing;
+* liver stage: sliding window on the whole volume, revert, argmax, largest component + hole filling;
+* tumour stage: preprocessing of the liver crop (masked), sliding window, revert on the crop;
+* active contours: ``refine_tumours`` on every lesion;
+* write: the label map (atomic) and the report.
+
+An untrained liver model predicts nonsense, so the tumour stage and the active contours run on the phantom's
+reference liver and tumours (their work depends on the liver crop and the lesions, which are then realistic).
+Peak memory is the child's peak RSS; it is compared with the RSS after loading the models plus 4x the float32 input
+volume, a budget for the input, its preprocessed copy and two class maps on the original grid.
+
+Usage: ``python bench/bench_predict.py --size small`` (about a minute) or ``--size full`` (minutes per setting on a
+2-core CPU; ``--tta off`` skips the 8x slower TTA run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATASET = "Dataset900_SyntheticLiver"
+
+
+def _prepare(work: Path, size: str, memory_gb: float) -> tuple[Path, Path]:
+    """Dataset (3 phantoms: 2 training, 1 test), plans and untrained models; returns (test image, test label)."""
+    from smoothseg.inference.model_store import write_untrained_models
+    from smoothseg.paths import results_root
+    from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
+    from smoothseg.synthetic.demo_dataset import make_demo_dataset
+
+    t0 = time.perf_counter()
+    raw = make_demo_dataset(n_cases=3, seed=7, size=size, num_processes=2)
+    print(f"dataset: 3 '{size}' phantoms in {time.perf_counter() - t0:.0f} s")
+    plans = plan_and_preprocess(900, preprocess=False, gpu_memory_target_gb=memory_gb, overwrite_plans=True).plans
+    for task in ("liver", "tumor"):
+        cfg = plans[task]
+        print(f"plan {task:5s}: spacing {cfg.spacing}, patch {cfg.patch_size}, batch {cfg.batch_size}, "
+              f"init_filters {cfg.network.init_filters} (GPU budget {memory_gb} GB)")
+    write_untrained_models(plans, results_root() / DATASET)
+    image = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+    return image, raw / "labelsTs" / image.name.replace("_0000", "")
+
+
+def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, out_dir: Path) -> dict:
+    """Run in a fresh process: load the models, time every stage of one case, report peak RSS."""
+    import numpy as np
+    import torch
+
+    from smoothseg.dataset.io import read_image
+    from smoothseg.inference.cascade import CascadePredictor, compose_labels, refine_and_compose
+    from smoothseg.inference.model_store import select_models
+    from smoothseg.inference.report import case_report, write_case_report
+
+    if threads:
+        torch.set_num_threads(threads)
+    times: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    cascade = CascadePredictor.from_models(select_models("900"), device="cpu", tta=tta)
+    model_mb = sum(p.numel() * p.element_size() for stage in (cascade.liver, cascade.tumor)
+                   for net in stage.networks for p in net.parameters()) / 2**20
+    rss_loaded_mb = _rss_now_mb()
+
+    t0 = time.perf_counter()
+    image, geometry = read_image(image_path)
+    prepared = cascade.liver.preprocess(image, geometry)
+    times["read + preprocess"] = time.perf_counter() - t0
+    peaks["read + preprocess"] = _peak_mb()
+
+    t0 = time.perf_counter()
+    predicted_liver = cascade.liver_stage(image, geometry, prepared)
+    times["liver stage"] = time.perf_counter() - t0
+    peaks["liver stage"] = _peak_mb()
+    del prepared
+
+    reference, _ = read_image(label_path)
+    liver = np.isin(reference, (1, 2, 3))
+    t0 = time.perf_counter()
+    cascade.tumour_stage(image, geometry, liver)
+    times["tumour stage"] = time.perf_counter() - t0
+    peaks["tumour stage"] = _peak_mb()
+
+    tumour = (reference == 2) & liver
+    t0 = time.perf_counter()
+    labels = refine_and_compose(image, geometry, compose_labels(liver, tumour), cascade.active_contour_params)
+    times["active contours"] = time.perf_counter() - t0
+    peaks["active contours"] = _peak_mb()
+
+    from smoothseg.dataset.io import write_image
+
+    t0 = time.perf_counter()
+    write_image(labels, geometry, out_dir / "case.nii.gz")
+    write_case_report(case_report("case", image, labels, geometry), out_dir / "case_report.json")
+    times["write"] = time.perf_counter() - t0
+    peaks["write"] = _peak_mb()
+    return {"times": times, "peaks": peaks, "peak_mb": _peak_mb(), "rss_loaded_mb": rss_loaded_mb, "model_mb": model_mb,
+            "input_mb": image.size * 4 / 2**20, "shape": list(image.shape), "lesions": int(_count_lesions(tumour)),
+            "predicted_liver_ml_fraction": float(predicted_liver.mean()), "threads": torch.get_num_threads()}
+
+
+def _count_lesions(mask) -> int:
+    from scipy import ndimage
+
+    return ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))[1]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _report(name: str, result: dict) -> None:
+    times = result["times"]
+    total = sum(times.values())
+    print(f"\n{name}: image {result['shape']} (z, y, x), {result['lesions']} lesion(s), "
+          f"{result['threads']} torch thread(s)")
+    for stage, seconds in times.items():
+        print(f"  {stage:18s} {seconds:8.2f} s  ({100 * seconds / total:5.1f} %)   peak RSS so far "
+              f"{result['peaks'][stage]:6.0f} MB")
+    print(f"  {'total':18s} {total:8.2f} s; active contours {100 * times['active contours'] / total:.1f} % of it")
+    budget = result["rss_loaded_mb"] + 4 * result["input_mb"]
+    print(f"  peak RSS {result['peak_mb']:.0f} MB; after loading the models {result['rss_loaded_mb']:.0f} MB "
+          f"(model weights {result['model_mb']:.1f} MB); budget = that + 4 x float32 input "
+          f"({4 * result['input_mb']:.0f} MB) = {budget:.0f} MB -> peak / budget {result['peak_mb'] / budget:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small", choices=("small", "full"))
+    parser.add_argument("--tta", default="both", choices=("both", "on", "off"), help="which TTA settings to time")
+    parser.add_argument("--gpu-memory-target", type=float, default=8.0, help="planner budget (GB) for the networks")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--workdir", help="scratch folder (default: a temporary folder)")
+    parser.add_argument("--child", nargs=3, metavar=("IMAGE", "LABEL", "TTA"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        image, label, tta = args.child
+        print(json.dumps(_child(Path(image), Path(label), tta == "on", args.threads, Path(args.workdir))))
+        return
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="smoothseg-bench-predict-"))
+    os.environ.update(SMOOTHSEG_HOME=str(work / "home"))
+    for var in ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS"):
+        os.environ.pop(var, None)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    image, label = _prepare(work, args.size, args.gpu_memory_target)
+    settings = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}[args.tta]
+    for tta in settings:
+        cmd = [sys.executable, __file__, "--child", str(image), str(label), tta, "--workdir", str(work)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"child failed:\n{out.stderr[-4000:]}")
+        _report(f"TTA {tta}", json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""``smoothseg_predict -i IN -o OUT``: liver + tumour segmentation of new CTs with the trained cascade."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from smoothseg.cli.common import make_parser, run
+from smoothseg.inference.cascade import PredictOptions, predict
+
+
+def _body(args: argparse.Namespace) -> int:
+    options = PredictOptions(
+        device=args.device, step_size=args.step_size, tta=False if args.disable_tta else (True if args.tta else None),
+        active_contour=not args.no_active_contour, output_format=args.output_format, overwrite=args.overwrite,
+        num_processes_preprocessing=args.npp, num_processes_postprocessing=args.nps, num_parts=args.num_parts,
+        part_id=args.part_id, clinical_csv=args.clinical, progress=not args.quiet)
+    summary = predict(args.i, args.o, dataset=args.d, folds=args.f, checkpoint=args.chk, trainer=args.tr,
+                      options=options)
+    print(summary.text(), file=sys.stderr if summary.failed else sys.stdout)
+    return 0 if summary.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("smoothseg_predict", "Segment liver (label 1) and liver tumours (label 2) in CT images with "
+                                              "the trained liver -> tumour cascade, and write a tumour report.")
+    parser.add_argument("-i", required=True, type=Path,
+                        help="input folder of <case>_0000<ending> (nnU-Net naming) or <case><ending> images, "
+                             "or one image file")
+    parser.add_argument("-o", required=True, type=Path, help="output folder")
+    parser.add_argument("-d", default=None, help="dataset id or name of the models; None: the only dataset under "
+                                                 "the results root with trained liver and tumor models")
+    parser.add_argument("-f", nargs="+", default=None, help="folds to ensemble; None: every fold with the checkpoint")
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
+    parser.add_argument("-tr", default="SmoothSegTrainer", help="trainer whose models to use")
+    parser.add_argument("-device", default="auto", help="auto, cuda, cpu or mps")
+    parser.add_argument("--step-size", "--step_size", dest="step_size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch size")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
+                     help="no mirroring test-time augmentation (the default on CPU)")
+    tta.add_argument("--tta", action="store_true", help="mirroring test-time augmentation also on CPU (8x slower)")
+    parser.add_argument("--no-active-contour", "--no_active_contour", dest="no_active_contour", action="store_true",
+                        help="skip the per-lesion active-contour refinement")
+    parser.add_argument("--output-format", "--output_format", dest="output_format", default=None,
+                        help="file ending of the label maps (.nii.gz, .nii, .nrrd, .mha, ...); None: the input's")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
+    parser.add_argument("-npp", type=int, default=2, help="processes reading and preprocessing the next cases "
+                                                          "(0: in the main process)")
+    parser.add_argument("-nps", type=int, default=2, help="processes refining and writing finished cases "
+                                                          "(0: in the main process)")
+    parser.add_argument("--num-parts", "--num_parts", dest="num_parts", type=int, default=1,
+                        help="split the cohort into this many parts (run one process per part)")
+    parser.add_argument("--part-id", "--part_id", dest="part_id", type=int, default=0,
+                        help="which part this process predicts (0 .. num-parts - 1)")
+    parser.add_argument("--clinical", type=Path, default=None,
+                        help="CSV of clinical variables (case_id column) for the clinical TLVR prediction")
+    return run(parser, _body, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""The stage predictor: one trained configuration (liver or tumour), one or several folds, from image to probabilities.
+
+:class:`StagePredictor` loads the checkpoints of one configuration, rebuilds each SegResNetVAE from the
+checkpoint's ``network_kwargs`` and puts it in eval mode on the compute device. Prediction of a case is:
+
+1. **preprocessing** with :class:`~smoothseg.preprocessing.preprocessor.TaskPreprocessor` built from the plans stored
+   in the checkpoint, i.e. the very code and plans that preprocessed the training data. For the tumour configuration
+   the crop comes from a (predicted) liver mask, and intensities outside that mask (resampled to the tumour grid the
+   way training resamples label maps) are set to :func:`~smoothseg.training.trainer.outside_fill_value`, as the
+   training data loader does;
+2. **sliding-window inference** (:func:`~smoothseg.inference.sliding_window.sliding_window_predict`): Gaussian
+   weighting, ``step_size`` overlap, batched tiles, mirroring test-time augmentation over all three axes (on by
+   default on a GPU, off on a CPU, where it costs 8x the time), accumulation on the device with a CPU fallback.
+   Images smaller than a patch are padded with the fill value, as the training loader pads patches. Several folds are
+   ensembled by averaging their probabilities;
+3. **reverting** the probabilities to the original grid (or to the crop only) with
+   :meth:`~smoothseg.preprocessing.preprocessor.TaskPreprocessor.revert_probabilities`.
+
+All folds of a stage must share the preprocessing part of their plans (spacing, window, crop...); patch sizes may
+differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoothseg.dataset.io import Geometry
+from smoothseg.errors import SmoothSegError
+from smoothseg.inference.sliding_window import sliding_window_predict
+from smoothseg.network.segresnet_vae import SegResNetVAE
+from smoothseg.planning.plans import Plans
+from smoothseg.preprocessing.cropping import box_slices
+from smoothseg.preprocessing.preprocessor import TaskPreprocessor
+from smoothseg.training.checkpoint import load_checkpoint
+from smoothseg.training.trainer import outside_fill_value, resolve_device
+
+__all__ = ["StagePredictor"]
+
+logger = logging.getLogger(__name__)
+
+MIRROR_AXES = (0, 1, 2)
+
+
+class StagePredictor:
+    """Predict one configuration (``liver`` or ``tumor``) with one or several fold checkpoints.
+
+    Parameters
+    ----------
+    checkpoints:
+        Checkpoint files of the same configuration (one per fold); their probabilities are averaged.
+    device:
+        ``"auto"``, ``"cuda"``, ``"cpu"``, ``"mps"`` or a ``torch.device``.
+    step_size:
+        Sliding-window step as a fraction of the patch size (0.5: tiles overlap by half).
+    tta:
+        Mirroring test-time augmentation; ``None``: on for CUDA, off otherwise.
+    tile_batch_size:
+        Tiles per forward pass; default: the plan's training batch size on CUDA, 1 elsewhere.
+    progress:
+        Show a progress bar over the tiles.
+    """
+
+    def __init__(self, checkpoints: Sequence[str | Path], *, device: str | torch.device = "auto",
+                 step_size: float = 0.5, tta: bool | None = None, tile_batch_size: int | None = None,
+                 progress: bool = False) -> None:
+        if not checkpoints:
+            raise SmoothSegError("StagePredictor needs at least one checkpoint")
+        self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        self.step_size = float(step_size)
+        self.tta = bool(tta) if tta is not None else self.device.type == "cuda"
+        self.progress = progress
+        self.checkpoints = [Path(p) for p in checkpoints]
+        payloads = [load_checkpoint(p, "cpu") for p in self.checkpoints]
+        self.task = self._common(payloads, "task")
+        self.trainer = self._common(payloads, "trainer")
+        self.dataset = str(payloads[0].get("dataset"))
+        self.folds = [str(p.get("fold")) for p in payloads]
+        plans = [self._plans(p, path) for p, path in zip(payloads, self.checkpoints, strict=True)]
+        self.plans = plans[0]
+        self.plan = self.plans[self.task]
+        for other, path in zip(plans[1:], self.checkpoints[1:], strict=True):
+            if other[self.task].content_hash() != self.plan.content_hash():
+                raise SmoothSegError(f"{path}: its '{self.task}' preprocessing plan differs from that of "
+                                     f"{self.checkpoints[0]}; folds with different preprocessing cannot be ensembled")
+        self.patch_sizes = [tuple(p[self.task].patch_size) for p in plans]
+        # On a GPU the training batch size fits and keeps the device busy; on a CPU batching tiles gains nothing
+        # and multiplies the activation memory.
+        self.tile_batch_size = int(tile_batch_size or (self.plan.batch_size if self.device.type == "cuda" else 1))
+        self.preprocessor = TaskPreprocessor.from_plans(self.plans, self.task)
+        self.fill_value = outside_fill_value(self.plan)
+        self.tlvr_models: list[dict[str, Any]] = [p["tlvr_model"] for p in payloads if p.get("tlvr_model")]
+        self.networks = [self._network(p, path) for p, path in zip(payloads, self.checkpoints, strict=True)]
+        self.num_parameters = sum(p.numel() for net in self.networks for p in net.parameters())
+        logger.info("%s stage: %d fold(s) (%s) of %s, device %s, TTA %s, step %.2f", self.task, len(self.networks),
+                    ", ".join(self.folds), self.dataset, self.device, "on" if self.tta else "off", self.step_size)
+
+    @staticmethod
+    def _common(payloads: list[dict[str, Any]], key: str) -> str:
+        values = {str(p.get(key)) for p in payloads}
+        if len(values) != 1:
+            raise SmoothSegError(f"the checkpoints disagree on '{key}': {', '.join(sorted(values))}")
+        return values.pop()
+
+    def _plans(self, payload: dict[str, Any], path: Path) -> Plans:
+        if "plans" not in payload:
+            raise SmoothSegError(f"{path}: checkpoint holds no plans")
+        plans = Plans.from_dict(payload["plans"], path)
+        if self.task not in plans.configurations:
+            raise SmoothSegError(f"{path}: plans have no '{self.task}' configuration")
+        return plans
+
+    def _network(self, payload: dict[str, Any], path: Path) -> SegResNetVAE:
+        try:
+            network = SegResNetVAE(**payload["network_kwargs"])
+            network.load_state_dict(payload["network_state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise SmoothSegError(f"{path}: cannot rebuild the network ({type(exc).__name__}: {exc})") from None
+        if network.out_channels != self.plan.num_classes:
+            raise SmoothSegError(f"{path}: network has {network.out_channels} outputs, the plan "
+                                 f"{self.plan.num_classes} classes")
+        return network.to(self.device).eval()
+
+    # -- preprocessing ----------------------------------------------------------------------------------------------
+    @property
+    def needs_liver_mask(self) -> bool:
+        return self.plan.crop == "liver"
+
+    def preprocess(self, image: np.ndarray, geometry: Geometry,
+                   liver_mask: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Original image -> network input ``(1, z, y, x)`` and the properties needed to revert.
+
+        For a configuration that crops to the liver, ``liver_mask`` (on the original grid) gives the crop, and the
+        intensities outside it are set to the fill value, exactly as the training loader masks its patches.
+        """
+        if not self.needs_liver_mask:
+            data, _, properties = self.preprocessor.preprocess(image, geometry)
+            return data, properties
+        if liver_mask is None or not np.any(liver_mask):
+            raise SmoothSegError(f"the {self.task} stage needs a non-empty liver mask to crop to")
+        # The mask travels through the preprocessor as a {0, 1} label map, so it is cropped and resampled exactly as
+        # training resampled the reference liver region that the loader masks with.
+        masker = TaskPreprocessor(self.plan, liver_labels=(1,), tumor_labels=())
+        mask = np.asarray(liver_mask, dtype=np.uint8)
+        data, seg, properties = masker.preprocess(image, geometry, liver_mask=mask.astype(bool), label=mask)
+        data[0][seg == 0] = self.fill_value
+        return data, properties
+
+    # -- network -------------------------------------------------------------------------------------------------------
+    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
+        """Fold-averaged class probabilities ``(C, z, y, x)`` (float32) on the preprocessed grid."""
+        image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        total: torch.Tensor | None = None
+        for network, patch_size in zip(self.networks, self.patch_sizes, strict=True):
+            probabilities = sliding_window_predict(
+                network, image, patch_size, self.plan.num_classes, step_size=self.step_size,
+                batch_size=self.tile_batch_size, mirror_axes=MIRROR_AXES if self.tta else None, device=self.device,
+                gaussian=True, progress=self.progress, pad_value=self.fill_value)
+            total = probabilities if total is None else total.add_(probabilities)
+        assert total is not None
+        if len(self.networks) > 1:
+            total.div_(len(self.networks))
+        return total.numpy()
+
+    # -- back to the original grid ---------------------------------------------------------------------------------
+    def revert(self, probabilities: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+        """Probabilities on the preprocessed grid -> on the original grid (background outside the crop)."""
+        return self.preprocessor.revert_probabilities(probabilities, properties)
+
+    def revert_to_crop(self, probabilities: np.ndarray,
+                       properties: dict[str, Any]) -> tuple[np.ndarray, tuple[slice, ...]]:
+        """Probabilities on the preprocessed grid -> on the crop of the original grid, and that crop's slices.
+
+        The same as :meth:`revert` restricted to the crop box, without allocating full-size class maps.
+        """
+        shape = [int(v) for v in properties["cropped_shape"]]
+        local = {**properties, "original_shape": shape, "crop_box": {"start": [0, 0, 0], "stop": shape}}
+        box = (tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"]))
+        return self.preprocessor.revert_probabilities(probabilities, local), box_slices(box)
+
+    def predict_probabilities(self, image: np.ndarray, geometry: Geometry,
+                              liver_mask: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities ``(C, z, y, x)`` on the original grid of ``image``."""
+        data, properties = self.preprocess(image, geometry, liver_mask)
+        return self.revert(self.predict_preprocessed(data), properties)
+
+    def predict_labels(self, image: np.ndarray, geometry: Geometry,
+                       liver_mask: np.ndarray | None = None) -> np.ndarray:
+        """Task label map (argmax, uint8) on the original grid of ``image``."""
+        return np.argmax(self.predict_probabilities(image, geometry, liver_mask), axis=0).astype(np.uint8)

@@ -1,0 +1,166 @@
+"""Full validation of a trained fold: the whole cascade on the fold's validation cases, then the metrics.
+
+:func:`validate_fold` predicts the validation cases of fold k (from the preprocessed ``splits.json``; images from the
+raw dataset's ``imagesTr``) with the liver model *and* the tumour model of fold k. The tumour stage runs on the
+liver that the liver model predicted, never on the reference liver, so the numbers are those a user will get.
+Outputs go to ``<results>/DatasetXXX/<Trainer>__tumor/fold_k/validation/``:
+
+* ``<case><ending>`` label maps (0 background, 1 liver, 2 tumour), ``<case>_report.json``, ``report.csv`` and
+  ``summary.json`` (per-case status), exactly as ``smoothseg_predict`` writes them;
+* ``metrics.json``: the evaluation against the reference labels, from
+  :func:`smoothseg.evaluation.evaluate.evaluate_folders` when available, else per-case
+  :func:`~smoothseg.evaluation.metrics.evaluate_case` results with their means (per-case statistics) and pooled
+  overlap metrics (voxel counts summed over cases).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smoothseg.atomic import write_json
+from smoothseg.dataset.io import read_image
+from smoothseg.dataset.raw_dataset import RawDataset
+from smoothseg.errors import SmoothSegError
+from smoothseg.inference.cascade import CascadePredictor, InputCase, PredictOptions, run_cascade
+from smoothseg.inference.model_store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
+from smoothseg.inference.report import ClinicalTLVR
+from smoothseg.paths import find_dataset, preprocessed_root
+
+__all__ = ["validate_fold", "validation_cases"]
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.json"
+
+
+def validation_cases(dataset: str | int, fold: str) -> list[str]:
+    """The validation case ids of ``fold`` in the preprocessed dataset's ``splits.json`` (all cases for ``all``)."""
+    path = find_dataset(dataset, preprocessed_root()) / "splits.json"
+    if not path.is_file():
+        raise SmoothSegError(f"{path} not found; run smoothseg_plan_and_preprocess first")
+    splits = json.loads(path.read_text())["splits"]
+    if str(fold) == "all":
+        return sorted({c for s in splits for c in s["train"] + s["val"]})
+    if not str(fold).isdigit() or int(fold) >= len(splits):
+        raise SmoothSegError(f"fold {fold} does not exist in {path}; available: "
+                             f"{', '.join(str(i) for i in range(len(splits)))} or all")
+    return sorted(splits[int(fold)]["val"])
+
+
+def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TRAINER,
+                  checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", *, step_size: float = 0.5,
+                  tta: bool | None = None, active_contour: bool = True, num_processes: int = 1,
+                  overwrite: bool = True, progress: bool = True) -> Path:
+    """Predict fold ``fold``'s validation cases with that fold's liver and tumour models, and evaluate them.
+
+    Returns the ``validation`` folder. ``num_processes`` sizes the pre-/post-processing pools and the evaluation.
+    """
+    fold = str(fold)
+    pair = select_models(dataset, [fold], checkpoint, trainer)
+    ids = validation_cases(pair.dataset, fold)
+    raw = RawDataset.find(pair.dataset)
+    by_id = {c.case_id: c for c in raw.training_cases}
+    missing = [c for c in ids if c not in by_id or 0 not in by_id[c].images or by_id[c].label is None]
+    if missing:
+        raise SmoothSegError(f"{raw.folder}: validation case(s) without image or label: {', '.join(missing[:10])}")
+    cases = [InputCase(c, by_id[c].image(0), raw.spec.file_ending) for c in ids]
+    output = pair.task_folder("tumor") / f"fold_{fold}" / "validation"
+    logger.info("validating %s fold %s on %d case(s) with the predicted liver -> %s", pair.dataset, fold, len(cases),
+                output)
+    cascade = CascadePredictor.from_models(pair, device=device, step_size=step_size, tta=tta,
+                                           active_contour=active_contour, progress=False)
+    table = raw.clinical()
+    clinical = ClinicalTLVR(table, cascade.tumor.tlvr_models) if table is not None and cascade.tumor.tlvr_models \
+        else None
+    options = PredictOptions(device=device, step_size=step_size, tta=tta, active_contour=active_contour,
+                             overwrite=overwrite, num_processes_preprocessing=num_processes if num_processes > 1 else 0,
+                             num_processes_postprocessing=num_processes if num_processes > 1 else 0,
+                             progress=progress)
+    summary = run_cascade(cascade, cases, output, options, clinical=clinical)
+    if summary.failed:
+        logger.warning("validation: %d case(s) failed and are not evaluated:\n%s", len(summary.failed),
+                       summary.text())
+    done = [c for c, o in zip(cases, summary.cases, strict=True) if o.status != "failed"]
+    references = {c.case_id: by_id[c.case_id].label for c in done}
+    evaluate_predictions(raw, references, output, num_processes)
+    return output
+
+
+def evaluate_predictions(raw: RawDataset, references: dict[str, Path], prediction_dir: Path,
+                         num_processes: int = 1) -> dict[str, Any]:
+    """Evaluate the predictions of ``references``' cases in ``prediction_dir``; writes ``metrics.json``."""
+    target = prediction_dir / METRICS_NAME
+    try:
+        from smoothseg.evaluation.evaluate import evaluate_folders
+    except ImportError:
+        evaluate_folders = None
+    if evaluate_folders is not None:
+        with tempfile.TemporaryDirectory(prefix=".reference-", dir=prediction_dir.parent) as tmp:
+            for path in references.values():
+                _link_or_copy(path, Path(tmp) / path.name)
+            return evaluate_folders(Path(tmp), prediction_dir, target, dataset=raw.name, clinical_csv=None,
+                                    num_processes=num_processes)
+    logger.info("smoothseg.evaluation.evaluate is not available; evaluating with evaluate_case")
+    return _evaluate_fallback(raw, references, prediction_dir, target)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _evaluate_fallback(raw: RawDataset, references: dict[str, Path], prediction_dir: Path,
+                       target: Path) -> dict[str, Any]:
+    from smoothseg.evaluation.metrics import counts_from_case, evaluate_case, pooled_overlap_metrics
+
+    regions = raw.spec.task_regions
+    liver_labels, tumour_labels = list(regions.liver), list(regions.tumor)
+    per_case: dict[str, dict[str, Any]] = {}
+    for case_id, label_path in sorted(references.items()):
+        reference, geometry = read_image(label_path)
+        prediction, _ = read_image(prediction_dir / f"{case_id}{raw.spec.file_ending}")
+        mapped = np.zeros(reference.shape, dtype=np.uint8)
+        mapped[np.isin(reference, liver_labels + tumour_labels)] = 1
+        mapped[np.isin(reference, tumour_labels)] = 2
+        per_case[case_id] = evaluate_case(mapped, prediction, geometry.spacing_zyx)
+    keys = sorted({k for case in per_case.values() for k in case})
+    means = {}
+    for key in keys:
+        values = np.array([float(case[key]) for case in per_case.values() if key in case], dtype=float)
+        finite = values[np.isfinite(values)]
+        means[key] = float(finite.mean()) if finite.size else None
+    pooled = {s: pooled_overlap_metrics(counts_from_case(c, s) for c in per_case.values()) for s in ("liver", "tumor")}
+    result = {
+        "source": "smoothseg.evaluation.metrics.evaluate_case (fallback)",
+        "n_cases": len(per_case),
+        "mean_per_case": {k: _json_number(v) for k, v in means.items()},
+        "pooled": {s: {k: _json_number(v) for k, v in m.items()} for s, m in pooled.items()},
+        "per_case": {c: {k: _json_number(v) for k, v in m.items()} for c, m in per_case.items()},
+    }
+    write_json(result, target)
+    logger.info("validation metrics (%d cases, mean per case): liver Dice %s, tumour Dice %s -> %s", len(per_case),
+                _fmt(means.get("liver_dice")), _fmt(means.get("tumor_dice")), target)
+    return result
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,56 @@
+"""Helpers for the inference tests: tiny plans and model pairs that need no training.
+
+Importing this module does not import torch, so worker processes that import it start quickly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from smoothseg.inference.cascade import _LoadJob, _Outcome
+from smoothseg.inference.model_store import ModelPair, write_untrained_models
+from smoothseg.planning.plans import Plans
+
+TINY_DATASET = "Dataset950_TinyModels"
+
+
+def tiny_plans(dataset: str = TINY_DATASET) -> Plans:
+    """Plans of a 4-filter SegResNetVAE with 16x32x32 patches for both configurations."""
+    def config(spacing, classes, crop, margin):
+        return {"spacing": list(spacing), "patch_size": [16, 32, 32], "batch_size": 2,
+                "window": {"lower": -100.0, "upper": 250.0, "mean": 100.0, "std": 50.0}, "num_classes": len(classes),
+                "class_names": classes, "crop": crop, "crop_margin_mm": margin,
+                "network": {"init_filters": 4, "vae_nz": 16}}
+
+    return Plans.from_dict({
+        "dataset": dataset, "task_regions": {"liver": [1, 2], "tumor": [2]},
+        "configurations": {
+            "liver": config((6.0, 5.0, 5.0), ["background", "liver"], "none", [0.0, 0.0, 0.0]),
+            "tumor": config((5.0, 3.0, 3.0), ["background", "liver", "tumor"], "liver", [5.0, 10.0, 10.0]),
+        }})
+
+
+def make_model_pair(results: Path, folds: tuple[str, ...] = ("0",), dataset: str = TINY_DATASET) -> ModelPair:
+    """Untrained liver and tumour checkpoints under ``results/<dataset>``."""
+    return write_untrained_models(tiny_plans(dataset), results / dataset, folds=folds)
+
+
+def make_constant(checkpoint: Path, logits: list[float]) -> None:
+    """Rewrite a checkpoint so that its network outputs ``logits`` at every voxel (zero head weights, fixed bias)."""
+    import torch
+
+    from smoothseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(checkpoint)
+    state = payload["network_state"]
+    state["head.2.weight"] = torch.zeros_like(state["head.2.weight"])
+    state["head.2.bias"] = torch.tensor(logits, dtype=state["head.2.bias"].dtype)
+    save_checkpoint(payload, checkpoint)
+
+
+def die_on_bad(job: _LoadJob) -> _Outcome:
+    """A worker function that kills its process for case ``bad``, as the OS does to a worker out of memory."""
+    if job.case.case_id == "bad":
+        os._exit(1)
+    return _Outcome(True, job.case.case_id)

@@ -1,0 +1,236 @@
+"""``smoothseg_predict`` and friends after short trainings of tiny liver and tumour models (trained once per module).
+
+Covers the label maps and reports of a cohort (geometry identical to the inputs', flipped directions included),
+robustness to broken inputs, model selection, export -> install on another results root, cohort parts and skipping
+of finished cases, and the full validation of a fold with the predicted liver.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import run_cli
+
+from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
+from smoothseg.errors import SmoothSegError
+from smoothseg.inference.cascade import CascadePredictor, PredictOptions, predict
+from smoothseg.inference.model_store import export_models, install_models, select_models
+from smoothseg.inference.validation import validate_fold
+from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
+from smoothseg.training.trainer import TrainingConfig, train
+
+DATASET = "Dataset900_SyntheticLiver"
+FAST = dict(device="cpu", step_size=1.0, num_processes_preprocessing=0, num_processes_postprocessing=0,
+            progress=False)
+_ROOT_VARS = ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, demo_dataset_pristine: Path) -> Path:
+    """A data home with the demo dataset preprocessed and tiny liver + tumour models trained for fold 0."""
+    home = tmp_path_factory.mktemp("predict") / "home"
+    shutil.copytree(demo_dataset_pristine, home / "raw" / demo_dataset_pristine.name)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        for var in _ROOT_VARS:
+            mp.delenv(var, raising=False)
+        mp.setenv("SMOOTHSEG_HOME", str(home))
+        torch.set_num_threads(1)  # tiny networks: threads cost more than they give
+        try:
+            plans_path = plan_and_preprocess(900).folder / "plans.json"
+            plans = json.loads(plans_path.read_text())
+            for cfg in plans["configurations"].values():
+                cfg.update(patch_size=[16, 32, 32], batch_size=2)
+                cfg["network"].update(init_filters=4, vae_nz=16)
+            plans_path.write_text(json.dumps(plans))
+            for task in ("liver", "tumor"):
+                train(TrainingConfig(dataset="900", task=task, fold="0", device="cpu", epochs=1, iters_per_epoch=2,
+                                     val_iters=1, num_workers=0))
+        finally:
+            torch.set_num_threads(threads)
+    return home
+
+
+@pytest.fixture
+def home(trained: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The trained data home as this test's roots (in-process calls and CLI processes, one torch thread each)."""
+    for var in _ROOT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SMOOTHSEG_HOME", str(trained))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield trained
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def inputs(home: Path, tmp_path: Path) -> Path:
+    """Two test cases in nnU-Net naming plus a flipped-direction training case under a plain name."""
+    raw = home / "raw" / DATASET
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for path in sorted((raw / "imagesTs").iterdir()):
+        shutil.copy(path, folder / path.name)
+    shutil.copy(raw / "imagesTr" / "SynLiver_001_0000.nii.gz", folder / "flipped.nii.gz")
+    assert np.any(np.diag(read_header(folder / "flipped.nii.gz").geometry.direction_matrix) < 0)
+    return folder
+
+
+def _geometry_matches(image_path: Path, label_path: Path) -> None:
+    original, predicted = read_header(image_path), read_header(label_path)
+    assert predicted.size == original.size
+    assert not original.geometry.differences(predicted.geometry, spacing_tol=1e-6, origin_tol_mm=1e-4,
+                                             direction_tol=1e-6), label_path
+
+
+def test_predict_cli_writes_label_maps_with_the_input_geometry_and_reports(home: Path, inputs: Path,
+                                                                           tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("predict", "-i", str(inputs), "-o", str(out), "-device", "cpu", "--step-size", "1", "-npp", "1",
+                     "-nps", "1", home=home)
+    assert result.returncode == 0, result.stderr
+    cases = {"SynLiver_004": "SynLiver_004_0000.nii.gz", "SynLiver_005": "SynLiver_005_0000.nii.gz",
+             "flipped": "flipped.nii.gz"}
+    for case_id, image_name in cases.items():
+        label_path = out / f"{case_id}.nii.gz"
+        _geometry_matches(inputs / image_name, label_path)
+        labels, _ = read_image(label_path)
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        report = json.loads((out / f"{case_id}_report.json").read_text())
+        assert report["case_id"] == case_id and report["lesion_count"] == len(report["lesions"])
+        assert report["model"]["folds"] == {"liver": ["0"], "tumor": ["0"]} and report["model"]["active_contour"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_ok"] == 3 and summary["n_failed"] == 0
+    rows = (out / "report.csv").read_text().splitlines()
+    assert rows[0].startswith("case_id,liver_found,liver_volume_ml") and len(rows) == 4
+    assert "3 case(s): 3 ok" in result.stdout
+
+
+def test_broken_inputs_are_reported_and_the_others_finish(home: Path, inputs: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(inputs / "SynLiver_004_0000.nii.gz", folder / "good_0000.nii.gz")
+    data = gzip.decompress((inputs / "SynLiver_005_0000.nii.gz").read_bytes())
+    (folder / "truncated_0000.nii.gz").write_bytes(gzip.compress(data[: len(data) // 2]))
+    nan_image = np.zeros((8, 16, 16), np.float32)
+    nan_image[3, 4, 5] = np.nan
+    write_image(nan_image, Geometry((1, 1, 1), (0, 0, 0)), folder / "nan_0000.nii.gz")
+    (folder / "flat_0000.mha").write_bytes(b"")
+    out = tmp_path / "out"
+    result = run_cli("predict", "-i", str(folder), "-o", str(out), "-device", "cpu", "--step-size", "1",
+                     "-npp", "1", "-nps", "0", "--no-active-contour", "--output-format", ".nrrd", home=home)
+    assert result.returncode == 1, result.stderr
+    summary = {c["case_id"]: c for c in json.loads((out / "summary.json").read_text())["cases"]}
+    assert summary["good"]["status"] == "ok"
+    for case_id, name in (("truncated", "truncated_0000.nii.gz"), ("nan", "nan_0000.nii.gz"),
+                          ("flat", "flat_0000.mha")):
+        assert summary[case_id]["status"] == "failed" and name in summary[case_id]["message"], summary[case_id]
+        assert not (out / f"{case_id}.nrrd").exists()
+    assert "NaN" in summary["nan"]["message"]
+    _geometry_matches(folder / "good_0000.nii.gz", out / "good.nrrd")  # --no-active-contour: valid output too
+    labels, _ = read_image(out / "good.nrrd")
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    assert "3 failed" in result.stderr and "truncated_0000.nii.gz" in result.stderr
+
+
+def test_model_selection_lists_what_exists(home: Path, inputs: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty_home"
+    result = run_cli("predict", "-i", str(inputs), "-o", str(tmp_path / "o"), home=empty)
+    assert result.returncode == 2 and "no dataset" in result.stderr and "choose one with -d" in result.stderr
+    results = tmp_path / "results"
+    shutil.copytree(home / "results" / DATASET, results / DATASET)
+    shutil.copytree(home / "results" / DATASET, results / "Dataset901_Other")
+    with pytest.raises(SmoothSegError, match=r"2 datasets(.|\n)*Dataset900_SyntheticLiver(.|\n)*Dataset901_Other"):
+        select_models(root=results)
+    assert select_models("901", root=results).dataset == "Dataset901_Other"
+    with pytest.raises(SmoothSegError, match="fold.* 3 have no checkpoint_final.pth; available: 0"):
+        select_models("900", folds=["3"], root=results)
+    shutil.rmtree(results / "Dataset901_Other" / "SmoothSegTrainer__tumor")
+    pair = select_models(root=results)
+    assert pair.dataset == DATASET and pair.folds == {"liver": ("0",), "tumor": ("0",)}
+    with pytest.raises(SmoothSegError, match="no trained tumor model"):
+        select_models("901", root=results)
+    with pytest.raises(SmoothSegError, match="no dataset '42'.*Dataset900"):
+        select_models("42", root=results)
+
+
+def test_export_install_round_trip_predicts_identically(home: Path, inputs: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    one = inputs / "SynLiver_004_0000.nii.gz"
+    first = predict(one, tmp_path / "first", options=PredictOptions(**FAST))
+    archive = export_models("900", tmp_path / "model.zip")
+    second_home = tmp_path / "second_home"
+    result = run_cli("install_model", str(archive), home=second_home)
+    assert result.returncode == 0, result.stderr
+    assert (second_home / "results" / DATASET / "SmoothSegTrainer__tumor" / "plans.json").is_file()
+    again = run_cli("install_model", str(archive), home=second_home)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    monkeypatch.setenv("SMOOTHSEG_HOME", str(second_home))
+    second = predict(one, tmp_path / "second", options=PredictOptions(**FAST))
+    assert first.ok and second.ok
+    a, _ = read_image(tmp_path / "first" / "SynLiver_004.nii.gz")
+    b, _ = read_image(tmp_path / "second" / "SynLiver_004.nii.gz")
+    np.testing.assert_array_equal(a, b)
+    install_models(archive, overwrite=True)
+
+
+def test_parts_write_each_case_once_and_reruns_skip_finished_cases(home: Path, inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    seen = []
+    for part in (0, 1):
+        summary = predict(inputs, out, options=PredictOptions(num_parts=2, part_id=part, **FAST))
+        assert summary.ok
+        seen += [c.case_id for c in summary.cases]
+        assert (out / f"summary_part{part}of2.json").is_file()
+    assert sorted(seen) == ["SynLiver_004", "SynLiver_005", "flipped"]
+    assert len((out / "report.csv").read_text().splitlines()) == 4  # the cohort CSV covers both parts
+    stamp = os.stat(out / "flipped.nii.gz").st_mtime_ns
+    rerun = predict(inputs, out, options=PredictOptions(**FAST))
+    assert [c.status for c in rerun.cases] == ["skipped"] * 3
+    assert os.stat(out / "flipped.nii.gz").st_mtime_ns == stamp
+    (out / "flipped_report.json").unlink()  # an unfinished case is redone
+    redo = predict(inputs, out, options=PredictOptions(**FAST))
+    assert [c.status for c in redo.cases] == ["skipped", "skipped", "ok"]
+    forced = predict(inputs, out, options=PredictOptions(overwrite=True, num_parts=2, part_id=1, **FAST))
+    assert [(c.case_id, c.status) for c in forced.cases] == [("SynLiver_005", "ok")]
+
+
+def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    livers: list[np.ndarray] = []
+    given: list[np.ndarray] = []
+    liver_stage, tumour_stage = CascadePredictor.liver_stage, CascadePredictor.tumour_stage
+
+    def record_liver(self, *args, **kwargs):
+        livers.append(liver_stage(self, *args, **kwargs))
+        return livers[-1]
+
+    def record_tumour(self, image, geometry, liver):
+        given.append(liver)
+        return tumour_stage(self, image, geometry, liver)
+
+    monkeypatch.setattr(CascadePredictor, "liver_stage", record_liver)
+    monkeypatch.setattr(CascadePredictor, "tumour_stage", record_tumour)
+    folder = validate_fold("900", 0, device="cpu", step_size=1.0, progress=False)
+    assert folder == home / "results" / DATASET / "SmoothSegTrainer__tumor" / "fold_0" / "validation"
+    val_ids = json.loads((home / "preprocessed" / DATASET / "splits.json").read_text())["splits"][0]["val"]
+    assert len(livers) == len(given) == len(val_ids)
+    for case_id, predicted, passed in zip(val_ids, livers, given, strict=True):
+        assert passed is predicted  # the tumour stage got the liver stage's output, not the reference
+        labels, _ = read_image(folder / f"{case_id}.nii.gz")
+        np.testing.assert_array_equal(labels > 0, predicted)
+        reference, _ = read_image(home / "raw" / DATASET / "labelsTr" / f"{case_id}.nii.gz")
+        assert not np.array_equal(reference > 0, predicted)
+        _geometry_matches(home / "raw" / DATASET / "imagesTr" / f"{case_id}_0000.nii.gz", folder / f"{case_id}.nii.gz")
+    assert json.loads((folder / "summary.json").read_text())["n_ok"] == len(val_ids)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics, "metrics summary is empty"
+    assert not list(folder.parent.glob(".reference-*"))
