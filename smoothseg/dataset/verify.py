@@ -9,18 +9,17 @@ clinical table is declared it loads and has a row for every case.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from smoothseg.dataset.cases import CaseFiles
 from smoothseg.dataset.dataset_json import DatasetSpec
 from smoothseg.dataset.io import Geometry, read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
+from smoothseg.parallel import map_cases
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +144,7 @@ def verify_dataset(dataset: str | int | Path, *, num_processes: int = 1, toleran
                                        path=raw.dataset_json))
     cases = train + test
     jobs = [(c, spec, tol) for c in cases]
-    if num_processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(num_processes) as pool:
-            results = list(tqdm(pool.map(_check_case_star, jobs), total=len(jobs), desc="verify", unit="case"))
-    else:
-        results = [_check_case_star(j) for j in tqdm(jobs, desc="verify", unit="case", disable=len(jobs) < 2)]
+    results = map_cases(_check_case_star, jobs, num_processes, desc="verify")
     for r in results:
         report.problems.extend(r)
 

@@ -25,14 +25,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from smoothseg.atomic import write_json, write_text
 from smoothseg.dataset.dataset_json import TaskRegions
@@ -63,6 +61,7 @@ from smoothseg.evaluation.strata import (
     per_case_aggregate,
     stratum_case_ids,
 )
+from smoothseg.parallel import map_cases
 
 logger = logging.getLogger(__name__)
 
@@ -241,12 +240,7 @@ def _evaluate_star(args: tuple[CasePair, TaskRegions]) -> dict[str, Any]:
 
 def _evaluate_all(pairs: Sequence[CasePair], regions: TaskRegions, num_processes: int) -> list[dict[str, Any]]:
     jobs = [(pair, regions) for pair in pairs]
-    bar = dict(total=len(jobs), desc="evaluate", unit="case")
-    if num_processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(num_processes, len(jobs))) as pool:
-            rows = list(tqdm(pool.map(_evaluate_star, jobs), **bar))
-    else:
-        rows = [_evaluate_star(job) for job in tqdm(jobs, **bar)]
+    rows = map_cases(_evaluate_star, jobs, num_processes, desc="evaluate")
     errors = [row["error"] for row in rows if "error" in row]
     if errors:
         raise SmoothSegError(f"{len(errors)} case(s) could not be evaluated:\n" + "\n".join(f"  - {e}" for e in errors))

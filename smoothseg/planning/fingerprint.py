@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from smoothseg.atomic import write_json
 from smoothseg.dataset.cases import CaseFiles
@@ -25,6 +23,7 @@ from smoothseg.dataset.dataset_json import DatasetSpec
 from smoothseg.dataset.io import read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
+from smoothseg.parallel import map_cases
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +111,7 @@ def extract_fingerprint(raw: RawDataset, num_processes: int = 1) -> dict[str, An
     if not cases:
         raise SmoothSegError(f"{raw.folder}: no labelled training cases to fingerprint")
     jobs = [(c, raw.spec) for c in cases]
-    bar = dict(total=len(jobs), desc="fingerprint", unit="case")
-    if num_processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(num_processes, len(jobs))) as pool:
-            results = list(tqdm(pool.map(_case_fingerprint_star, jobs), **bar))
-    else:
-        results = [_case_fingerprint_star(j) for j in tqdm(jobs, **bar)]
+    results = map_cases(_case_fingerprint_star, jobs, num_processes, desc="fingerprint")
     records = [r for r, _ in results]
     pooled = {name: intensity_stats(np.concatenate([s[name] for _, s in results])) for name in REGIONS}
     return {

@@ -19,16 +19,15 @@ import json
 import logging
 import shutil
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from smoothseg.atomic import atomic_path, write_json
 from smoothseg.dataset.cases import CaseFiles
 from smoothseg.dataset.io import read_image
+from smoothseg.parallel import map_cases
 from smoothseg.planning.plans import Plans
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor
 
@@ -118,13 +117,7 @@ def preprocess_task(cases: list[CaseFiles], plans: Plans, task: str, folder: Pat
     if not todo:
         return []
     jobs = [(c, preprocessor, folder, plan_hash) for c in todo]
-    bar = dict(total=len(jobs), desc=f"preprocess {task}", unit="case")
-    if num_processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(num_processes, len(jobs))) as pool:
-            done = list(tqdm(pool.map(_preprocess_star, jobs), **bar))
-    else:
-        done = [_preprocess_star(j) for j in tqdm(jobs, **bar)]
-    return done
+    return map_cases(_preprocess_star, jobs, num_processes, desc=f"preprocess {task}")
 
 
 def load_case(folder: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

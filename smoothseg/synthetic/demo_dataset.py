@@ -12,19 +12,18 @@ from __future__ import annotations
 import io
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from smoothseg.atomic import write_json, write_text
 from smoothseg.dataset.cases import image_path, label_path
 from smoothseg.dataset.dataset_json import ClinicalSpec, DatasetSpec, TaskRegions
 from smoothseg.dataset.io import write_image
 from smoothseg.errors import SmoothSegError
+from smoothseg.parallel import map_cases
 from smoothseg.paths import dataset_folder_name, raw_root
 from smoothseg.synthetic.clinical import CATEGORICAL, FEATURES, clinical_row
 from smoothseg.synthetic.phantom import LABELS, SIZES, make_phantom
@@ -131,12 +130,7 @@ def make_demo_dataset(raw: Path | None = None, dataset_id: int = DEMO_DATASET_ID
         return folder
     logger.info("writing %d of %d synthetic cases (size %s, seed %d) to %s", len(todo), n_cases, size, seed, folder)
     jobs = [(folder, i, n_cases, seed, size) for i in todo]
-    bar = dict(total=len(jobs), desc="phantoms", unit="case")
-    if num_processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(num_processes, len(jobs))) as pool:
-            results = list(tqdm(pool.map(_generate_star, jobs), **bar))
-    else:
-        results = [_generate_star(j) for j in tqdm(jobs, **bar)]
+    results = map_cases(_generate_star, jobs, num_processes, desc="phantoms")
     done.update({r["case_id"]: r for r in results})
     records = [done[case_id(i)] for i in range(n_cases)]
 
