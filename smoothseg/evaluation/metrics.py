@@ -36,6 +36,9 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import cdist
 
+from smoothseg.preprocessing.cropping import bounding_box as tight_box
+from smoothseg.preprocessing.cropping import box_slices, grow_box
+
 __all__ = [
     "Lesion", "LesionDetection", "OverlapCounts", "SurfaceDistances",
     "accuracy", "assd", "connected_lesions", "counts_from_case", "dice", "evaluate_case", "hd95", "iou",
@@ -78,14 +81,8 @@ def _voxel_volume_ml(spacing: Sequence[float]) -> float:
 
 def _bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
     """Slices of the smallest box holding all True voxels, grown by ``pad`` and clipped to the array; None if empty."""
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        if hits.size == 0:
-            return None
-        slices.append(slice(max(int(hits[0]) - pad, 0), min(int(hits[-1]) + 1 + pad, mask.shape[axis])))
-    return tuple(slices)
+    tight = tight_box(mask)
+    return None if tight is None else box_slices(grow_box(tight, (pad,) * mask.ndim, mask.shape))
 
 
 def _safe_ratio(numerator: float, denominator: float) -> float:

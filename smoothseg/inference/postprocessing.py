@@ -22,6 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from smoothseg.preprocessing.cropping import bounding_box as tight_box
+from smoothseg.preprocessing.cropping import box_slices, grow_box
+
 __all__ = [
     "Box", "bounding_box", "crop_to_box", "fill_holes_3d", "keep_inside", "largest_connected_component",
     "mm_to_voxels", "paste_box", "remove_small_components",
@@ -143,16 +146,8 @@ def bounding_box(mask: np.ndarray, margin_voxels: int | Sequence[int] = 0, *,
         margins = mm_to_voxels(margin_mm, spacing)
     else:
         margins = tuple(int(m) for m in _per_axis(margin_voxels, mask.ndim, "margin_voxels"))
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other)) if other else np.flatnonzero(mask)
-        if hits.size == 0:
-            return None
-        start = max(int(hits[0]) - margins[axis], 0)
-        stop = min(int(hits[-1]) + 1 + margins[axis], mask.shape[axis])
-        box.append(slice(start, stop))
-    return tuple(box)
+    tight = tight_box(mask)
+    return None if tight is None else box_slices(grow_box(tight, margins, mask.shape))
 
 
 def crop_to_box(array: np.ndarray, box: Box) -> np.ndarray:

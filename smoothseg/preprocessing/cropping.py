@@ -20,12 +20,16 @@ def bounding_box(mask: np.ndarray) -> Box | None:
     return tuple(start), tuple(stop)
 
 
+def grow_box(box: Box, margin_voxels, shape) -> Box:
+    """Grow ``box`` by ``margin_voxels`` (one per axis) on each side, clipped to ``shape``."""
+    start = tuple(max(0, a - m) for a, m in zip(box[0], margin_voxels, strict=True))
+    stop = tuple(min(n, b + m) for b, m, n in zip(box[1], margin_voxels, shape, strict=True))
+    return start, stop
+
+
 def expand_box(box: Box, shape, spacing, margin_mm) -> Box:
     """Grow ``box`` by ``margin_mm`` on each side (converted with the real spacing), clipped to ``shape``."""
-    margin = [int(np.ceil(m / s)) for m, s in zip(margin_mm, spacing, strict=True)]
-    start = tuple(max(0, a - m) for a, m in zip(box[0], margin, strict=True))
-    stop = tuple(min(n, b + m) for b, m, n in zip(box[1], margin, shape, strict=True))
-    return start, stop
+    return grow_box(box, [int(np.ceil(m / s)) for m, s in zip(margin_mm, spacing, strict=True)], shape)
 
 
 def box_slices(box: Box) -> tuple[slice, ...]:

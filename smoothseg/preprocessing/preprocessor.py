@@ -106,7 +106,7 @@ class TaskPreprocessor:
         cropped = resample_probabilities(probabilities, properties["cropped_shape"],
                                          order=1, separate_z=properties["separate_z"],
                                          z_order=self.plan.resampling.z_order)
-        box = (tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"]))
+        box = _stored_box(properties)
         full = paste(cropped, box, properties["original_shape"], fill=0)
         outside = np.ones(full.shape[1:], dtype=bool)
         outside[box_slices(box)] = False
@@ -117,5 +117,10 @@ class TaskPreprocessor:
         """A task label map on the preprocessed grid -> on the original grid."""
         cropped = resample_labels(seg, properties["cropped_shape"], order=self.plan.resampling.label_order,
                                   separate_z=properties["separate_z"], z_order=self.plan.resampling.z_order)
-        box = (tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"]))
+        box = _stored_box(properties)
         return paste(cropped, box, properties["original_shape"], fill=0)
+
+
+def _stored_box(properties: dict[str, Any]) -> Box:
+    """The crop box recorded by :meth:`TaskPreprocessor.preprocess`."""
+    return tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"])

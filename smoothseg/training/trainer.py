@@ -413,6 +413,10 @@ class SmoothSegTrainer(Trainer):
     def effective_tlvr_weight(self) -> float:
         return self.config.tlvr_weight if self.config.task == "tumor" else 0.0
 
+    def _tlvr_off(self, reason: str) -> None:
+        logger.info("TLVR term off: %s", reason)
+        self.loss_fn = SmoothSegLoss(self.loss_fn.seg_loss, vae_weight=self.config.vae_weight, tlvr_weight=0.0)
+
     def prepare_knowledge(self) -> None:
         from smoothseg.dataset.raw_dataset import RawDataset
         from smoothseg.knowledge.tlvr import TLVRRegressor, describe_availability
@@ -426,15 +430,13 @@ class SmoothSegTrainer(Trainer):
         raw = RawDataset.find(self.plans.dataset)
         available, reason = describe_availability(raw.spec, self.config.tlvr_weight)
         if not available:
-            logger.info("TLVR term off: %s", reason)
-            self.loss_fn = SmoothSegLoss(self.loss_fn.seg_loss, vae_weight=self.config.vae_weight, tlvr_weight=0.0)
+            self._tlvr_off(reason)
             return
         table = raw.clinical()
         truth = {c: json.loads((self.task_folder / f"{c}.json").read_text())["tlvr"] for c in self.train_ids}
         ids = [c for c in self.train_ids if c in table.index]
         if len(ids) < 3:
-            logger.info("TLVR term off: only %d training case(s) have clinical rows (need 3)", len(ids))
-            self.loss_fn = SmoothSegLoss(self.loss_fn.seg_loss, vae_weight=self.config.vae_weight, tlvr_weight=0.0)
+            self._tlvr_off(f"only {len(ids)} training case(s) have clinical rows (need 3)")
             return
         target = np.array([truth[c] for c in ids])
         regressor = TLVRRegressor.from_spec(raw.spec)
