@@ -151,6 +151,17 @@ def _check_3d(path: Path, dimension: int, components: int) -> None:
         raise ImageReadError(path, f"expected a single-channel image, found {components} components per voxel")
 
 
+def _information_reader(path: Path, problem: str) -> sitk.ImageFileReader:
+    """A reader for ``path`` that has read the header, or an :class:`ImageReadError` saying ``problem``."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageReadError(path, f"{problem} ({_first_line(exc)})") from None
+    return reader
+
+
 def read_header(path: str | Path) -> ImageHeader:
     """Read an image's header (size, geometry, pixel type) without loading its voxels."""
     path = Path(path)
@@ -160,12 +171,7 @@ def read_header(path: str | Path) -> ImageHeader:
         image = read_sitk(path)
         return ImageHeader(path, 3, tuple(image.GetSize()), 1, image.GetPixelIDTypeAsString(),
                            Geometry.from_sitk(image))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ImageReadError(path, f"unreadable image header ({_first_line(exc)})") from None
+    reader = _information_reader(path, "unreadable image header")
     dim = reader.GetDimension()
     geometry = None
     if dim == 3:
@@ -252,12 +258,7 @@ def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: 
 
 def _read_nifti(path: Path, check_finite: bool) -> sitk.Image:
     """Read a NIfTI file while a second thread checks its voxel block (zlib releases the GIL)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ImageReadError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
+    reader = _information_reader(path, "unreadable or truncated image")
     _check_3d(path, reader.GetDimension(), reader.GetNumberOfComponents())
     with ThreadPoolExecutor(max_workers=1) as pool:
         check = pool.submit(_check_nifti_voxels, path, _nifti_header(reader), check_finite)
