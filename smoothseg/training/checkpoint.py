@@ -8,6 +8,7 @@ regressor (as a dict), the training log, and the git hash of the code that wrote
 from __future__ import annotations
 
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from smoothseg.errors import SmoothSegError
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 
 
+@lru_cache(maxsize=1)
 def git_hash() -> str | None:
-    """The commit of the smoothseg source tree, or None outside a git checkout."""
+    """The commit of the smoothseg source tree, or None outside a git checkout (asked once per process)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
                              timeout=5)
