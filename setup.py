@@ -1,8 +1,7 @@
 """Install smoothseg: ``pip install -e ".[test]"`` (add ``dicom`` for the HCC-TACE-Seg converter)."""
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 

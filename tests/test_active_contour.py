@@ -202,7 +202,8 @@ def test_params_round_trip_and_validation() -> None:
     with pytest.raises(ValueError, match="unknown"):
         ActiveContourParams.from_dict({"iteration": 3})
     for bad in ({"window": (10, 0)}, {"iterations": -1}, {"lambda1": 0.0}, {"min_keep_fraction": 1.5},
-                {"max_grow_fraction": -0.1}, {"margin_mm": -1.0}, {"max_upsampling": 0}):
+                {"max_grow_fraction": -0.1}, {"margin_mm": -1.0}, {"max_upsampling": 0},
+                {"max_working_voxels": 0}):
         with pytest.raises(ValueError):
             ActiveContourParams(**bad)
 
@@ -215,3 +216,32 @@ def test_input_checks(case) -> None:
         refine_tumours(image, truth, liver[:-1], SPACING)
     with pytest.raises(ValueError):
         refine_tumours(image, truth, liver, (1.0, 1.0))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_fast_curvature_operators_equal_scipy_morphology_with_the_footprints(ndim) -> None:
+    rng = np.random.default_rng(ndim)
+    for trial in range(12):
+        shape = tuple(int(n) for n in rng.integers(3, 10, ndim))
+        noise = rng.random(shape) < 0.55
+        u = ndimage.binary_opening(noise) if trial % 2 else noise  # blobs and salt-and-pepper, touching the border
+        sup_inf = np.zeros_like(u)
+        inf_sup = np.ones_like(u)
+        for footprint in active_contour._FOOTPRINTS[ndim]:
+            sup_inf |= ndimage.binary_erosion(u, footprint)
+            inf_sup &= ndimage.binary_dilation(u, footprint)
+        np.testing.assert_array_equal(active_contour._sup_inf(u), sup_inf)
+        np.testing.assert_array_equal(active_contour._inf_sup(u), inf_sup)
+
+
+def test_working_grid_is_capped_for_large_boxes(case) -> None:
+    spacing = (2.5, 0.8, 0.8)
+    assert active_contour._working_factors(spacing, 8, (10, 20, 20), 10**9) == (3, 1, 1)
+    assert active_contour._working_factors(spacing, 2, (10, 20, 20), 10**9) == (2, 1, 1)
+    assert active_contour._working_factors(spacing, 8, (10, 20, 20), 2 * 4000) == (2, 1, 1)
+    assert active_contour._working_factors(spacing, 8, (10, 20, 20), 100) == (1, 1, 1)
+    image, liver, truth = case
+    capped = refine_tumours(image, truth, liver, SPACING, max_working_voxels=1)  # raw grid for every lesion
+    np.testing.assert_array_equal(capped, refine_tumours(image, truth, liver, SPACING, max_upsampling=1))
+    assert not np.array_equal(capped, refine_tumours(image, truth, liver, SPACING))
+    assert dice(capped, truth) >= 0.85 and n_lesions(capped) == 3

@@ -29,7 +29,6 @@ from smoothseg.inference.cascade import (
     _LoadJob,
     _Stage,
     active_contour_params,
-    argmax_labels,
     compose_labels,
     find_input_cases,
     postprocess_liver,
@@ -40,7 +39,7 @@ from smoothseg.inference.cascade import (
 from smoothseg.inference.model_store import export_models, install_models, select_models
 from smoothseg.inference.predictor import StagePredictor
 from smoothseg.inference.report import ClinicalTLVR, case_report
-from smoothseg.preprocessing.preprocessor import TaskPreprocessor
+from smoothseg.preprocessing.preprocessor import TaskPreprocessor, argmax_labels
 from smoothseg.training.trainer import outside_fill_value
 
 FAST = dict(device="cpu", step_size=1.0, num_processes_preprocessing=0, num_processes_postprocessing=0,

@@ -15,7 +15,7 @@ from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
 from smoothseg.planning.plans import Plans
 from smoothseg.preprocessing.dataset_preprocessing import load_case, load_locations
-from smoothseg.preprocessing.preprocessor import TaskPreprocessor
+from smoothseg.preprocessing.preprocessor import TaskPreprocessor, argmax_labels
 from smoothseg.preprocessing.resampling import resample_image, resample_labels, shape_for_spacing
 
 
@@ -111,6 +111,14 @@ def test_revert_restores_the_original_grid(prepared, demo_dataset: Path, tmp_pat
     reverted = pre.revert_probabilities(probs, props)
     assert reverted.shape == (plans[task].num_classes, *image.shape)
     np.testing.assert_allclose(reverted.sum(axis=0), 1.0, atol=1e-4)
+    # The channel-wise argmax the cascade uses equals the argmax of the full reverted maps, on the grid and the crop.
+    soft = np.random.default_rng(1).random(probs.shape).astype(np.float32) + 2 * probs
+    soft /= soft.sum(axis=0)
+    expected_labels = argmax_labels(pre.revert_probabilities(soft, props))
+    assert set(np.unique(expected_labels)) == set(range(plans[task].num_classes))
+    np.testing.assert_array_equal(pre.revert_argmax(soft, props), expected_labels)
+    crop = tuple(slice(a, b) for a, b in zip(props["crop_box"]["start"], props["crop_box"]["stop"], strict=True))
+    np.testing.assert_array_equal(pre.revert_argmax(soft, props, crop_only=True), expected_labels[crop])
     out = write_image(back, type(geometry).from_dict(props["geometry"]), tmp_path / "seg.nii.gz")
     assert read_image(out)[1] == geometry
 

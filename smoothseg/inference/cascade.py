@@ -76,17 +76,6 @@ _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # single-case building blocks
 # ------------------------------------------------------------------------------------------------------------------
 
-def argmax_labels(probabilities: np.ndarray) -> np.ndarray:
-    """``argmax`` over the class axis as uint8, without the int64 temporary of ``np.argmax`` (ties: lowest class)."""
-    labels = np.zeros(probabilities.shape[1:], dtype=np.uint8)
-    best = probabilities[0].copy()
-    for c in range(1, probabilities.shape[0]):
-        better = probabilities[c] > best
-        labels[better] = c
-        np.maximum(best, probabilities[c], out=best)
-    return labels
-
-
 def postprocess_liver(mask: np.ndarray) -> np.ndarray:
     """Largest connected component (26-connectivity) with its holes filled in 3D; empty stays empty.
 
@@ -189,9 +178,7 @@ class CascadePredictor:
         data, properties = prepared if prepared is not None else self.liver.preprocess(image, geometry)
         probabilities = self.liver.predict_preprocessed(data)
         del data
-        full = self.liver.revert(probabilities, properties)
-        del probabilities
-        return postprocess_liver(argmax_labels(full) > 0)
+        return postprocess_liver(self.liver.revert_labels(probabilities, properties) > 0)
 
     def tumour_stage(self, image: np.ndarray, geometry: Geometry, liver: np.ndarray) -> np.ndarray:
         """Steps 3-4: the tumour mask on the original grid, inside ``liver`` (empty when ``liver`` is)."""
@@ -201,9 +188,9 @@ class CascadePredictor:
         data, properties = self.tumor.preprocess(image, geometry, liver)
         probabilities = self.tumor.predict_preprocessed(data)
         del data
-        cropped, region = self.tumor.revert_to_crop(probabilities, properties)
+        cropped, region = self.tumor.revert_labels_to_crop(probabilities, properties)
         del probabilities
-        tumour[region] = argmax_labels(cropped) == TUMOUR_CLASS
+        tumour[region] = cropped == TUMOUR_CLASS
         return keep_inside(tumour, liver)
 
     def network_stages(self, image: np.ndarray, geometry: Geometry, prepared: tuple[np.ndarray, dict[str, Any]]

@@ -13,8 +13,11 @@ checkpoint's ``network_kwargs`` and puts it in eval mode on the compute device. 
    default on a GPU, off on a CPU, where it costs 8x the time), accumulation on the device with a CPU fallback.
    Images smaller than a patch are padded with the fill value, as the training loader pads patches. Several folds are
    ensembled by averaging their probabilities;
-3. **reverting** the probabilities to the original grid (or to the crop only) with
-   :meth:`~smoothseg.preprocessing.preprocessor.TaskPreprocessor.revert_probabilities`.
+3. **reverting** the probabilities to the original grid with
+   :meth:`~smoothseg.preprocessing.preprocessor.TaskPreprocessor.revert_probabilities`, or straight to the argmax
+   label map (on the original grid or the crop only) with
+   :meth:`~smoothseg.preprocessing.preprocessor.TaskPreprocessor.revert_argmax`, one class map at a time, which is
+   what the cascade uses to keep its memory bounded.
 
 All folds of a stage must share the preprocessing part of their plans (spacing, window, crop...); patch sizes may
 differ.
@@ -172,16 +175,15 @@ class StagePredictor:
         """Probabilities on the preprocessed grid -> on the original grid (background outside the crop)."""
         return self.preprocessor.revert_probabilities(probabilities, properties)
 
-    def revert_to_crop(self, probabilities: np.ndarray,
-                       properties: dict[str, Any]) -> tuple[np.ndarray, tuple[slice, ...]]:
-        """Probabilities on the preprocessed grid -> on the crop of the original grid, and that crop's slices.
+    def revert_labels(self, probabilities: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+        """Argmax label map (uint8) on the original grid, one class map at a time (see ``revert_argmax``)."""
+        return self.preprocessor.revert_argmax(probabilities, properties)
 
-        The same as :meth:`revert` restricted to the crop box, without allocating full-size class maps.
-        """
-        shape = [int(v) for v in properties["cropped_shape"]]
-        local = {**properties, "original_shape": shape, "crop_box": {"start": [0, 0, 0], "stop": shape}}
+    def revert_labels_to_crop(self, probabilities: np.ndarray,
+                              properties: dict[str, Any]) -> tuple[np.ndarray, tuple[slice, ...]]:
+        """Argmax label map (uint8) on the crop box of the original grid, and that box's slices."""
         box = (tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"]))
-        return self.preprocessor.revert_probabilities(probabilities, local), box_slices(box)
+        return self.preprocessor.revert_argmax(probabilities, properties, crop_only=True), box_slices(box)
 
     def predict_probabilities(self, image: np.ndarray, geometry: Geometry,
                               liver_mask: np.ndarray | None = None) -> np.ndarray:
@@ -192,4 +194,5 @@ class StagePredictor:
     def predict_labels(self, image: np.ndarray, geometry: Geometry,
                        liver_mask: np.ndarray | None = None) -> np.ndarray:
         """Task label map (argmax, uint8) on the original grid of ``image``."""
-        return np.argmax(self.predict_probabilities(image, geometry, liver_mask), axis=0).astype(np.uint8)
+        data, properties = self.preprocess(image, geometry, liver_mask)
+        return self.revert_labels(self.predict_preprocessed(data), properties)

@@ -173,8 +173,8 @@ class _Accumulator:
         """The addition proper; ``done`` records which sums are already updated, so a retry never adds twice."""
         weight = weight.to(self.device, torch.float32)
         if not done["values"]:
-            weighted = probabilities.to(self.device, torch.float32) * weight
-            self.values[(slice(None), *region)] += weighted  # in place: allocates nothing
+            # In place, with the weight broadcast over the classes: no weighted copy of the tile is made.
+            self.values[(slice(None), *region)].addcmul_(probabilities.to(self.device, torch.float32), weight)
             done["values"] = True
         if not done["weights"]:
             self.weights[region] += weight
@@ -207,9 +207,9 @@ def _predict_probabilities(network: Network, batch: torch.Tensor, num_classes: i
         probabilities = torch.softmax(logits.float(), dim=1)
         if dims:
             probabilities = torch.flip(probabilities, dims)
-        total = probabilities if total is None else total + probabilities
+        total = probabilities if total is None else total.add_(probabilities)
     assert total is not None
-    return total / len(flip_combinations)
+    return total.div_(len(flip_combinations)) if len(flip_combinations) > 1 else total
 
 
 def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, patch_size: Sequence[int],
@@ -303,6 +303,7 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
     finally:
         if was_training:
             network.train()  # type: ignore[union-attr]
-    result = result.to("cpu", torch.float32).contiguous()
-    # Tensors made under inference_mode refuse in-place updates and autograd later on: hand back a normal tensor.
-    return result.clone() if result.is_inference() else result
+    # Tensors made under inference_mode refuse in-place updates and autograd later on: hand back a normal tensor (one
+    # contiguous copy of the crop, on the CPU).
+    result = result.to("cpu", torch.float32)
+    return result.clone(memory_format=torch.contiguous_format) if result.is_inference() else result.contiguous()

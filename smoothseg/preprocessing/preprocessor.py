@@ -12,6 +12,7 @@ masks them, so training can perturb the mask the way liver-stage errors will at 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,34 @@ from smoothseg.preprocessing.cropping import Box, bounding_box, box_slices, expa
 from smoothseg.preprocessing.normalization import normalize_ct
 from smoothseg.preprocessing.resampling import (
     is_anisotropic,
+    resample_array,
     resample_image,
     resample_labels,
     resample_probabilities,
     shape_for_spacing,
 )
+
+
+def argmax_labels(probabilities: Iterable[np.ndarray]) -> np.ndarray:
+    """``argmax`` over the class maps as uint8 (ties: lowest class), one class map at a time.
+
+    ``probabilities`` is a ``(C, ...)`` array or any iterable of per-class maps (e.g. a generator that resamples
+    them one by one): only the running maximum and the labels are kept, never all C maps, and there is no int64
+    temporary as with ``np.argmax``.
+    """
+    labels: np.ndarray | None = None
+    best: np.ndarray | None = None
+    for c, class_map in enumerate(probabilities):
+        if best is None:
+            best = np.array(class_map, dtype=np.float32)
+            labels = np.zeros(best.shape, dtype=np.uint8)
+            continue
+        better = class_map > best
+        labels[better] = c
+        np.maximum(best, class_map, out=best)
+    if labels is None:
+        raise ValueError("argmax_labels needs at least one class map")
+    return labels
 
 
 @dataclass
@@ -112,6 +136,23 @@ class TaskPreprocessor:
         outside[box_slices(box)] = False
         full[0][outside] = 1.0
         return full
+
+    def revert_argmax(self, probabilities: np.ndarray, properties: dict[str, Any], *,
+                      crop_only: bool = False) -> np.ndarray:
+        """The argmax label map (uint8) of :meth:`revert_probabilities`, computed one class map at a time.
+
+        Equal to ``argmax_labels(revert_probabilities(...))`` but never holds more than one resampled class map and
+        the running maximum, on the crop only: for a whole CT that is ~2x the image in float32 instead of the C
+        full-size class maps plus their pasted copy. ``crop_only``: return the labels of the crop box only.
+        """
+        rs = self.plan.resampling
+        shape = properties["cropped_shape"]
+        labels = argmax_labels(resample_array(p.astype(np.float32, copy=False), shape, order=1,
+                                              separate_z=properties["separate_z"], z_order=rs.z_order)
+                               for p in probabilities)
+        if crop_only:
+            return labels
+        return paste(labels, _stored_box(properties), properties["original_shape"], fill=0)
 
     def revert_labels(self, seg: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
         """A task label map on the preprocessed grid -> on the original grid."""
