@@ -2,7 +2,7 @@
 
 For one task of the synthetic demo dataset (planned with ``-gpu_memory_target``), it measures:
 
-* compute: training steps per second on one fixed batch (forward, losses incl. VAE/TLVR, backward, SGD step);
+* compute: training steps per second on one fixed batch (forward, losses incl. VAE/TLVR, backward, optimizer step);
 * loader: augmented batches per second from the multi-process augmenter, with no network;
 * end to end: training steps per second fed by the augmenter.
 

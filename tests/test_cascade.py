@@ -96,6 +96,37 @@ def test_tumour_stage_input_is_cropped_to_and_masked_outside_the_predicted_liver
         stage.preprocess(image, geometry, np.zeros_like(liver))
 
 
+def test_tumour_stage_refines_the_liver_at_fine_spacing_but_never_grows_it(models, monkeypatch) -> None:
+    image, liver = _ct()
+    geometry = Geometry((2.0, 2.0, 4.0), (0, 0, 0))
+    cascade = CascadePredictor.from_models(models, device="cpu", step_size=1.0, active_contour=False)
+    smaller = _ball(liver.shape, (10, 20, 22), 7)  # the tumour model trims the coarse liver boundary
+    lesion = _ball(liver.shape, (10, 18, 20), 2)
+    beyond = np.zeros_like(liver)
+    beyond[10, 20, 33:36] = True  # "liver" the tumour model sees outside the mask it was given: never added
+    assert not (beyond & liver).any()
+    full = np.where(lesion, 2, np.where(smaller | beyond, 1, 0)).astype(np.uint8)
+
+    def fake_revert(probabilities, properties):
+        box = tuple(slice(a, b) for a, b in zip(properties["crop_box"]["start"], properties["crop_box"]["stop"],
+                                                strict=True))
+        return full[box], box
+
+    monkeypatch.setattr(cascade.tumor, "revert_labels_to_crop", fake_revert)
+    refined, tumour = cascade.tumour_stage(image, geometry, liver)
+    np.testing.assert_array_equal(refined, smaller)
+    np.testing.assert_array_equal(tumour, lesion)
+    cascade.refine_liver = False
+    kept, tumour = cascade.tumour_stage(image, geometry, liver)
+    np.testing.assert_array_equal(kept, liver)
+    np.testing.assert_array_equal(tumour, lesion)
+    full[:] = 0  # a tumour model that sees no liver at all leaves the liver stage's mask
+    cascade.refine_liver = True
+    kept, tumour = cascade.tumour_stage(image, geometry, liver)
+    np.testing.assert_array_equal(kept, liver)
+    assert not tumour.any()
+
+
 def test_folds_are_ensembled_by_averaging_probabilities(models) -> None:
     image, _ = _ct()
     geometry = Geometry((2.0, 2.0, 4.0), (0, 0, 0))
@@ -107,6 +138,16 @@ def test_folds_are_ensembled_by_averaging_probabilities(models) -> None:
     probabilities = both.predict_probabilities(image, geometry)
     assert probabilities.shape == (2, *image.shape)
     np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
+
+
+def test_small_tiles_are_batched_on_the_cpu_large_ones_are_not(models, monkeypatch) -> None:
+    from smoothseg.inference import predictor
+
+    stage = StagePredictor(models.checkpoints("liver")[:1], device="cpu")
+    assert stage.plan.batch_size > 1 and stage.tile_batch_size == stage.plan.batch_size  # a tiny test plan
+    monkeypatch.setattr(predictor, "SMALL_TILE_ELEMENTS", 1)
+    assert StagePredictor(models.checkpoints("liver")[:1], device="cpu").tile_batch_size == 1
+    assert StagePredictor(models.checkpoints("liver")[:1], device="cpu", tile_batch_size=3).tile_batch_size == 3
 
 
 def test_tta_defaults_off_on_cpu_and_can_be_forced(models) -> None:
@@ -218,8 +259,10 @@ def test_parts_partition_the_cohort() -> None:
 # ------------------------------------------------------------------------------------------------------------------
 
 def test_any_direction_matrix_is_preserved(models, data_home: Path, tmp_path: Path) -> None:
-    make_constant(models.checkpoints("liver")[0], [-5.0, 5.0])  # liver everywhere: the tumour stage runs
-    make_constant(models.checkpoints("liver")[1], [-5.0, 5.0])
+    for checkpoint in models.checkpoints("liver"):
+        make_constant(checkpoint, [-5.0, 5.0])  # liver everywhere: the tumour stage runs
+    for checkpoint in models.checkpoints("tumor"):
+        make_constant(checkpoint, [-5.0, 5.0, -5.0])  # and keeps all of it as liver (no refinement, no tumour)
     image, _ = _ct((18, 30, 34))
     c, s = np.cos(0.4), np.sin(0.4)
     oblique = (c, -s, 0.0, s * 0.8, c * 0.8, -0.6, s * 0.6, c * 0.6, 0.8)  # a rotation, not axis-aligned
@@ -234,7 +277,7 @@ def test_any_direction_matrix_is_preserved(models, data_home: Path, tmp_path: Pa
     assert not original.geometry.differences(header.geometry, spacing_tol=1e-6, origin_tol_mm=1e-4,
                                              direction_tol=1e-6)
     labels, _ = read_image(out)
-    assert set(np.unique(labels)) <= {0, 1, 2} and (labels > 0).all()
+    assert (labels == 1).all()  # every voxel accounted for: nothing shifted out of the grid
 
 
 def test_no_liver_gives_an_empty_map_and_says_so(models, data_home: Path, tmp_path: Path) -> None:

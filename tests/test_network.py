@@ -197,6 +197,23 @@ def test_vae_loss_falls_when_fitting_one_input(estimate_std: bool) -> None:
     assert after < 0.7 * before
 
 
+def test_vae_reconstruction_term_is_normalised_by_the_patch_variance() -> None:
+    """Scaling the input's spread by k leaves L_rec of a constant (mean) reconstruction at 1, not k^2."""
+    torch.manual_seed(0)
+    model = SegResNetVAE(input_image_size=(16, 16, 16), init_filters=4, vae_nz=8).train()
+    for p in model.vae_head.parameters():  # the reconstruction head outputs the constant 0 (= the inputs' mean)
+        torch.nn.init.zeros_(p)
+    x = torch.randn(2, 1, 16, 16, 16)
+    x = (x - x.mean(dim=(2, 3, 4), keepdim=True)) / x.std(dim=(2, 3, 4), unbiased=False, keepdim=True)
+    losses = []
+    for scale in (1.0, 5.0):
+        torch.manual_seed(1)
+        losses.append(model(scale * x)[1].item())
+    # L_rec = 1 exactly for both scales; the KL term (on the latent mean) is small and scale-dependent.
+    assert 1.0 <= losses[0] < 1.5 and 1.0 <= losses[1] < 1.5 + 0.5 * losses[0]
+    assert losses[1] < 5.0  # a plain MSE would be ~25
+
+
 def test_segmentation_gradient_flows() -> None:
     torch.manual_seed(0)
     model = small()

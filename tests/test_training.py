@@ -143,6 +143,23 @@ def test_clear_errors(tiny: Path, change: dict, words: str) -> None:
         train(_config("tumor", **change))
 
 
+def test_optimizers_learning_rates_and_resume_with_another_optimizer(tiny: Path) -> None:
+    from smoothseg.training.trainer import DEFAULT_LR, initial_lr
+
+    adamw = SmoothSegTrainer(_config("tumor"))
+    assert isinstance(adamw.optimizer, torch.optim.AdamW) and adamw.loss_fn.seg_loss.batch_dice
+    assert adamw.lr_at(0) == DEFAULT_LR["adamw"]
+    sgd = SmoothSegTrainer(_config("tumor", optimizer="sgd", initial_lr=0.02, batch_dice=False))
+    assert isinstance(sgd.optimizer, torch.optim.SGD) and sgd.optimizer.defaults["nesterov"]
+    assert sgd.lr_at(0) == 0.02 and not sgd.loss_fn.seg_loss.batch_dice
+    assert initial_lr(_config("tumor", optimizer="sgd")) == DEFAULT_LR["sgd"]
+    with pytest.raises(SmoothSegError, match="unknown optimizer 'adam'"):
+        SmoothSegTrainer(_config("tumor", optimizer="adam"))
+    train(_config("tumor", epochs=1))
+    with pytest.raises(SmoothSegError, match="trained with --optimizer adamw"):
+        train(_config("tumor", epochs=2, optimizer="sgd", continue_training=True))
+
+
 def test_unknown_configuration_lists_the_existing_ones(tiny: Path, data_home: Path) -> None:
     out = run_cli("train", "900", "lung", "0", home=data_home)
     assert out.returncode == 2 and "invalid choice: 'lung'" in out.stderr and "liver" in out.stderr

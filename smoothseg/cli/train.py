@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, run
 from smoothseg.planning.plans import TASKS
-from smoothseg.training.trainer import TRAINERS, TrainingConfig, train, validate_only
+from smoothseg.training.trainer import DEFAULT_LR, TRAINERS, TrainingConfig, train, validate_only
 
 
 def _body(args: argparse.Namespace) -> int:
     config = TrainingConfig(
         dataset=args.dataset, task=args.configuration, fold=args.fold, trainer=args.tr, device=args.device,
-        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, initial_lr=args.lr,
+        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, optimizer=args.optimizer,
+        initial_lr=args.lr, batch_dice=not args.sample_dice,
         tlvr_weight=args.tlvr_weight, patience=args.patience, compile=args.compile, num_workers=args.num_workers,
         seed=args.seed, continue_training=args.c, validate=not args.no_val)
     if args.val:
@@ -34,7 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1000, help="number of epochs (may be raised with --c)")
     parser.add_argument("--iters-per-epoch", dest="iters_per_epoch", type=int, default=250)
     parser.add_argument("--val-iters", dest="val_iters", type=int, default=50, help="validation batches per epoch")
-    parser.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (poly schedule)")
+    parser.add_argument("--optimizer", choices=tuple(DEFAULT_LR), default="adamw",
+                        help="adamw (SegResNetVAE's recipe) or sgd (nnU-Net's: Nesterov, momentum 0.99)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="initial learning rate, poly decay (default: " +
+                             ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    parser.add_argument("--sample-dice", dest="sample_dice", action="store_true",
+                        help="Dice per sample instead of over the batch")
     parser.add_argument("--c", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--tlvr-weight", dest="tlvr_weight", type=float, default=0.5,
                         help="weight of the TLVR term (tumor task); 0 ablates it")

@@ -7,7 +7,12 @@ One case goes through these steps:
 2. largest connected component and 3D hole filling of the liver region, on the original grid;
 3. tumour stage on the crop around the *predicted* liver, with intensities outside the predicted liver masked as in
    training (steps 3 and 4 of the method); skipped when no liver was found;
-4. tumour kept inside the liver;
+4. the liver refined at the tumour stage's fine spacing: inside the crop, the liver region is what both stages call
+   liver (liver-stage mask and the tumour model's liver or tumour classes), again reduced to its largest component
+   with holes filled; the tumour is kept inside it. The liver model sees the whole CT at a coarse spacing (4-6 mm on
+   typical plans), where the liver boundary is blurred by a voxel or more; the tumour model was trained to delineate
+   liver and tumour inside a perturbed liver mask at the fine spacing, so it can trim the coarse boundary (it cannot
+   grow the liver beyond the mask it is given). ``refine_liver=False`` keeps the liver stage's mask;
 5. local active contours per lesion (:func:`~smoothseg.inference.active_contour.refine_tumours`), with the tumour
    plan's intensity window and :class:`~smoothseg.inference.active_contour.ActiveContourParams` defaults, overridden
    by an optional ``"active_contour"`` dict in ``plans.json``'s tumor configuration; can be switched off;
@@ -142,12 +147,14 @@ class CascadePredictor:
     """
 
     def __init__(self, liver: StagePredictor, tumor: StagePredictor,
-                 active_contour_params: ActiveContourParams | None = None, model_info: dict[str, Any] | None = None):
+                 active_contour_params: ActiveContourParams | None = None, model_info: dict[str, Any] | None = None,
+                 refine_liver: bool = True):
         if liver.task != "liver" or tumor.task != "tumor":
             raise SmoothSegError(f"a cascade needs a liver and a tumor stage, got {liver.task} and {tumor.task}")
         self.liver = liver
         self.tumor = tumor
         self.active_contour_params = active_contour_params
+        self.refine_liver = refine_liver
         self.model_info = model_info or {"dataset": liver.dataset, "trainer": liver.trainer,
                                          "folds": {"liver": liver.folds, "tumor": tumor.folds}}
 
@@ -180,18 +187,30 @@ class CascadePredictor:
         del data
         return postprocess_liver(self.liver.revert_labels(probabilities, properties) > 0)
 
-    def tumour_stage(self, image: np.ndarray, geometry: Geometry, liver: np.ndarray) -> np.ndarray:
-        """Steps 3-4: the tumour mask on the original grid, inside ``liver`` (empty when ``liver`` is)."""
+    def tumour_stage(self, image: np.ndarray, geometry: Geometry,
+                     liver: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 3-4: the ``(liver, tumour)`` masks on the original grid, given the liver stage's mask ``liver``.
+
+        The liver is ``liver`` refined by the tumour model (see the module docstring; never larger than ``liver``,
+        and ``liver`` itself when ``refine_liver`` is off or the tumour model finds no liver at all); the tumour lies
+        inside it. Both are empty when ``liver`` is.
+        """
         tumour = np.zeros(liver.shape, dtype=bool)
         if not liver.any():
-            return tumour
+            return liver, tumour
         data, properties = self.tumor.preprocess(image, geometry, liver)
         probabilities = self.tumor.predict_preprocessed(data)
         del data
         cropped, region = self.tumor.revert_labels_to_crop(probabilities, properties)
         del probabilities
         tumour[region] = cropped == TUMOUR_CLASS
-        return keep_inside(tumour, liver)
+        if self.refine_liver:
+            refined = np.zeros(liver.shape, dtype=bool)
+            refined[region] = cropped > 0  # the tumour model's liver region: liver or tumour
+            refined = postprocess_liver(refined & liver)
+            if refined.any():
+                liver = refined
+        return liver, keep_inside(tumour, liver)
 
     def network_stages(self, image: np.ndarray, geometry: Geometry, prepared: tuple[np.ndarray, dict[str, Any]]
                        | None = None) -> tuple[np.ndarray, dict[str, float]]:
@@ -199,7 +218,7 @@ class CascadePredictor:
         t0 = time.perf_counter()
         liver = self.liver_stage(image, geometry, prepared)
         t1 = time.perf_counter()
-        tumour = self.tumour_stage(image, geometry, liver)
+        liver, tumour = self.tumour_stage(image, geometry, liver)
         t2 = time.perf_counter()
         return compose_labels(liver, tumour), {"liver_stage": t1 - t0, "tumour_stage": t2 - t1}
 
