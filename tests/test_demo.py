@@ -45,7 +45,8 @@ def test_demo_quick_runs_every_step_and_writes_correct_outputs(demo_run) -> None
         assert label.shape == image.shape and label_geometry == geometry  # size, spacing, origin, direction
         assert set(np.unique(label)) <= {0, 1, 2}
         reference = read_image(raw / "labelsTs" / f"{case}.nii.gz")[0]
-        pred_liver, ref_liver = label > 0, np.isin(reference, (1, 2))
+        liver_labels = json.loads((raw / "dataset.json").read_text())["task_regions"]["liver"]
+        pred_liver, ref_liver = label > 0, np.isin(reference, liver_labels)
         liver_dice.append(2 * (pred_liver & ref_liver).sum() / (pred_liver.sum() + ref_liver.sum()))
         chance.append(_chance_dice(pred_liver, ref_liver))
         report = json.loads((run_dir / "predictions" / f"{case}_report.json").read_text())

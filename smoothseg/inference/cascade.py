@@ -59,6 +59,9 @@ from smoothseg.inference.report import (
 from smoothseg.planning.plans import ConfigurationPlan
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor
 
+#: The tumour stage's liver refinement is used only when it keeps at least this fraction of the liver stage's mask.
+MIN_REFINED_LIVER_FRACTION = 0.5
+
 if TYPE_CHECKING:
     from smoothseg.inference.model_store import ModelPair
     from smoothseg.inference.predictor import StagePredictor
@@ -192,8 +195,8 @@ class CascadePredictor:
         """Steps 3-4: the ``(liver, tumour)`` masks on the original grid, given the liver stage's mask ``liver``.
 
         The liver is ``liver`` refined by the tumour model (see the module docstring; never larger than ``liver``,
-        and ``liver`` itself when ``refine_liver`` is off or the tumour model finds no liver at all); the tumour lies
-        inside it. Both are empty when ``liver`` is.
+        and ``liver`` itself when ``refine_liver`` is off or the refinement would keep less than
+        ``MIN_REFINED_LIVER_FRACTION`` of it); the tumour lies inside it. Both are empty when ``liver`` is.
         """
         tumour = np.zeros(liver.shape, dtype=bool)
         if not liver.any():
@@ -208,7 +211,9 @@ class CascadePredictor:
             refined = np.zeros(liver.shape, dtype=bool)
             refined[region] = cropped > 0  # the tumour model's liver region: liver or tumour
             refined = postprocess_liver(refined & liver)
-            if refined.any():
+            # A boundary correction trims a few percent; a tumour model that removes most of the liver disagrees
+            # wholesale with the liver model (e.g. it is barely trained), and the liver stage's mask is kept.
+            if np.count_nonzero(refined) >= MIN_REFINED_LIVER_FRACTION * np.count_nonzero(liver):
                 liver = refined
         return liver, keep_inside(tumour, liver)
 
