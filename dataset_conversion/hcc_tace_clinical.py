@@ -42,9 +42,10 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -203,38 +204,39 @@ def _canonical_names(columns: Iterable[object]) -> dict[object, str]:
     return out
 
 
-def _encode_codes(values: pd.Series, column: str, encoding: dict[str, int]) -> tuple[pd.Series, list[str]]:
-    lookup = {normalise_value(k): v for k, v in encoding.items()}
-    codes = set(encoding.values())
+def _encode_with(values: pd.Series, column: str, lookup: dict[str, Any], dtype: str,
+                 fallback: Callable[[str], Any] | None = None) -> tuple[pd.Series, list[str]]:
+    """Each value's normalised token through ``lookup`` (then ``fallback``); missing: NA; unknown: NA, and listed."""
     out, unknown = [], []
     for v in values:
-        token = normalise_value(v)
         if _is_missing(v):
             out.append(pd.NA)
-        elif token in lookup:
-            out.append(lookup[token])
-        elif token.isdigit() and int(token) in codes:  # already encoded
-            out.append(int(token))
-        else:
-            out.append(pd.NA)
+            continue
+        token = normalise_value(v)
+        encoded = lookup.get(token)
+        if encoded is None and fallback is not None:
+            encoded = fallback(token)
+        if encoded is None:
             unknown.append(str(v))
-    return pd.Series(out, index=values.index, dtype="Int64", name=column), unknown
+            encoded = pd.NA
+        out.append(encoded)
+    return pd.Series(out, index=values.index, dtype=dtype, name=column), unknown
+
+
+def _encode_codes(values: pd.Series, column: str, encoding: dict[str, int]) -> tuple[pd.Series, list[str]]:
+    codes = set(encoding.values())
+
+    def already_encoded(token: str) -> int | None:
+        return int(token) if token.isdigit() and int(token) in codes else None
+
+    return _encode_with(values, column, {normalise_value(k): v for k, v in encoding.items()}, "Int64",
+                        already_encoded)
 
 
 def _encode_categories(values: pd.Series, column: str, mapping: dict[str, str]) -> tuple[pd.Series, list[str]]:
     lookup = {normalise_value(k): v for k, v in mapping.items()}
     lookup.update({normalise_value(v): v for v in mapping.values()})
-    out, unknown = [], []
-    for v in values:
-        token = normalise_value(v)
-        if _is_missing(v):
-            out.append(pd.NA)
-        elif token in lookup:
-            out.append(lookup[token])
-        else:
-            out.append(pd.NA)
-            unknown.append(str(v))
-    return pd.Series(out, index=values.index, dtype="string", name=column), unknown
+    return _encode_with(values, column, lookup, "string")
 
 
 def _encode_numbers(values: pd.Series, column: str) -> tuple[pd.Series, list[str]]:
