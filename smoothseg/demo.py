@@ -69,8 +69,11 @@ class DemoSettings:
     iters_per_epoch: int
     val_iters: int
 
+    def epochs(self, task: str) -> int:
+        return self.liver_epochs if task == "liver" else self.tumor_epochs
+
     def iterations(self, task: str) -> int:
-        return (self.liver_epochs if task == "liver" else self.tumor_epochs) * self.iters_per_epoch
+        return self.epochs(task) * self.iters_per_epoch
 
 
 # Sized on a 2-core CPU (see documentation/benchmarks.md): ~15 min for the default run, ~3 min for --quick.
@@ -137,7 +140,7 @@ def _trained_with(final: Path, config: TrainingConfig) -> bool:
 
 def _train(task: str, settings: DemoSettings, device: str, num_workers: int | None) -> Path:
     config = TrainingConfig(dataset=str(DEMO_DATASET_ID), task=task, fold=FOLD, trainer=TRAINER, device=device,
-                            epochs=settings.liver_epochs if task == "liver" else settings.tumor_epochs,
+                            epochs=settings.epochs(task),
                             iters_per_epoch=settings.iters_per_epoch, val_iters=settings.val_iters,
                             num_workers=num_workers, validate=False)
     trainer = TRAINERS[TRAINER](config)

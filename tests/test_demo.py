@@ -69,7 +69,7 @@ def test_demo_quick_runs_every_step_and_writes_correct_outputs(demo_run) -> None
     assert "not expected from a --quick run" in out or "met." in out
 
 
-def test_demo_rerun_reuses_data_and_trained_models(demo_run, tmp_path_factory) -> None:
+def test_demo_rerun_reuses_data_and_trained_models(demo_run) -> None:
     result, workdir = demo_run
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = (workdir / "cpu-quick" / "results" / "Dataset900_SyntheticLiver" / "SmoothSegTrainer__liver" /

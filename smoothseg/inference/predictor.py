@@ -40,7 +40,7 @@ from smoothseg.inference.sliding_window import sliding_window_predict
 from smoothseg.network.segresnet_vae import SegResNetVAE
 from smoothseg.planning.plans import Plans
 from smoothseg.preprocessing.cropping import box_slices
-from smoothseg.preprocessing.preprocessor import TaskPreprocessor
+from smoothseg.preprocessing.preprocessor import TaskPreprocessor, stored_box
 from smoothseg.training.checkpoint import load_checkpoint
 from smoothseg.training.trainer import outside_fill_value, resolve_device
 
@@ -193,8 +193,8 @@ class StagePredictor:
     def revert_labels_to_crop(self, probabilities: np.ndarray,
                               properties: dict[str, Any]) -> tuple[np.ndarray, tuple[slice, ...]]:
         """Argmax label map (uint8) on the crop box of the original grid, and that box's slices."""
-        box = (tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"]))
-        return self.preprocessor.revert_argmax(probabilities, properties, crop_only=True), box_slices(box)
+        return (self.preprocessor.revert_argmax(probabilities, properties, crop_only=True),
+                box_slices(stored_box(properties)))
 
     def predict_probabilities(self, image: np.ndarray, geometry: Geometry,
                               liver_mask: np.ndarray | None = None) -> np.ndarray:

@@ -130,7 +130,7 @@ class TaskPreprocessor:
         cropped = resample_probabilities(probabilities, properties["cropped_shape"],
                                          order=1, separate_z=properties["separate_z"],
                                          z_order=self.plan.resampling.z_order)
-        box = _stored_box(properties)
+        box = stored_box(properties)
         full = paste(cropped, box, properties["original_shape"], fill=0)
         outside = np.ones(full.shape[1:], dtype=bool)
         outside[box_slices(box)] = False
@@ -152,16 +152,16 @@ class TaskPreprocessor:
                                for p in probabilities)
         if crop_only:
             return labels
-        return paste(labels, _stored_box(properties), properties["original_shape"], fill=0)
+        return paste(labels, stored_box(properties), properties["original_shape"], fill=0)
 
     def revert_labels(self, seg: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
         """A task label map on the preprocessed grid -> on the original grid."""
         cropped = resample_labels(seg, properties["cropped_shape"], order=self.plan.resampling.label_order,
                                   separate_z=properties["separate_z"], z_order=self.plan.resampling.z_order)
-        box = _stored_box(properties)
+        box = stored_box(properties)
         return paste(cropped, box, properties["original_shape"], fill=0)
 
 
-def _stored_box(properties: dict[str, Any]) -> Box:
+def stored_box(properties: dict[str, Any]) -> Box:
     """The crop box recorded by :meth:`TaskPreprocessor.preprocess`."""
     return tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"])
