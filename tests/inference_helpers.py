@@ -16,18 +16,18 @@ TINY_DATASET = "Dataset950_TinyModels"
 
 
 def tiny_plans(dataset: str = TINY_DATASET) -> Plans:
-    """Plans of a 4-filter SegResNetVAE with 16x32x32 patches for both configurations."""
-    def config(spacing, classes, crop, margin):
+    """Plans of a 4-filter SegResNetVAE with 16x32x32 patches for both configurations (mirroring as planned)."""
+    def config(spacing, classes, crop, margin, mirror_axes):
         return {"spacing": list(spacing), "patch_size": [16, 32, 32], "batch_size": 2,
                 "window": {"lower": -100.0, "upper": 250.0, "mean": 100.0, "std": 50.0}, "num_classes": len(classes),
-                "class_names": classes, "crop": crop, "crop_margin_mm": margin,
+                "class_names": classes, "crop": crop, "crop_margin_mm": margin, "mirror_axes": mirror_axes,
                 "network": {"init_filters": 4, "vae_nz": 16}}
 
     return Plans.from_dict({
         "dataset": dataset, "task_regions": {"liver": [1, 2], "tumor": [2]},
         "configurations": {
-            "liver": config((6.0, 5.0, 5.0), ["background", "liver"], "none", [0.0, 0.0, 0.0]),
-            "tumor": config((5.0, 3.0, 3.0), ["background", "liver", "tumor"], "liver", [5.0, 10.0, 10.0]),
+            "liver": config((6.0, 5.0, 5.0), ["background", "liver"], "none", [0.0, 0.0, 0.0], []),
+            "tumor": config((5.0, 3.0, 3.0), ["background", "liver", "tumor"], "liver", [5.0, 10.0, 10.0], [0, 1, 2]),
         }})
 
 

@@ -152,9 +152,24 @@ def test_small_tiles_are_batched_on_the_cpu_large_ones_are_not(models, monkeypat
     assert StagePredictor(models.checkpoints("liver")[:1], device="cpu", tile_batch_size=3).tile_batch_size == 3
 
 
-def test_tta_defaults_off_on_cpu_and_can_be_forced(models) -> None:
+def test_tta_defaults_off_on_cpu_and_mirrors_only_the_planned_axes(models, monkeypatch) -> None:
+    from smoothseg.inference import predictor
+
     assert not StagePredictor(models.checkpoints("liver"), device="cpu").tta
-    assert StagePredictor(models.checkpoints("liver"), device="cpu", tta=True).tta
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["mirror_axes"])
+        return torch.zeros((args[3], *args[1].shape[1:]))
+
+    monkeypatch.setattr(predictor, "sliding_window_predict", spy)
+    data = np.zeros((1, 16, 32, 32), dtype=np.float32)
+    for task, axes in (("liver", ()), ("tumor", (0, 1, 2))):  # tiny_plans mirror as the planner does
+        stage = StagePredictor(models.checkpoints(task)[:1], device="cpu", tta=True)
+        assert stage.tta and stage.mirror_axes == axes
+        stage.predict_preprocessed(data)
+        StagePredictor(models.checkpoints(task)[:1], device="cpu").predict_preprocessed(data)
+        assert seen[-2:] == [axes, ()]
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -141,3 +141,27 @@ def test_holdout_splits_are_three_80_20_replications() -> None:
     splits = make_splits(ids, "holdout")["splits"]
     assert len(splits) == 3 and all(len(s["val"]) == 4 and len(s["train"]) == 16 for s in splits)
     assert len({tuple(s["val"]) for s in splits}) == 3
+
+
+def test_liver_view_is_not_mirrored_tumour_view_is(fingerprint: dict, tmp_path: Path) -> None:
+    """Canonical orientation keeps the liver on one side: the global view learns it; lesions have no side."""
+    from batchgenerators.transforms.spatial_transforms import MirrorTransform
+
+    from smoothseg.training.augmentation import training_transforms
+
+    plans = plan(fingerprint)
+    assert plans["liver"].mirror_axes == () and plans["tumor"].mirror_axes == (0, 1, 2)
+    assert plans["liver"].orientation == plans["tumor"].orientation == "canonical"
+    plans.save(tmp_path / "plans.json")
+    assert Plans.load(tmp_path / "plans.json") == plans
+    mirrors = [[t for t in training_transforms((32, 48, 48), 0.0, cfg.mirror_axes).transforms
+                if isinstance(t, MirrorTransform)] for cfg in (plans["liver"], plans["tumor"])]
+    assert mirrors[0] == [] and [t.axes for t in mirrors[1]] == [(0, 1, 2)]
+    data = plans.to_dict()
+    for key, value, problem in (("mirror_axes", [0, 3], "distinct axes"), ("mirror_axes", [1, 1], "distinct axes"),
+                                ("orientation", "RAS", "canonical, native")):
+        broken = json.loads(json.dumps(data))
+        broken["configurations"]["liver"][key] = value
+        (tmp_path / "bad.json").write_text(json.dumps(broken))
+        with pytest.raises(DatasetSchemaError, match=rf"configurations.liver.{key}.*{problem}"):
+            Plans.load(tmp_path / "bad.json")

@@ -22,7 +22,6 @@ Drawing (:func:`draw_overlay`) makes a :class:`matplotlib.figure.Figure` on the 
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from smoothseg.atomic import atomic_write
 from smoothseg.dataset.io import Geometry
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.metrics import connected_lesions
+from smoothseg.preprocessing.orientation import Orientation
 
 logger = logging.getLogger(__name__)
 
@@ -67,38 +67,34 @@ _AXIS_NAMES = ("L", "P", "S")  # physical x, y, z of LPS
 class DisplayFrame:
     """How to turn a (z, y, x) array with a direction matrix into an (S, P, L) array in LPS order.
 
+    This is the preprocessor's canonical orientation (:class:`~smoothseg.preprocessing.orientation.Orientation`):
     ``source_axes[n]`` is the NumPy axis of the stored array that becomes display axis n (0 = S, 1 = P, 2 = L),
     ``flips[n]`` whether it must be reversed so the index grows towards +S / +P / +L, and ``spacing[n]`` its spacing
     in mm.
     """
 
-    source_axes: tuple[int, int, int]
-    flips: tuple[bool, bool, bool]
+    orientation: Orientation
     spacing: tuple[float, float, float]
     shape: tuple[int, int, int]
 
+    @property
+    def source_axes(self) -> tuple[int, int, int]:
+        return self.orientation.axes
+
+    @property
+    def flips(self) -> tuple[bool, bool, bool]:
+        return self.orientation.flips
+
     @classmethod
     def from_geometry(cls, geometry: Geometry, shape_zyx: tuple[int, ...]) -> DisplayFrame:
-        """Match each index axis (i, j, k) to its nearest physical axis (a permutation maximising |direction|)."""
-        direction = geometry.direction_matrix  # columns: physical directions of i, j, k
-        best = max(itertools.permutations(range(3)),
-                   key=lambda perm: sum(abs(direction[perm[a], a]) for a in range(3)))
-        index_axis_of_physical = {best[a]: a for a in range(3)}
-        source_axes, flips, spacing = [], [], []
-        for n in range(3):  # display axis n shows physical axis 2 - n (S, P, L)
-            physical = 2 - n
-            index_axis = index_axis_of_physical[physical]
-            source_axes.append(2 - index_axis)  # index axis i, j, k is NumPy axis 2, 1, 0
-            flips.append(bool(direction[physical, index_axis] < 0))
-            spacing.append(float(geometry.spacing[index_axis]))
-        shape = tuple(int(shape_zyx[a]) for a in source_axes)
-        return cls(tuple(source_axes), tuple(flips), tuple(spacing), shape)
+        """Match each index axis (i, j, k) to its nearest physical axis."""
+        orientation = Orientation.from_direction(geometry.direction)
+        return cls(orientation, orientation.canonical_tuple(float(v) for v in geometry.spacing_zyx),
+                   orientation.canonical_tuple(int(v) for v in shape_zyx))
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         """The array in display order (S, P, L), each index growing towards superior, posterior, patient left."""
-        out = np.transpose(np.asarray(array), self.source_axes)
-        flip_axes = tuple(n for n in range(3) if self.flips[n])
-        return np.flip(out, axis=flip_axes) if flip_axes else out
+        return self.orientation.to_canonical(np.asarray(array))
 
     def to_display_index(self, index_zyx: tuple[int, int, int]) -> tuple[int, int, int]:
         """Where a voxel of the stored array lies in the display array."""

@@ -9,10 +9,11 @@ checkpoint's ``network_kwargs`` and puts it in eval mode on the compute device. 
    way training resamples label maps) are set to :func:`~smoothseg.training.trainer.outside_fill_value`, as the
    training data loader does;
 2. **sliding-window inference** (:func:`~smoothseg.inference.sliding_window.sliding_window_predict`): Gaussian
-   weighting, ``step_size`` overlap, batched tiles, mirroring test-time augmentation over all three axes (on by
-   default on a GPU, off on a CPU, where it costs 8x the time), accumulation on the device with a CPU fallback.
-   Images smaller than a patch are padded with the fill value, as the training loader pads patches. Several folds are
-   ensembled by averaging their probabilities;
+   weighting, ``step_size`` overlap, batched tiles, mirroring test-time augmentation over the plan's ``mirror_axes``
+   (the axes the network was trained to be mirror-invariant in: none for the liver's global view, all three for the
+   tumour; on by default on a GPU, off on a CPU, where it costs 8x the time), accumulation on the device with a CPU
+   fallback. Images smaller than a patch are padded with the fill value, as the training loader pads patches.
+   Several folds are ensembled by averaging their probabilities;
 3. **reverting** the probabilities to the original grid with
    :meth:`~smoothseg.preprocessing.preprocessor.TaskPreprocessor.revert_probabilities`, or straight to the argmax
    label map (on the original grid or the crop only) with
@@ -48,7 +49,6 @@ __all__ = ["StagePredictor"]
 
 logger = logging.getLogger(__name__)
 
-MIRROR_AXES = (0, 1, 2)
 #: Tiles with at most this many voxels x first-stage filters are batched on the CPU too (see
 #: ``StagePredictor._default_tile_batch_size``).
 SMALL_TILE_ELEMENTS = 4_000_000
@@ -66,7 +66,7 @@ class StagePredictor:
     step_size:
         Sliding-window step as a fraction of the patch size (0.5: tiles overlap by half).
     tta:
-        Mirroring test-time augmentation; ``None``: on for CUDA, off otherwise.
+        Mirroring test-time augmentation along the plan's ``mirror_axes``; ``None``: on for CUDA, off otherwise.
     tile_batch_size:
         Tiles per forward pass; default: the plan's training batch size on CUDA and, elsewhere, for small tiles
         (patch voxels x width up to ``SMALL_TILE_ELEMENTS``), else 1.
@@ -100,11 +100,14 @@ class StagePredictor:
         self.tile_batch_size = int(tile_batch_size or self._default_tile_batch_size())
         self.preprocessor = TaskPreprocessor.from_plans(self.plans, self.task)
         self.fill_value = outside_fill_value(self.plan)
+        self.mirror_axes = tuple(self.plan.mirror_axes) if self.tta else ()
         self.tlvr_models: list[dict[str, Any]] = [p["tlvr_model"] for p in payloads if p.get("tlvr_model")]
         self.networks = [self._network(p, path) for p, path in zip(payloads, self.checkpoints, strict=True)]
         self.num_parameters = sum(p.numel() for net in self.networks for p in net.parameters())
+        tta_text = (f"on (axes {self.mirror_axes})" if self.mirror_axes
+                    else "off (the plan mirrors no axis)" if self.tta else "off")
         logger.info("%s stage: %d fold(s) (%s) of %s, device %s, TTA %s, step %.2f", self.task, len(self.networks),
-                    ", ".join(self.folds), self.dataset, self.device, "on" if self.tta else "off", self.step_size)
+                    ", ".join(self.folds), self.dataset, self.device, tta_text, self.step_size)
 
     def _default_tile_batch_size(self) -> int:
         """On a GPU the training batch size fits and keeps the device busy. On a CPU, single small tiles run
@@ -173,7 +176,7 @@ class StagePredictor:
         for network, patch_size in zip(self.networks, self.patch_sizes, strict=True):
             probabilities = sliding_window_predict(
                 network, image, patch_size, self.plan.num_classes, step_size=self.step_size,
-                batch_size=self.tile_batch_size, mirror_axes=MIRROR_AXES if self.tta else None, device=self.device,
+                batch_size=self.tile_batch_size, mirror_axes=self.mirror_axes, device=self.device,
                 gaussian=True, progress=self.progress, pad_value=self.fill_value)
             total = probabilities if total is None else total.add_(probabilities)
         assert total is not None

@@ -1,6 +1,7 @@
 """Dataset fingerprint: what the planner needs to know about a raw dataset, extracted once.
 
-Per case: shape, spacing and direction; intensity statistics of the body, the liver region and the
+Per case (in the canonical orientation the preprocessor uses, see :mod:`smoothseg.preprocessing.orientation`):
+shape, spacing and the stored direction; intensity statistics of the body, the liver region and the
 tumour; the liver bounding-box extent in mm; tumour count and volumes; the ground-truth TLVR
 (tumour-to-liver-region volume ratio). Per dataset: pooled intensity statistics from a fixed
 number of voxels sampled per case and region. Sampling is seeded by the case id, so the
@@ -24,6 +25,7 @@ from smoothseg.dataset.io import read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
 from smoothseg.parallel import map_cases
+from smoothseg.preprocessing.orientation import Orientation
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ PERCENTILES = (0.5, 5.0, 50.0, 95.0, 99.5)
 REGIONS = ("body", "liver", "tumor")
 SAMPLES_PER_REGION = 10_000
 BODY_THRESHOLD_HU = -500.0
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: shapes, spacings and boxes in the canonical orientation
 
 
 def intensity_stats(values: np.ndarray) -> dict[str, Any] | None:
@@ -67,7 +69,9 @@ def case_fingerprint(case: CaseFiles, spec: DatasetSpec) -> tuple[dict[str, Any]
         raise SmoothSegError(f"case {case.case_id}: image or label missing; run smoothseg_verify_dataset")
     image, geometry = read_image(case.image(0))
     label, _ = read_image(case.label)
-    spacing_zyx = np.asarray(geometry.spacing_zyx)
+    orient = Orientation.from_direction(geometry.direction)
+    image, label = orient.to_canonical(image), orient.to_canonical(label)
+    spacing_zyx = np.asarray(orient.canonical_tuple(geometry.spacing_zyx))
     liver = np.isin(label, spec.task_regions.liver)
     tumour = np.isin(label, spec.task_regions.tumor)
     regions = {"body": body_mask(image), "liver": liver, "tumor": tumour}

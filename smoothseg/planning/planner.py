@@ -12,6 +12,10 @@ Rules (each derived from the data, none hard-coded for a dataset):
   nnU-Net's anisotropy rule (z spacing from the 10th percentile when slices are more than 3x
   thicker than the in-plane spacing). The patch covers the median liver crop when memory allows,
   because the TLVR term wants whole-liver patches. Window from liver and tumour intensities.
+* **mirroring**: none for the liver, all axes for the tumour. Arrays are in the canonical orientation
+  (:mod:`smoothseg.preprocessing.orientation`), where the liver is always on the same side: the global view
+  must not be taught that a mirrored abdomen, with the spleen (liver-like HU) in the liver's place, is
+  plausible. Lesions inside the liver crop have no handedness, so the local view mirrors all axes (as nnU-Net).
 * **both**: patch sizes are multiples of 16 (the SegResNetVAE's VAE branch needs it); network
   width and batch size come from the GPU memory budget via :func:`estimate_memory_gb`.
 """
@@ -31,6 +35,8 @@ logger = logging.getLogger(__name__)
 GLOBAL_INPLANE_VOXELS = 96
 GLOBAL_MIN_COARSENING = 1.25  # the global view is at least this much coarser in-plane than the data
 TUMOR_CROP_MARGIN_MM = (10.0, 10.0, 10.0)
+LIVER_MIRROR_AXES: tuple[int, ...] = ()
+TUMOR_MIRROR_AXES: tuple[int, ...] = (0, 1, 2)
 PATCH_DIVISOR = 16
 WIDTHS = (32, 24, 16, 8)
 MIN_BATCH = 2
@@ -202,7 +208,8 @@ def plan(fingerprint: dict[str, Any], gpu_memory_target_gb: float = 8.0) -> Plan
     liver = ConfigurationPlan(
         name="liver", spacing=g_spacing, patch_size=g_patch, batch_size=g_batch, window=liver_window(fingerprint),
         num_classes=2, class_names=("background", "liver"), crop="none", network=g_net,
-        resampling=ResamplingPlan(), median_shape=tuple(int(round(v)) for v in g_median), estimated_memory_gb=g_mem)
+        resampling=ResamplingPlan(), median_shape=tuple(int(round(v)) for v in g_median), estimated_memory_gb=g_mem,
+        mirror_axes=LIVER_MIRROR_AXES)
 
     # tumor: local view on the liver crop
     t_spacing = tumor_spacing(spacings)
@@ -221,7 +228,7 @@ def plan(fingerprint: dict[str, Any], gpu_memory_target_gb: float = 8.0) -> Plan
         window=tumor_window(fingerprint) if has_tumours else liver_window(fingerprint),
         num_classes=3, class_names=("outside_liver", "liver", "tumor"), crop="liver",
         crop_margin_mm=tuple(float(v) for v in margin), network=t_net, resampling=ResamplingPlan(),
-        median_shape=tuple(int(round(v)) for v in t_median), estimated_memory_gb=t_mem)
+        median_shape=tuple(int(round(v)) for v in t_median), estimated_memory_gb=t_mem, mirror_axes=TUMOR_MIRROR_AXES)
     return Plans(dataset=fingerprint["dataset"], task_regions=fingerprint["task_regions"],
                  configurations={"liver": liver, "tumor": tumor}, gpu_memory_target_gb=gpu_memory_target_gb)
 

@@ -19,6 +19,7 @@ from smoothseg.errors import DatasetSchemaError
 
 PLANS_VERSION = 1
 TASKS = ("liver", "tumor")
+ORIENTATIONS = ("canonical", "native")
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,14 @@ class ConfigurationPlan:
     network: NetworkPlan = field(default_factory=NetworkPlan)
     median_shape: tuple[int, int, int] = (0, 0, 0)
     estimated_memory_gb: float = 0.0
+    orientation: str = "canonical"  # "canonical": reoriented to the identity direction first; "native": as stored
+    mirror_axes: tuple[int, ...] = (0, 1, 2)  # mirroring in training augmentation and test-time augmentation
 
     def content_hash(self) -> str:
         """A short hash of the fields that change preprocessed data (for resumable preprocessing)."""
         relevant = {k: v for k, v in asdict(self).items()
                     if k in ("spacing", "window", "crop", "crop_margin_mm", "normalization", "resampling",
-                             "num_classes")}
+                             "num_classes", "orientation")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -137,7 +140,7 @@ class Plans:
 
 def _config_to_dict(cfg: ConfigurationPlan) -> dict[str, Any]:
     d = asdict(cfg)
-    for key in ("spacing", "patch_size", "class_names", "crop_margin_mm", "median_shape"):
+    for key in ("spacing", "patch_size", "class_names", "crop_margin_mm", "median_shape", "mirror_axes"):
         d[key] = list(d[key])
     d["network"]["blocks_down"] = list(d["network"]["blocks_down"])
     d["network"]["blocks_up"] = list(d["network"]["blocks_up"])
@@ -180,6 +183,13 @@ def _config_from_dict(name: str, d: dict[str, Any], path: Path) -> Configuration
         window = IntensityWindow(**d["window"])
     except (TypeError, ValueError) as exc:
         fail("window", f"needs lower < upper, mean and std > 0 ({exc})")
+    orientation = d.get("orientation", "canonical")
+    if orientation not in ORIENTATIONS:
+        fail("orientation", f"must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}")
+    mirror_axes = d.get("mirror_axes", [0, 1, 2])
+    if (not isinstance(mirror_axes, list) or len(set(mirror_axes)) != len(mirror_axes)
+            or any(not isinstance(a, int) or isinstance(a, bool) or not 0 <= a <= 2 for a in mirror_axes)):
+        fail("mirror_axes", f"must be a list of distinct axes among 0, 1, 2 (z, y, x), got {mirror_axes!r}")
     names = tuple(str(n) for n in d["class_names"])
     if len(names) != int(d["num_classes"]):
         fail("class_names", f"has {len(names)} names for num_classes={d['num_classes']}")
@@ -191,4 +201,5 @@ def _config_from_dict(name: str, d: dict[str, Any], path: Path) -> Configuration
         resampling=ResamplingPlan(**d.get("resampling", {})), network=network,
         median_shape=triple("median_shape", int) if "median_shape" in d else (0, 0, 0),
         estimated_memory_gb=float(d.get("estimated_memory_gb", 0.0)),
+        orientation=orientation, mirror_axes=tuple(sorted(mirror_axes)),
     )

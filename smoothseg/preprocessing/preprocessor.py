@@ -7,7 +7,9 @@ in training, the predicted liver at inference), resample to the fine spacing, wi
 labels {0 outside liver, 1 liver, 2 tumour}. Intensities outside the liver are kept: the data loader
 masks them, so training can perturb the mask the way liver-stage errors will at inference.
 
-:meth:`TaskPreprocessor.revert` undoes the resampling and the crop, back to the original grid.
+:meth:`TaskPreprocessor.preprocess` first brings the arrays to the canonical orientation when the plan says so
+(:mod:`smoothseg.preprocessing.orientation`); the ``revert_*`` methods undo the resampling, the crop and the
+reorientation, back to the original grid. ``properties["crop_box"]`` is always in the original (stored) frame.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from smoothseg.dataset.io import Geometry
 from smoothseg.planning.plans import ConfigurationPlan
 from smoothseg.preprocessing.cropping import Box, bounding_box, box_slices, expand_box, paste
 from smoothseg.preprocessing.normalization import normalize_ct
+from smoothseg.preprocessing.orientation import Orientation
 from smoothseg.preprocessing.resampling import (
     is_anisotropic,
     resample_array,
@@ -81,29 +84,45 @@ class TaskPreprocessor:
         t = self.plan.resampling.anisotropy_threshold
         return is_anisotropic(spacing_zyx, t) or is_anisotropic(self.plan.spacing, t)
 
+    def orientation(self, geometry: Geometry) -> Orientation:
+        """How this task reorients an image of ``geometry`` (identity for ``orientation: native`` plans)."""
+        if self.plan.orientation == "native":
+            return Orientation()
+        return Orientation.from_direction(geometry.direction)
+
     # -- forward ----------------------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray, geometry: Geometry, liver_mask: np.ndarray | None = None,
                    label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
         """Image (and raw label map) on the original grid -> network input ``(1, z, y, x)``, task labels, properties.
 
-        ``liver_mask`` defaults to the label map's liver region when a label is given (training).
+        ``liver_mask`` defaults to the label map's liver region when a label is given (training). All three arrays
+        are given in the original (stored) frame.
         """
-        spacing = tuple(geometry.spacing_zyx)
+        orient = self.orientation(geometry)
+        original_shape = tuple(int(v) for v in image.shape)
+        image = orient.to_canonical(image)
+        label = None if label is None else orient.to_canonical(label)
+        liver_mask = None if liver_mask is None else orient.to_canonical(liver_mask)
+        spacing = orient.canonical_tuple(geometry.spacing_zyx)
         if liver_mask is None and label is not None and self.plan.crop == "liver":
             liver_mask = np.isin(label, self.liver_labels)
         box = self.crop_box(image.shape, spacing, liver_mask)
         sl = box_slices(box)
-        cropped = image[sl]
+        cropped = np.ascontiguousarray(image[sl])
         new_shape = shape_for_spacing(cropped.shape, spacing, self.plan.spacing)
         separate_z = self._separate_z(spacing)
         rs = self.plan.resampling
         data = resample_image(cropped, new_shape, order=rs.image_order, separate_z=separate_z, z_order=rs.z_order)
         data = normalize_ct(data, self.plan.window)[None]
+        original_box = orient.box_to_original(box, image.shape)
         properties: dict[str, Any] = {
             "task": self.plan.name,
-            "original_shape": [int(v) for v in image.shape],
+            "original_shape": list(original_shape),
             "geometry": geometry.to_dict(),
-            "crop_box": {"start": list(box[0]), "stop": list(box[1])},
+            "orientation": orient.to_dict(),
+            "canonical_shape": [int(v) for v in image.shape],
+            "crop_box": {"start": list(original_box[0]), "stop": list(original_box[1])},
+            "canonical_crop_box": {"start": list(box[0]), "stop": list(box[1])},
             "cropped_shape": [int(v) for v in cropped.shape],
             "resampled_shape": [int(v) for v in new_shape],
             "spacing": list(self.plan.spacing),
@@ -111,7 +130,7 @@ class TaskPreprocessor:
         }
         seg = None
         if label is not None:
-            task_label = self.map_labels(label[sl])
+            task_label = self.map_labels(np.ascontiguousarray(label[sl]))
             seg = resample_labels(task_label, new_shape, order=rs.label_order, separate_z=separate_z,
                                   z_order=rs.z_order)
         return data, seg, properties
@@ -130,12 +149,12 @@ class TaskPreprocessor:
         cropped = resample_probabilities(probabilities, properties["cropped_shape"],
                                          order=1, separate_z=properties["separate_z"],
                                          z_order=self.plan.resampling.z_order)
-        box = stored_box(properties)
-        full = paste(cropped, box, properties["original_shape"], fill=0)
+        box = _canonical_box(properties)
+        full = paste(cropped, box, _canonical_shape(properties), fill=0)
         outside = np.ones(full.shape[1:], dtype=bool)
         outside[box_slices(box)] = False
         full[0][outside] = 1.0
-        return full
+        return _to_original(full, properties)
 
     def revert_argmax(self, probabilities: np.ndarray, properties: dict[str, Any], *,
                       crop_only: bool = False) -> np.ndarray:
@@ -143,7 +162,8 @@ class TaskPreprocessor:
 
         Equal to ``argmax_labels(revert_probabilities(...))`` but never holds more than one resampled class map and
         the running maximum, on the crop only: for a whole CT that is ~2x the image in float32 instead of the C
-        full-size class maps plus their pasted copy. ``crop_only``: return the labels of the crop box only.
+        full-size class maps plus their pasted copy. ``crop_only``: return the labels of the crop box only (the
+        original grid's ``properties["crop_box"]``).
         """
         rs = self.plan.resampling
         shape = properties["cropped_shape"]
@@ -151,17 +171,32 @@ class TaskPreprocessor:
                                               separate_z=properties["separate_z"], z_order=rs.z_order)
                                for p in probabilities)
         if crop_only:
-            return labels
-        return paste(labels, stored_box(properties), properties["original_shape"], fill=0)
+            return _to_original(labels, properties)
+        return _to_original(paste(labels, _canonical_box(properties), _canonical_shape(properties), fill=0),
+                            properties)
 
     def revert_labels(self, seg: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
         """A task label map on the preprocessed grid -> on the original grid."""
         cropped = resample_labels(seg, properties["cropped_shape"], order=self.plan.resampling.label_order,
                                   separate_z=properties["separate_z"], z_order=self.plan.resampling.z_order)
-        box = stored_box(properties)
-        return paste(cropped, box, properties["original_shape"], fill=0)
+        return _to_original(paste(cropped, _canonical_box(properties), _canonical_shape(properties), fill=0),
+                            properties)
 
 
 def stored_box(properties: dict[str, Any]) -> Box:
-    """The crop box recorded by :meth:`TaskPreprocessor.preprocess`."""
+    """The crop box recorded by :meth:`TaskPreprocessor.preprocess`, in the original (stored) frame."""
     return tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"])
+
+
+def _canonical_box(properties: dict[str, Any]) -> Box:
+    box = properties.get("canonical_crop_box", properties["crop_box"])
+    return tuple(box["start"]), tuple(box["stop"])
+
+
+def _canonical_shape(properties: dict[str, Any]) -> list[int]:
+    return properties.get("canonical_shape", properties["original_shape"])
+
+
+def _to_original(array: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+    orient = Orientation.from_dict(properties.get("orientation"))
+    return array if orient.is_identity else np.ascontiguousarray(orient.to_original(array))

@@ -1,8 +1,9 @@
 """Data augmentation pipelines (batchgenerators) and the multi-process augmenter.
 
-Training: rotation and scaling, mirroring, Gaussian noise, Gaussian blur, multiplicative brightness,
-contrast, low-resolution simulation and gamma, with nnU-Net-like probabilities. Rotation is about
-the z axis only when the patch is anisotropic (in-plane over 3x the slice count). Validation: none.
+Training: rotation and scaling, mirroring (along the plan's ``mirror_axes``), Gaussian noise, Gaussian blur,
+multiplicative brightness, contrast, low-resolution simulation and gamma, with nnU-Net-like probabilities.
+Rotation is about the z axis only when the patch is anisotropic (in-plane over 3x the slice count).
+Validation: none.
 
 The number of worker processes defaults to the CPU count minus one (at most 8), and
 ``SMOOTHSEG_NUM_WORKERS`` overrides it; 0 augments in the main process. Each worker is seeded
@@ -41,8 +42,8 @@ def default_num_workers() -> int:
     return int(min(8, max(1, (os.cpu_count() or 2) - 1)))
 
 
-def training_transforms(patch_size, fill_value: float = 0.0) -> Compose:
-    """The training augmentation pipeline for patches of ``patch_size`` (z, y, x)."""
+def training_transforms(patch_size, fill_value: float = 0.0, mirror_axes=(0, 1, 2)) -> Compose:
+    """The training augmentation pipeline for patches of ``patch_size`` (z, y, x), mirroring ``mirror_axes``."""
     anisotropic = max(patch_size[1:]) / patch_size[0] > 3
     in_plane = (-np.pi / 6, np.pi / 6)  # batchgenerators' angle_x rotates within the (y, x) plane of (z, y, x) data
     out_of_plane = (0.0, 0.0) if anisotropic else (-np.pi / 12, np.pi / 12)
@@ -63,8 +64,9 @@ def training_transforms(patch_size, fill_value: float = 0.0) -> Compose:
                                        ignore_axes=(0,) if anisotropic else None),
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
-        MirrorTransform(axes=(0, 1, 2)),
     ]
+    if mirror_axes:
+        transforms.append(MirrorTransform(axes=tuple(mirror_axes)))
     return Compose(transforms)
 
 

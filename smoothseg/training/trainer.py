@@ -211,7 +211,7 @@ class Trainer:
         workers = self.config.num_workers if self.config.num_workers is not None else default_num_workers()
         workers = workers if train else min(workers, 1)
         loader = PatchLoader(self.task_folder, ids, sampling, tlvr, seed=seed, num_threads=max(workers, 1))
-        transforms = training_transforms(self.plan.patch_size, fill) if train else None
+        transforms = training_transforms(self.plan.patch_size, fill, self.plan.mirror_axes) if train else None
         return make_augmenter(loader, transforms, workers, seed)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
