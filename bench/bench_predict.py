@@ -19,8 +19,23 @@ preprocessed copy and two class maps on the original grid); "the model" is measu
 networks and running one forward pass over one tile through each (weights plus the activations of a tile, which
 depend on the plan's patch size and width but not on the input).
 
+With ``--nnunet-venv`` (a virtual environment with nnunetv2 installed; never a dependency of smoothseg), the same
+test image is also predicted by nnU-Net v2, side by side in the same run: the dataset is copied into nnU-Net's raw
+folder, planned and preprocessed by ``nnUNetv2_plan_and_preprocess`` (``3d_fullres`` only, the same
+``--gpu-memory-target``), and an untrained fold-0 model is saved by nnU-Net's own ``nnUNetTrainer``
+(``initialize()`` + ``save_checkpoint``; prediction time and memory do not depend on the weights). Then, after each
+smoothseg setting, ``nnUNetv2_predict -c 3d_fullres -f 0 -device cpu -npp 1 -nps 1`` (``--disable_tta`` for TTA off)
+runs as a child process with the same number of torch threads as smoothseg (``--threads``, else torch's default as
+reported by the smoothseg child; passed as ``nnUNet_def_n_proc``, which caps nnU-Net's network threads). The
+comparison is end to end, process start to exit on both sides: nnU-Net's wall time and the largest resident set of
+its process tree (main process, one preprocessing and one export worker) against the smoothseg child's wall time
+less its warm-up pass and the reading of the reference label (work ``smoothseg_predict`` would not do) and the
+child's peak RSS. Both include interpreter start-up, imports and model loading. nnU-Net's plan is printed (spacing,
+patch size) so that it is clear what was compared: one full-resolution network against smoothseg's two-stage cascade.
+
 Usage: ``python bench/bench_predict.py --size small`` (about a minute) or ``--size full`` (minutes per setting on a
-2-core CPU; ``--tta off`` skips the 8x slower TTA run).
+2-core CPU; ``--tta off`` skips the 8x slower TTA run); add ``--nnunet-venv /path/to/nnunet-venv`` for the nnU-Net v2
+yardstick (``--workdir DIR`` keeps the scratch folder, with nnU-Net's logs under ``DIR/nnunet/logs``).
 """
 
 from __future__ import annotations
@@ -36,6 +51,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from nnunet_yardstick import NnUNetWorkspace
+
+DATASET_ID = 900
 DATASET = "Dataset900_SyntheticLiver"
 
 
@@ -59,6 +77,30 @@ def _prepare(work: Path, size: str, memory_gb: float) -> tuple[Path, Path]:
     return image, raw / "labelsTs" / image.name.replace("_0000", "")
 
 
+def _prepare_nnunet(venv: Path, work: Path, image: Path, memory_gb: float) -> NnUNetWorkspace:
+    """nnU-Net v2's copy of the dataset, its 3d_fullres plans and preprocessed data, and an untrained fold-0 model."""
+    nnunet = NnUNetWorkspace(venv, work / "nnunet", dict(os.environ))
+    nnunet.import_raw(image.parent.parent)
+    seconds, _ = nnunet.plan_and_preprocess(DATASET_ID, processes=2, gpu_memory_target_gb=memory_gb)
+    t0 = time.perf_counter()
+    model = nnunet.write_untrained_model(DATASET_ID)
+    print(f"nnU-Net v2 plan 3d_fullres: {nnunet.describe_plan(DATASET)} (GPU budget {memory_gb} GB; planned and "
+          f"preprocessed in {seconds:.0f} s, untrained model written in {time.perf_counter() - t0:.0f} s to {model})")
+    return nnunet
+
+
+def _compare(nnunet: NnUNetWorkspace, image: Path, tta: str, wall: float, result: dict) -> None:
+    """Time nnUNetv2_predict on the same image with the same torch threads; print both and the ratios."""
+    ours = wall - sum(result["aside"].values())
+    nn_t, nn_mem = nnunet.predict(image, DATASET_ID, tta == "on", result["threads"], tag=f"tta_{tta}")
+    print(f"  smoothseg end to end (TTA {tta}): {ours:.1f} s (child process {wall:.1f} s less "
+          f"{' and '.join(f'{k} {v:.1f} s' for k, v in result['aside'].items())}), peak {result['peak_mb']:.0f} MB")
+    print(f"  nnU-Net v2 3d_fullres predict (TTA {tta}): {nn_t:.1f} s, peak {nn_mem:.0f} MB "
+          f"({result['threads']} torch thread(s), -npp 1 -nps 1)")
+    print(f"  ratio smoothseg / nnU-Net (TTA {tta}): time {ours / nn_t:.2f}, "
+          f"peak memory {result['peak_mb'] / nn_mem:.2f}")
+
+
 def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, out_dir: Path) -> dict:
     """Run in a fresh process: load the models, time every stage of one case, report peak RSS."""
     import numpy as np
@@ -74,6 +116,7 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
     times: dict[str, float] = {}
     peaks: dict[str, float] = {}
     cascade = CascadePredictor.from_models(select_models("900"), device="cpu", tta=tta)
+    t0 = time.perf_counter()
     model_mb = sum(p.numel() * p.element_size() for stage in (cascade.liver, cascade.tumor)
                    for net in stage.networks for p in net.parameters()) / 2**20
     rss_loaded_mb = _rss_now_mb()
@@ -84,6 +127,7 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
             for network, patch in zip(stage.networks, stage.patch_sizes, strict=True):
                 network(torch.zeros((stage.tile_batch_size, 1, *patch)))
     peak_model_mb = _peak_mb()
+    aside = {"warm-up pass": time.perf_counter() - t0}  # not part of a prediction: left out of the end-to-end time
 
     t0 = time.perf_counter()
     image, geometry = read_image(image_path)
@@ -97,8 +141,10 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
     peaks["liver stage"] = _peak_mb()
     del prepared
 
+    t0 = time.perf_counter()
     reference, _ = read_image(label_path)
     liver = np.isin(reference, (1, 2, 3))
+    aside["reference label"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     cascade.tumour_stage(image, geometry, liver)
     times["tumour stage"] = time.perf_counter() - t0
@@ -120,7 +166,8 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
     return {"times": times, "peaks": peaks, "peak_mb": _peak_mb(), "rss_loaded_mb": rss_loaded_mb, "model_mb": model_mb,
             "peak_model_mb": peak_model_mb,
             "input_mb": image.size * 4 / 2**20, "shape": list(image.shape), "lesions": int(_count_lesions(tumour)),
-            "predicted_liver_ml_fraction": float(predicted_liver.mean()), "threads": torch.get_num_threads()}
+            "predicted_liver_ml_fraction": float(predicted_liver.mean()), "threads": torch.get_num_threads(),
+            "aside": aside}
 
 
 def _count_lesions(mask) -> int:
@@ -164,6 +211,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory-target", type=float, default=8.0, help="planner budget (GB) for the networks")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--workdir", help="scratch folder (default: a temporary folder)")
+    parser.add_argument("--nnunet-venv", help="virtual environment with nnunetv2, for the side-by-side yardstick")
     parser.add_argument("--child", nargs=3, metavar=("IMAGE", "LABEL", "TTA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -178,15 +226,23 @@ def main() -> None:
         os.environ.pop(var, None)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     image, label = _prepare(work, args.size, args.gpu_memory_target)
+    nnunet = _prepare_nnunet(Path(args.nnunet_venv), work, image, args.gpu_memory_target) if args.nnunet_venv else None
     settings = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}[args.tta]
     for tta in settings:
         cmd = [sys.executable, __file__, "--child", str(image), str(label), tta, "--workdir", str(work)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
         if out.returncode:
             raise SystemExit(f"child failed:\n{out.stderr[-4000:]}")
-        _report(f"TTA {tta}", json.loads(out.stdout.strip().splitlines()[-1]))
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        _report(f"TTA {tta}", result)
+        if nnunet is not None:
+            _compare(nnunet, image, tta, wall, result)
+    if nnunet is None:
+        print("\nnnU-Net yardstick skipped (pass --nnunet-venv)")
 
 
 if __name__ == "__main__":

@@ -23,24 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MEASURE = """
-import resource, subprocess, sys, time
-t0 = time.perf_counter()
-code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-elapsed = time.perf_counter() - t0
-peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-if code.returncode:
-    sys.stderr.write(code.stderr[-3000:])
-print(f"{elapsed:.3f} {peak_mb:.1f} {code.returncode}")
-"""
-
-
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, env=env)
-    elapsed, peak, code = out.stdout.split()
-    if int(code):
-        raise SystemExit(f"{cmd[0]} failed:\n{out.stderr}")
-    return float(elapsed), float(peak)
+from nnunet_yardstick import NnUNetWorkspace, measure
 
 
 def main() -> None:
@@ -65,20 +48,14 @@ def main() -> None:
     print(f"dataset: {n_train} training cases of size '{args.size}' (generated in {time.perf_counter() - t0:.0f} s)")
 
     ours_t, ours_mem = measure([str(bindir / "smoothseg_plan_and_preprocess"), "-d", "900", "-np", "1", "-q",
-                                "--clean", "--overwrite_plans"], env)
+                                "--clean", "--overwrite_plans"], env, work / "smoothseg_plan_and_preprocess.log")
     print(f"smoothseg  plan_and_preprocess (liver + tumor): {ours_t:7.1f} s total, {ours_t / n_train:6.1f} s/case, "
           f"peak RSS {ours_mem:7.0f} MB")
 
     if args.nnunet_venv:
-        nn_env = dict(env)
-        nn_raw = work / "nnunet" / "raw"
-        nn_raw.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(raw, nn_raw / raw.name, dirs_exist_ok=True)
-        shutil.rmtree(work / "nnunet" / "preprocessed", ignore_errors=True)
-        nn_env.update(nnUNet_raw=str(nn_raw), nnUNet_preprocessed=str(work / "nnunet" / "preprocessed"),
-                      nnUNet_results=str(work / "nnunet" / "results"))
-        tool = str(Path(args.nnunet_venv) / "bin" / "nnUNetv2_plan_and_preprocess")
-        nn_t, nn_mem = measure([tool, "-d", "900", "-c", "3d_fullres", "-np", "1", "-npfp", "1"], nn_env)
+        nnunet = NnUNetWorkspace(Path(args.nnunet_venv), work / "nnunet", env)
+        nnunet.import_raw(raw)
+        nn_t, nn_mem = nnunet.plan_and_preprocess(900, processes=1)
         print(f"nnU-Net v2 plan_and_preprocess (3d_fullres):    {nn_t:7.1f} s total, {nn_t / n_train:6.1f} s/case, "
               f"peak RSS {nn_mem:7.0f} MB")
         print(f"ratio smoothseg / nnU-Net: time {ours_t / nn_t:.2f}, peak memory {ours_mem / nn_mem:.2f}")
