@@ -142,7 +142,7 @@ def _train(task: str, settings: DemoSettings, device: str, num_workers: int | No
     config = TrainingConfig(dataset=str(DEMO_DATASET_ID), task=task, fold=FOLD, trainer=TRAINER, device=device,
                             epochs=settings.epochs(task),
                             iters_per_epoch=settings.iters_per_epoch, val_iters=settings.val_iters,
-                            num_workers=num_workers, validate=False)
+                            num_workers=num_workers, validate=task == "tumor")
     trainer = TRAINERS[TRAINER](config)
     final = trainer.output / "checkpoint_final.pth"
     if _trained_with(final, config):

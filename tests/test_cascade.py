@@ -297,6 +297,40 @@ def test_any_direction_matrix_is_preserved(models, data_home: Path, tmp_path: Pa
     assert (labels == 1).all()  # every voxel accounted for: nothing shifted out of the grid
 
 
+def test_minimum_lesion_volume_turns_small_tumour_into_liver(models, data_home: Path, tmp_path: Path) -> None:
+    for checkpoint in models.checkpoints("liver"):
+        make_constant(checkpoint, [-5.0, 5.0])  # liver everywhere
+    for checkpoint in models.checkpoints("tumor"):
+        make_constant(checkpoint, [-5.0, -5.0, 5.0])  # and all of it tumour: one lesion of the image's volume
+    image, _ = _ct((18, 30, 34))
+    geometry = Geometry((1.7, 2.1, 4.5), (0.0, 0.0, 0.0))  # 16.065 mm^3 per voxel: the image is 295 ml
+    inputs = tmp_path / "in"
+    write_image(image.astype(np.int16), geometry, inputs / "case_0000.nii.gz")
+    fast = {**FAST, "active_contour": False}
+    reports = {}
+    for name, volume in (("keep", 290.0), ("drop", 300.0)):
+        assert predict(inputs, tmp_path / name, options=PredictOptions(min_lesion_volume_ml=volume, **fast)).ok
+        reports[name] = json.loads((tmp_path / name / "case_report.json").read_text())
+    kept, _ = read_image(tmp_path / "keep" / "case.nii.gz")
+    dropped, _ = read_image(tmp_path / "drop" / "case.nii.gz")
+    assert (kept == 2).all() and (dropped == 1).all()
+    assert (reports["keep"]["lesion_count"], reports["keep"]["small_lesions_removed"]) == (1, 0)
+    assert (reports["drop"]["lesion_count"], reports["drop"]["small_lesions_removed"]) == (0, 1)
+    assert reports["drop"]["model"]["min_lesion_volume_ml"] == 300.0
+    assert reports["drop"]["model"]["min_lesion_volume_source"] == "given"
+    # without a value, the tumour fold folders' postprocessing.json decide (pooled over the folds); none: keep all
+    assert CascadePredictor.from_models(models, device="cpu").min_lesion_volume_ml == 0.0
+    for fold, (dice_at_0, dice_at_1) in zip(("0", "1"), ((0.0, None), (0.9, 0.8)), strict=True):
+        folder = models.checkpoints("tumor")[int(fold)].parent
+        (folder / "postprocessing.json").write_text(json.dumps({"per_case": {"c": {"0": dice_at_0, "1": dice_at_1}}}))
+    assert CascadePredictor.from_models(models, device="cpu").min_lesion_volume_ml == 1.0  # (1 + 0.8) / 2 beats 0.45
+    with pytest.raises(SmoothSegError, match="non-negative"):
+        CascadePredictor(StagePredictor(models.checkpoints("liver"), device="cpu"),
+                         StagePredictor(models.checkpoints("tumor"), device="cpu"), min_lesion_volume_ml=-1.0)
+    bad = run_cli("predict", "-i", str(inputs), "-o", str(tmp_path / "bad"), "--min-lesion-ml", "-1", home=data_home)
+    assert bad.returncode == 2 and "non-negative" in bad.stderr
+
+
 def test_no_liver_gives_an_empty_map_and_says_so(models, data_home: Path, tmp_path: Path) -> None:
     for checkpoint in models.checkpoints("liver"):
         make_constant(checkpoint, [5.0, -5.0])  # background everywhere

@@ -108,6 +108,7 @@ def test_predict_cli_writes_label_maps_with_the_input_geometry_and_reports(home:
         report = json.loads((out / f"{case_id}_report.json").read_text())
         assert report["case_id"] == case_id and report["lesion_count"] == len(report["lesions"])
         assert report["model"]["folds"] == {"liver": ["0"], "tumor": ["0"]} and report["model"]["active_contour"]
+        assert report["small_lesions_removed"] >= 0 and report["model"]["min_lesion_volume_source"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_ok"] == 3 and summary["n_failed"] == 0
     rows = (out / "report.csv").read_text().splitlines()
@@ -233,4 +234,15 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
     assert json.loads((folder / "summary.json").read_text())["n_ok"] == len(val_ids)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics, "metrics summary is empty"
+    # the minimum lesion volume is chosen on these predictions (made without it) and used by smoothseg_predict
+    post = json.loads((folder.parent / "postprocessing.json").read_text())
+    assert sorted(post["per_case"]) == sorted(val_ids)
+    assert post["min_lesion_volume_ml"] in post["candidates_ml"]
+    assert post["mean_tumor_dice"].get("0") is None or post["mean_tumor_dice"]["0"] <= max(
+        post["mean_tumor_dice"].values())
+    for case_id in val_ids:
+        labels, _ = read_image(folder / f"{case_id}.nii.gz")
+        reference, _ = read_image(home / "raw" / DATASET / "labelsTr" / f"{case_id}.nii.gz")
+        tp, n = ((labels == 2) & (reference == 2)).sum(), (labels == 2).sum() + (reference == 2).sum()
+        assert post["per_case"][case_id]["0"] == (pytest.approx(2 * tp / n) if n else None)
     assert not list(folder.parent.glob(".reference-*"))

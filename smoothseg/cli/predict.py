@@ -11,12 +11,20 @@ from smoothseg.cli.common import make_parser, run
 from smoothseg.inference.cascade import PredictOptions, predict
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of ml, got {text}")
+    return value
+
+
 def _body(args: argparse.Namespace) -> int:
     options = PredictOptions(
         device=args.device, step_size=args.step_size, tta=False if args.disable_tta else (True if args.tta else None),
         active_contour=not args.no_active_contour, output_format=args.output_format, overwrite=args.overwrite,
         num_processes_preprocessing=args.npp, num_processes_postprocessing=args.nps, num_parts=args.num_parts,
-        part_id=args.part_id, clinical_csv=args.clinical, progress=not args.quiet)
+        part_id=args.part_id, clinical_csv=args.clinical, progress=not args.quiet,
+        min_lesion_volume_ml=args.min_lesion_ml)
     summary = predict(args.i, args.o, dataset=args.d, folds=args.f, checkpoint=args.chk, trainer=args.tr,
                       options=options)
     print(summary.text(), file=sys.stderr if summary.failed else sys.stdout)
@@ -44,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tta.add_argument("--tta", action="store_true", help="mirroring test-time augmentation also on CPU (8x slower)")
     parser.add_argument("--no-active-contour", "--no_active_contour", dest="no_active_contour", action="store_true",
                         help="skip the per-lesion active-contour refinement")
+    parser.add_argument("--min-lesion-ml", "--min_lesion_ml", dest="min_lesion_ml", type=_non_negative, default=None,
+                        help="tumour components below this volume (ml) become liver; default: the volume chosen on "
+                             "the models' validation folds (postprocessing.json), none without one; 0: keep all")
     parser.add_argument("--output-format", "--output_format", dest="output_format", default=None,
                         help="file ending of the label maps (.nii.gz, .nii, .nrrd, .mha, ...); None: the input's")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")

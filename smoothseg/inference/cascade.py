@@ -16,7 +16,9 @@ One case goes through these steps:
 5. local active contours per lesion (:func:`~smoothseg.inference.active_contour.refine_tumours`), with the tumour
    plan's intensity window and :class:`~smoothseg.inference.active_contour.ActiveContourParams` defaults, overridden
    by an optional ``"active_contour"`` dict in ``plans.json``'s tumor configuration; can be switched off;
-6. the label map: 0 background, 1 liver, 2 tumour, written with the input's exact geometry (spacing, origin and any
+6. tumour components under the minimum lesion volume chosen on the validation fold become liver
+   (:mod:`smoothseg.inference.lesion_filter`; none without a full validation, or with ``min_lesion_volume_ml=0``);
+7. the label map: 0 background, 1 liver, 2 tumour, written with the input's exact geometry (spacing, origin and any
    direction matrix), atomically, plus the per-case tumour report (:mod:`smoothseg.inference.report`).
 
 For a cohort, :func:`run_cascade` processes every case independently: a failing case (unreadable, truncated, 2D,
@@ -30,6 +32,7 @@ processes start quickly.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import re
 import time
@@ -48,6 +51,7 @@ from smoothseg.atomic import write_json
 from smoothseg.dataset.io import IMAGE_ENDINGS, Geometry, image_ending, read_image, write_image
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.active_contour import ActiveContourParams, refine_tumours
+from smoothseg.inference.lesion_filter import min_lesion_volume_from_folders, remove_small_lesions
 from smoothseg.inference.postprocessing import bounding_box, fill_holes_3d, keep_inside, largest_connected_component
 from smoothseg.inference.report import (
     ClinicalTLVR,
@@ -146,25 +150,33 @@ class CascadeResult:
 class CascadePredictor:
     """Liver stage -> tumour stage on the predicted liver crop -> active contours, for images in memory.
 
-    ``active_contour_params`` None switches the active contours off.
+    ``active_contour_params`` None switches the active contours off; ``min_lesion_volume_ml`` 0 keeps every lesion.
     """
 
     def __init__(self, liver: StagePredictor, tumor: StagePredictor,
                  active_contour_params: ActiveContourParams | None = None, model_info: dict[str, Any] | None = None,
-                 refine_liver: bool = True):
+                 refine_liver: bool = True, min_lesion_volume_ml: float = 0.0):
         if liver.task != "liver" or tumor.task != "tumor":
             raise SmoothSegError(f"a cascade needs a liver and a tumor stage, got {liver.task} and {tumor.task}")
         self.liver = liver
         self.tumor = tumor
         self.active_contour_params = active_contour_params
         self.refine_liver = refine_liver
+        if not (math.isfinite(min_lesion_volume_ml) and min_lesion_volume_ml >= 0):
+            raise SmoothSegError(f"the minimum lesion volume must be a non-negative number of ml, got "
+                                 f"{min_lesion_volume_ml}")
+        self.min_lesion_volume_ml = float(min_lesion_volume_ml)
         self.model_info = model_info or {"dataset": liver.dataset, "trainer": liver.trainer,
                                          "folds": {"liver": liver.folds, "tumor": tumor.folds}}
 
     @classmethod
     def from_models(cls, pair: ModelPair, *, device: str = "auto", step_size: float = 0.5, tta: bool | None = None,
-                    active_contour: bool = True, progress: bool = False) -> CascadePredictor:
-        """Load the liver and tumour checkpoints of ``pair`` (see :func:`~.model_store.select_models`)."""
+                    active_contour: bool = True, progress: bool = False,
+                    min_lesion_volume_ml: float | None = None) -> CascadePredictor:
+        """Load the liver and tumour checkpoints of ``pair`` (see :func:`~.model_store.select_models`).
+
+        ``min_lesion_volume_ml`` None: the volume chosen on the validation of the tumour model's folds.
+        """
         from smoothseg.inference.model_store import raw_plans
         from smoothseg.inference.predictor import StagePredictor
         from smoothseg.training.trainer import resolve_device
@@ -175,8 +187,15 @@ class CascadePredictor:
         params = active_contour_params(stages["tumor"].plan, raw_plans(pair, "tumor")) if active_contour else None
         if params is not None:
             logger.info("active contours on: %s", params.to_dict())
-        return cls(stages["liver"], stages["tumor"], params, {**pair.to_dict(), "active_contour": params is not None,
-                                                             "tta": stages["liver"].tta, "step_size": step_size})
+        if min_lesion_volume_ml is None:
+            min_lesion_volume_ml, source = min_lesion_volume_from_folders(p.parent for p in pair.checkpoints("tumor"))
+        else:
+            source = "given"
+        logger.info("minimum lesion volume %g ml (%s)", min_lesion_volume_ml, source)
+        info = {**pair.to_dict(), "active_contour": params is not None, "tta": stages["liver"].tta,
+                "step_size": step_size, "min_lesion_volume_ml": min_lesion_volume_ml,
+                "min_lesion_volume_source": source}
+        return cls(stages["liver"], stages["tumor"], params, info, min_lesion_volume_ml=min_lesion_volume_ml)
 
     # -- stages ------------------------------------------------------------------------------------------------------
     def liver_stage(self, image: np.ndarray, geometry: Geometry,
@@ -236,6 +255,7 @@ class CascadePredictor:
         timings.update(stage_times)
         t1 = time.perf_counter()
         labels = refine_and_compose(image, geometry, labels, self.active_contour_params)
+        labels, _ = remove_small_lesions(labels, geometry.spacing_zyx, self.min_lesion_volume_ml)
         timings["active_contour"] = time.perf_counter() - t1
         return CascadeResult(labels, bool(labels.any()), timings)
 
@@ -340,6 +360,7 @@ class PredictOptions:
     part_id: int = 0
     clinical_csv: Path | None = None
     progress: bool = True
+    min_lesion_volume_ml: float | None = None  # None: chosen on the models' validation (postprocessing.json)
 
 
 @dataclass
@@ -427,6 +448,7 @@ class _FinishJob:
     report_path: Path
     clinical_tlvr: float | None
     report_extra: dict[str, Any]
+    min_lesion_volume_ml: float = 0.0
 
 
 def _finish_case(job: _FinishJob) -> _Outcome:
@@ -434,11 +456,13 @@ def _finish_case(job: _FinishJob) -> _Outcome:
     try:
         t0 = time.perf_counter()
         labels = refine_and_compose(job.image, job.geometry, job.labels, job.params)
+        labels, removed = remove_small_lesions(labels, job.geometry.spacing_zyx, job.min_lesion_volume_ml)
         t1 = time.perf_counter()
         liver_found = bool(job.labels.any())
         write_image(labels, job.geometry, job.output)
         report = case_report(job.case.case_id, job.image, labels, job.geometry, liver_found=liver_found,
-                             clinical_tlvr=job.clinical_tlvr, extra=job.report_extra)
+                             clinical_tlvr=job.clinical_tlvr,
+                             extra={**job.report_extra, "small_lesions_removed": removed})
         write_case_report(report, job.report_path)  # last: its presence marks a finished case
         timings = {"active_contour": t1 - t0, "write": time.perf_counter() - t1}
         return _Outcome(True, (liver_found, report["lesion_count"], timings))
@@ -556,7 +580,7 @@ class _CohortRun:
         output, report_path = self.outputs(case)
         extra = {"input": str(case.path), "output": str(output), "model": self.cascade.model_info}
         finish = _FinishJob(case, image, geometry, labels, self.cascade.active_contour_params, output, report_path,
-                            clinical, extra)
+                            clinical, extra, self.cascade.min_lesion_volume_ml)
         for done in self.finisher.submit(finish):
             self.finished(*done)
 
@@ -634,7 +658,8 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
     pair = select_models(dataset, list(folds) if folds else None, checkpoint or DEFAULT_CHECKPOINT,
                          trainer or DEFAULT_TRAINER)
     cascade = CascadePredictor.from_models(pair, device=options.device, step_size=options.step_size,
-                                           tta=options.tta, active_contour=options.active_contour)
+                                           tta=options.tta, active_contour=options.active_contour,
+                                           min_lesion_volume_ml=options.min_lesion_volume_ml)
     clinical = None
     if options.clinical_csv is not None:
         clinical = ClinicalTLVR(options.clinical_csv, cascade.tumor.tlvr_models)

@@ -41,7 +41,7 @@ DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 MANIFEST_NAME = "manifest.json"
 EXPORT_FORMAT = "smoothseg.model_export/1"
 #: Per-fold files copied into an export besides the checkpoint, when present.
-EXTRA_FOLD_FILES = ("run_config.json",)
+EXTRA_FOLD_FILES = ("run_config.json", "postprocessing.json")
 
 _DATASET_RE = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
 _FOLD_RE = re.compile(r"^fold_(.+)$")

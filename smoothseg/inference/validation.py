@@ -7,7 +7,9 @@ Outputs go to ``<results>/DatasetXXX/<Trainer>__tumor/fold_k/validation/``:
 
 * ``<case><ending>`` label maps (0 background, 1 liver, 2 tumour), ``<case>_report.json``, ``report.csv`` and
   ``summary.json`` (per-case status), exactly as ``smoothseg_predict`` writes them;
-* ``metrics.json``: the evaluation against the reference labels, from
+* ``../postprocessing.json`` (in ``fold_k``): the minimum lesion volume chosen on these predictions, which are made
+  without it (:mod:`smoothseg.inference.lesion_filter`);
+* ``metrics.json``: the evaluation against the reference labels (before that filter), from
   :func:`smoothseg.evaluation.evaluate.evaluate_folders` when available, else per-case
   :func:`~smoothseg.evaluation.metrics.evaluate_case` results with their means (per-case statistics) and pooled
   overlap metrics (voxel counts summed over cases).
@@ -31,6 +33,7 @@ from smoothseg.dataset.io import read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.cascade import CascadePredictor, InputCase, PredictOptions, run_cascade
+from smoothseg.inference.lesion_filter import candidate_dice, write_postprocessing
 from smoothseg.inference.model_store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
 from smoothseg.inference.report import ClinicalTLVR
 from smoothseg.paths import find_dataset, preprocessed_root
@@ -77,7 +80,7 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
     logger.info("validating %s fold %s on %d case(s) with the predicted liver -> %s", pair.dataset, fold, len(cases),
                 output)
     cascade = CascadePredictor.from_models(pair, device=device, step_size=step_size, tta=tta,
-                                           active_contour=active_contour, progress=False)
+                                           active_contour=active_contour, progress=False, min_lesion_volume_ml=0.0)
     table = raw.clinical()
     clinical = ClinicalTLVR(table, cascade.tumor.tlvr_models) if table is not None and cascade.tumor.tlvr_models \
         else None
@@ -92,7 +95,20 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
     done = [c for c, o in zip(cases, summary.cases, strict=True) if o.status != "failed"]
     references = {c.case_id: by_id[c.case_id].label for c in done}
     evaluate_predictions(raw, references, output, num_processes)
+    choose_postprocessing(raw, references, output, output.parent, f"validation of fold {fold} (predicted liver)")
     return output
+
+
+def choose_postprocessing(raw: RawDataset, references: dict[str, Path], prediction_dir: Path, fold_folder: Path,
+                          source: str) -> float:
+    """Choose the minimum lesion volume on the predictions of ``references``' cases; writes ``postprocessing.json``."""
+    per_case = {}
+    for case_id, label_path in sorted(references.items()):
+        reference, geometry = read_image(label_path)
+        prediction, _ = read_image(prediction_dir / f"{case_id}{raw.spec.file_ending}")
+        per_case[case_id] = candidate_dice(prediction, np.isin(reference, list(raw.spec.task_regions.tumor)),
+                                           geometry.spacing_zyx)
+    return write_postprocessing(fold_folder, per_case, source)
 
 
 def evaluate_predictions(raw: RawDataset, references: dict[str, Path], prediction_dir: Path,

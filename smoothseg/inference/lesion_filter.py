@@ -1,0 +1,133 @@
+"""The minimum lesion volume: tiny predicted tumour components are dropped, with the threshold chosen on validation.
+
+An undertrained or uncertain tumour model leaves specks of a few voxels (0.05-2 ml) in the liver; on a tumour-free
+liver one speck turns a perfect case into a Dice of 0. As nnU-Net chooses its post-processing on the
+cross-validation, smoothseg chooses the threshold on the fold's validation cases, predicted by the whole cascade on
+the predicted liver (:func:`smoothseg.inference.validation.validate_fold`):
+
+1. for each candidate volume in ``CANDIDATES_ML`` (0 = keep everything), tumour components (26-connected, as the
+   evaluation counts lesions) below it become liver;
+2. the per-case tumour Dice is computed against the reference (``None`` when both are empty);
+3. the candidate with the highest mean per-case Dice wins; ties go to the smaller volume, so nothing is removed
+   unless it helped on validation. For this choice a case with neither reference nor predicted tumour counts 1 (the
+   LiTS convention), so that every candidate is scored on the same cases: a speck removed from a tumour-free liver
+   takes that case from 0 to 1. (The evaluation leaves such cases out instead, as nnU-Net does.)
+
+The per-case table and the choice are written to ``postprocessing.json`` in the tumour model's fold folder. With
+several folds, the tables of all their folders are pooled and the choice is made again. ``smoothseg_predict
+--min-lesion-ml`` overrides it (0 switches it off).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smoothseg.atomic import write_json
+from smoothseg.inference.postprocessing import remove_small_components
+
+__all__ = ["CANDIDATES_ML", "POSTPROCESSING_NAME", "candidate_dice", "choose_min_lesion_volume",
+           "min_lesion_volume_from_folders", "remove_small_lesions", "write_postprocessing"]
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES_ML = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+POSTPROCESSING_NAME = "postprocessing.json"
+TUMOUR, LIVER = 2, 1
+
+
+def _min_voxels(min_volume_ml: float, spacing_zyx) -> int:
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    return int(math.ceil(min_volume_ml / voxel_ml - 1e-9)) if min_volume_ml > 0 else 0
+
+
+def remove_small_lesions(labels: np.ndarray, spacing_zyx, min_volume_ml: float) -> tuple[np.ndarray, int]:
+    """Label map (0/1/2) with every tumour component under ``min_volume_ml`` turned into liver; and how many."""
+    min_voxels = _min_voxels(min_volume_ml, spacing_zyx)
+    tumour = labels == TUMOUR
+    if min_voxels <= 1 or not tumour.any():
+        return labels, 0
+    kept = remove_small_components(tumour, min_voxels)
+    dropped = tumour & ~kept
+    if not dropped.any():
+        return labels, 0
+    from smoothseg.evaluation.metrics import connected_lesions
+
+    out = labels.copy()
+    out[dropped] = LIVER
+    return out, connected_lesions(dropped)[1]
+
+
+def candidate_dice(prediction: np.ndarray, reference_tumour: np.ndarray, spacing_zyx,
+                   candidates: Iterable[float] = CANDIDATES_ML) -> dict[str, float | None]:
+    """Tumour Dice of ``prediction`` after each candidate's filtering (``None``: both empty), keyed by ``str(ml)``."""
+    reference_tumour = np.asarray(reference_tumour, dtype=bool)
+    n_ref = int(np.count_nonzero(reference_tumour))
+    out: dict[str, float | None] = {}
+    for ml in candidates:
+        filtered, _ = remove_small_lesions(prediction, spacing_zyx, ml)
+        tumour = filtered == TUMOUR
+        n_pred = int(np.count_nonzero(tumour))
+        tp = int(np.count_nonzero(tumour & reference_tumour))
+        out[_key(ml)] = None if n_ref + n_pred == 0 else 2.0 * tp / (n_ref + n_pred)
+    return out
+
+
+def choose_min_lesion_volume(per_case: Mapping[str, Mapping[str, float | None]]) -> tuple[float, dict[str, float]]:
+    """The candidate volume (ml) with the best mean per-case Dice (ties: the smaller), and every candidate's mean.
+
+    A case without reference or predicted tumour (``None``) counts 1; a candidate missing from a row is not scored.
+    """
+    means: dict[str, float] = {}
+    keys = sorted({k for row in per_case.values() for k in row}, key=float)
+    for key in keys:
+        if all(key in row for row in per_case.values()):
+            means[key] = float(np.mean([1.0 if row[key] is None else row[key] for row in per_case.values()]))
+    if not means:
+        return 0.0, means
+    best = max(means.values())
+    return min(float(k) for k, v in means.items() if v >= best - 1e-9), means
+
+
+def write_postprocessing(fold_folder: Path, per_case: Mapping[str, Mapping[str, float | None]],
+                         source: str) -> float:
+    """Choose on ``per_case`` and write ``postprocessing.json`` into ``fold_folder``; returns the chosen volume."""
+    chosen, means = choose_min_lesion_volume(per_case)
+    write_json({"min_lesion_volume_ml": chosen, "candidates_ml": list(CANDIDATES_ML), "mean_tumor_dice": means,
+                "n_cases": len(per_case), "source": source, "per_case": dict(per_case)},
+               Path(fold_folder) / POSTPROCESSING_NAME)
+    logger.info("minimum lesion volume %.2f ml chosen on %d validation case(s): mean tumour Dice %s", chosen,
+                len(per_case), ", ".join(f"{k} ml {v:.4f}" for k, v in means.items()))
+    return chosen
+
+
+def min_lesion_volume_from_folders(fold_folders: Iterable[Path]) -> tuple[float, str]:
+    """The pooled choice over the ``postprocessing.json`` of the given tumour fold folders; (0, why) if none."""
+    per_case: dict[str, Mapping[str, float | None]] = {}
+    used = []
+    for folder in fold_folders:
+        path = Path(folder) / POSTPROCESSING_NAME
+        if not path.is_file():
+            continue
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            rows = {f"{folder.name}/{case}": dict(row) for case, row in data["per_case"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("%s is unreadable (%s); ignoring it", path, exc)
+            continue
+        per_case.update(rows)
+        used.append(folder.name)
+    if not per_case:
+        return 0.0, "no postprocessing.json (no full validation yet): no lesion is removed"
+    chosen, _ = choose_min_lesion_volume(per_case)
+    return chosen, f"chosen on {len(per_case)} validation case(s) of {', '.join(used)}"
+
+
+def _key(ml: float) -> str:
+    return f"{float(ml):g}"
