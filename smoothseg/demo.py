@@ -77,7 +77,7 @@ class DemoSettings:
 
 
 # Sized on a 2-core CPU (see documentation/benchmarks.md): ~15 min for the default run, ~3 min for --quick.
-_CPU = DemoSettings(n_cases=32, gpu_memory_target_gb=1.0, liver_epochs=20, tumor_epochs=44, iters_per_epoch=25,
+_CPU = DemoSettings(n_cases=32, gpu_memory_target_gb=1.0, liver_epochs=19, tumor_epochs=42, iters_per_epoch=25,
                     val_iters=3)
 _CPU_QUICK = DemoSettings(n_cases=32, gpu_memory_target_gb=1.0, liver_epochs=6, tumor_epochs=6, iters_per_epoch=20,
                           val_iters=2)

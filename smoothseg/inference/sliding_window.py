@@ -192,6 +192,13 @@ def _forward(network: Network, batch: torch.Tensor) -> torch.Tensor:
     return output
 
 
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (1) computed in the logits' own buffer: no second tile-sized tensor, which with
+    mirroring TTA (a running sum, the flipped copy) keeps the tile buffers to three."""
+    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
+
+
 def _predict_probabilities(network: Network, batch: torch.Tensor, num_classes: int,
                            flip_combinations: Sequence[tuple[int, ...]],
                            autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
@@ -204,10 +211,12 @@ def _predict_probabilities(network: Network, batch: torch.Tensor, num_classes: i
         if logits.shape[0] != batch.shape[0] or logits.shape[1] != num_classes or logits.shape[2:] != batch.shape[2:]:
             raise ValueError(f"network output has shape {tuple(logits.shape)}, expected "
                              f"{(batch.shape[0], num_classes, *batch.shape[2:])}")
-        probabilities = torch.softmax(logits.float(), dim=1)
+        probabilities = _softmax_(logits.float())
+        del logits
         if dims:
-            probabilities = torch.flip(probabilities, dims)
+            probabilities = torch.flip(probabilities, dims)  # a copy: the unflipped one is freed here
         total = probabilities if total is None else total.add_(probabilities)
+        del probabilities
     assert total is not None
     return total.div_(len(flip_combinations)) if len(flip_combinations) > 1 else total
 
