@@ -16,8 +16,9 @@ An untrained liver model predicts nonsense, so the tumour stage and the active c
 reference liver and tumours (their work depends on the liver crop and the lesions, which are then realistic).
 Peak memory is the child's peak RSS. The budget is "the model" plus 4x the float32 input volume (the input, its
 preprocessed copy and two class maps on the original grid); "the model" is measured as the peak RSS after loading the
-networks and running one forward pass over one tile through each (weights plus the activations of a tile, which
-depend on the plan's patch size and width but not on the input).
+networks and predicting one patch-sized zero image through each stage (weights plus one tile's working set: the
+activations of its forward pass, its softmax and, with TTA, the flipped copy and the running sum over the flips; they
+depend on the plan's patch size, width and TTA but not on the input).
 
 With ``--nnunet-venv`` (a virtual environment with nnunetv2 installed; never a dependency of smoothseg), the same
 test image is also predicted by nnU-Net v2, side by side in the same run: the dataset is copied into nnU-Net's raw
@@ -120,12 +121,13 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
     model_mb = sum(p.numel() * p.element_size() for stage in (cascade.liver, cascade.tumor)
                    for net in stage.networks for p in net.parameters()) / 2**20
     rss_loaded_mb = _rss_now_mb()
-    # "The model" in the memory budget: its weights plus the activations of one forward pass over one tile, which
-    # depend on the plan's patch size and width, not on the input volume. Measured by a warm-up pass per network.
-    with torch.no_grad():
-        for stage in (cascade.liver, cascade.tumor):
-            for network, patch in zip(stage.networks, stage.patch_sizes, strict=True):
-                network(torch.zeros((stage.tile_batch_size, 1, *patch)))
+    # "The model" in the memory budget: its weights plus the working set of one tile (the activations of its forward
+    # pass, its softmax and, with TTA, the flipped copy and the running sum over the flips), which depend on the
+    # plan's patch size and width and on TTA, not on the input volume. Measured by predicting one patch-sized zero
+    # image through each stage, which is one batch of one tile (the CPU's tile batch size for these patches).
+    for stage in (cascade.liver, cascade.tumor):
+        for patch in stage.patch_sizes:
+            stage.predict_preprocessed(np.zeros((1, *patch), dtype=np.float32))
     peak_model_mb = _peak_mb()
     aside = {"warm-up pass": time.perf_counter() - t0}  # not part of a prediction: left out of the end-to-end time
 
@@ -196,7 +198,7 @@ def _report(name: str, result: dict) -> None:
     print(f"  {'total':18s} {total:8.2f} s; active contours {100 * times['active contours'] / total:.1f} % of it")
     budget = result["peak_model_mb"] + 4 * result["input_mb"]
     print(f"  peak RSS {result['peak_mb']:.0f} MB; after loading the models {result['rss_loaded_mb']:.0f} MB "
-          f"(weights {result['model_mb']:.1f} MB), peak after one tile's forward pass per network "
+          f"(weights {result['model_mb']:.1f} MB), peak after one tile through each stage "
           f"{result['peak_model_mb']:.0f} MB")
     print(f"  budget = that + 4 x float32 input ({4 * result['input_mb']:.0f} MB) = {budget:.0f} MB -> "
           f"peak / budget {result['peak_mb'] / budget:.2f}; above the loaded models: "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -28,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from smoothseg.atomic import write_json
 from smoothseg.dataset.io import read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
+from smoothseg.evaluation.evaluate import evaluate_folders
 from smoothseg.inference.cascade import CascadePredictor, InputCase, PredictOptions, run_cascade
 from smoothseg.inference.lesion_filter import candidate_dice, write_postprocessing
 from smoothseg.inference.model_store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
@@ -114,19 +113,11 @@ def choose_postprocessing(raw: RawDataset, references: dict[str, Path], predicti
 def evaluate_predictions(raw: RawDataset, references: dict[str, Path], prediction_dir: Path,
                          num_processes: int = 1) -> dict[str, Any]:
     """Evaluate the predictions of ``references``' cases in ``prediction_dir``; writes ``metrics.json``."""
-    target = prediction_dir / METRICS_NAME
-    try:
-        from smoothseg.evaluation.evaluate import evaluate_folders
-    except ImportError:
-        evaluate_folders = None
-    if evaluate_folders is not None:
-        with tempfile.TemporaryDirectory(prefix=".reference-", dir=prediction_dir.parent) as tmp:
-            for path in references.values():
-                _link_or_copy(path, Path(tmp) / path.name)
-            return evaluate_folders(Path(tmp), prediction_dir, target, dataset=raw.name, clinical_csv=None,
-                                    num_processes=num_processes)
-    logger.info("smoothseg.evaluation.evaluate is not available; evaluating with evaluate_case")
-    return _evaluate_fallback(raw, references, prediction_dir, target)
+    with tempfile.TemporaryDirectory(prefix=".reference-", dir=prediction_dir.parent) as tmp:
+        for path in references.values():
+            _link_or_copy(path, Path(tmp) / path.name)
+        return evaluate_folders(Path(tmp), prediction_dir, prediction_dir / METRICS_NAME, dataset=raw.name,
+                                clinical_csv=None, num_processes=num_processes)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -134,49 +125,3 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _evaluate_fallback(raw: RawDataset, references: dict[str, Path], prediction_dir: Path,
-                       target: Path) -> dict[str, Any]:
-    from smoothseg.evaluation.metrics import counts_from_case, evaluate_case, pooled_overlap_metrics
-
-    regions = raw.spec.task_regions
-    liver_labels, tumour_labels = list(regions.liver), list(regions.tumor)
-    per_case: dict[str, dict[str, Any]] = {}
-    for case_id, label_path in sorted(references.items()):
-        reference, geometry = read_image(label_path)
-        prediction, _ = read_image(prediction_dir / f"{case_id}{raw.spec.file_ending}")
-        mapped = np.zeros(reference.shape, dtype=np.uint8)
-        mapped[np.isin(reference, liver_labels + tumour_labels)] = 1
-        mapped[np.isin(reference, tumour_labels)] = 2
-        per_case[case_id] = evaluate_case(mapped, prediction, geometry.spacing_zyx)
-    keys = sorted({k for case in per_case.values() for k in case})
-    means = {}
-    for key in keys:
-        values = np.array([float(case[key]) for case in per_case.values() if key in case], dtype=float)
-        finite = values[np.isfinite(values)]
-        means[key] = float(finite.mean()) if finite.size else None
-    pooled = {s: pooled_overlap_metrics(counts_from_case(c, s) for c in per_case.values()) for s in ("liver", "tumor")}
-    result = {
-        "source": "smoothseg.evaluation.metrics.evaluate_case (fallback)",
-        "n_cases": len(per_case),
-        "mean_per_case": {k: _json_number(v) for k, v in means.items()},
-        "pooled": {s: {k: _json_number(v) for k, v in m.items()} for s, m in pooled.items()},
-        "per_case": {c: {k: _json_number(v) for k, v in m.items()} for c, m in per_case.items()},
-    }
-    write_json(result, target)
-    logger.info("validation metrics (%d cases, mean per case): liver Dice %s, tumour Dice %s -> %s", len(per_case),
-                _fmt(means.get("liver_dice")), _fmt(means.get("tumor_dice")), target)
-    return result
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
