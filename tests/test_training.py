@@ -130,6 +130,17 @@ def test_zero_tlvr_weight_reproduces_the_plain_trainer(tiny: Path) -> None:
     assert totals[2] != totals[0]
 
 
+def test_seed_alone_decides_the_initial_weights(tiny: Path) -> None:
+    """--seed fixes the initial weights whatever ran before in the process (the demo trains the liver model first)."""
+    def weights(seed: int, draws: int) -> list[torch.Tensor]:
+        torch.rand(draws)  # what an earlier run in the same process consumed
+        return [p.detach().clone() for p in Trainer(_config("tumor", seed=seed)).network.parameters()]
+
+    first, second, other = weights(0, 1), weights(0, 1000), weights(1, 1)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(torch.equal(a, c) for a, c in zip(first, other, strict=True))
+
+
 @pytest.mark.parametrize("change, words", [
     ({"fold": "7"}, "fold 7 does not exist"),
     ({"trainer": "NoSuchTrainer"}, "available: SmoothSegTrainer, Trainer"),

@@ -161,6 +161,7 @@ class Trainer:
         self.output = results_root() / self.preprocessed.name / f"{self.name}__{config.task}" / f"fold_{config.fold}"
         self.device = resolve_device(config.device)
         self.amp = self.device.type == "cuda"
+        torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
         self.network = build_network(self.plan).to(self.device)
         self.optimizer = build_optimizer(self.network.parameters(), config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
