@@ -101,6 +101,18 @@ def test_memory_budget_drives_width_patch_and_batch(fingerprint: dict) -> None:
                                                                                          NetworkPlan(16))
 
 
+
+def test_narrowest_tumour_network_is_warned_about(fingerprint: dict, caplog) -> None:
+    with caplog.at_level("WARNING", logger="smoothseg.planning.planner"):
+        narrow = plan(fingerprint, gpu_memory_target_gb=1.0)
+    assert narrow["tumor"].network.init_filters == 8
+    assert any("narrowest width (8 filters)" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="smoothseg.planning.planner"):
+        wider = plan(fingerprint, gpu_memory_target_gb=1.25)
+    assert wider["tumor"].network.init_filters >= 16
+    assert not any("narrowest width" in r.getMessage() for r in caplog.records)
+
 @pytest.mark.parametrize("patch, width", [((16, 32, 32), 8), ((32, 32, 48), 4)])
 def test_memory_estimate_counts_activations_like_a_real_forward_pass(patch, width) -> None:
     """The planner's activation count (closed form) equals the one measured with hooks on a real network."""

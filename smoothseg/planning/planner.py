@@ -223,6 +223,10 @@ def plan(fingerprint: dict[str, Any], gpu_memory_target_gb: float = 8.0) -> Plan
     if not covers:
         logger.warning("tumor patch %s does not cover the median liver crop %s at %.1f GB: the TLVR term will use "
                        "partial-liver targets", t_patch, tuple(int(v) for v in t_median), gpu_memory_target_gb)
+    if has_tumours and t_net.init_filters == WIDTHS[-1]:
+        logger.warning("tumor network at the narrowest width (%d filters) under %.2f GB: such networks failed to "
+                       "learn the tumour class at all from some random initialisations (documentation/benchmarks.md); "
+                       "a larger -gpu_memory_target gives a wider network", WIDTHS[-1], gpu_memory_target_gb)
     tumor = ConfigurationPlan(
         name="tumor", spacing=t_spacing, patch_size=t_patch, batch_size=t_batch,
         window=tumor_window(fingerprint) if has_tumours else liver_window(fingerprint),
