@@ -78,7 +78,7 @@ class DemoSettings:
         return self.epochs(task) * self.iters_per_epoch
 
 
-# Sized on a 2-core CPU (see documentation/benchmarks.md): ~15 min for the default run, ~3 min for --quick.
+# Sized on a 2-core CPU (see documentation/benchmarks.md): ~16 min for the default run, ~3 min for --quick.
 _CPU = DemoSettings(n_cases=32, gpu_memory_target_gb=1.25, liver_epochs=15, tumor_epochs=26, iters_per_epoch=25,
                     val_iters=3)
 _CPU_QUICK = DemoSettings(n_cases=32, gpu_memory_target_gb=1.0, liver_epochs=6, tumor_epochs=6, iters_per_epoch=20,
