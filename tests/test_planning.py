@@ -109,7 +109,7 @@ def test_narrowest_tumour_network_is_warned_about(fingerprint: dict, caplog) -> 
     assert any("narrowest width (8 filters)" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING", logger="smoothseg.planning.planner"):
-        wider = plan(fingerprint, gpu_memory_target_gb=1.25)
+        wider = plan(fingerprint, gpu_memory_target_gb=4.0)
     assert wider["tumor"].network.init_filters >= 16
     assert not any("narrowest width" in r.getMessage() for r in caplog.records)
 
