@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from smoothseg.atomic import write_json
-from smoothseg.inference.postprocessing import remove_small_components
+from smoothseg.evaluation.metrics import connected_lesions
 
 __all__ = ["CANDIDATES_ML", "POSTPROCESSING_NAME", "candidate_dice", "choose_min_lesion_volume",
            "min_lesion_volume_from_folders", "remove_small_lesions", "write_postprocessing"]
@@ -47,34 +47,43 @@ def _min_voxels(min_volume_ml: float, spacing_zyx) -> int:
     return int(math.ceil(min_volume_ml / voxel_ml - 1e-9)) if min_volume_ml > 0 else 0
 
 
+def _tumour_components(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 26-connected tumour components of a label map and their sizes in voxels (index 0: not tumour)."""
+    components, n = connected_lesions(labels == TUMOUR)
+    return components, np.bincount(components.ravel(), minlength=n + 1)
+
+
 def remove_small_lesions(labels: np.ndarray, spacing_zyx, min_volume_ml: float) -> tuple[np.ndarray, int]:
     """Label map (0/1/2) with every tumour component under ``min_volume_ml`` turned into liver; and how many."""
     min_voxels = _min_voxels(min_volume_ml, spacing_zyx)
-    tumour = labels == TUMOUR
-    if min_voxels <= 1 or not tumour.any():
+    if min_voxels <= 1 or not (labels == TUMOUR).any():
         return labels, 0
-    kept = remove_small_components(tumour, min_voxels)
-    dropped = tumour & ~kept
-    if not dropped.any():
+    components, sizes = _tumour_components(labels)
+    small = sizes < min_voxels
+    small[0] = False
+    if not small.any():
         return labels, 0
-    from smoothseg.evaluation.metrics import connected_lesions
-
     out = labels.copy()
-    out[dropped] = LIVER
-    return out, connected_lesions(dropped)[1]
+    out[small[components]] = LIVER
+    return out, int(np.count_nonzero(small))
 
 
 def candidate_dice(prediction: np.ndarray, reference_tumour: np.ndarray, spacing_zyx,
                    candidates: Iterable[float] = CANDIDATES_ML) -> dict[str, float | None]:
-    """Tumour Dice of ``prediction`` after each candidate's filtering (``None``: both empty), keyed by ``str(ml)``."""
+    """Tumour Dice of ``prediction`` after each candidate's filtering (``None``: both empty), keyed by ``str(ml)``.
+
+    The components are labelled once; each candidate then keeps those of at least its size, so its Dice comes from
+    per-component voxel and overlap counts (the same as filtering with :func:`remove_small_lesions` first).
+    """
     reference_tumour = np.asarray(reference_tumour, dtype=bool)
     n_ref = int(np.count_nonzero(reference_tumour))
+    components, sizes = _tumour_components(prediction)
+    overlap = np.bincount(components[reference_tumour], minlength=sizes.size)
     out: dict[str, float | None] = {}
     for ml in candidates:
-        filtered, _ = remove_small_lesions(prediction, spacing_zyx, ml)
-        tumour = filtered == TUMOUR
-        n_pred = int(np.count_nonzero(tumour))
-        tp = int(np.count_nonzero(tumour & reference_tumour))
+        kept = sizes >= _min_voxels(ml, spacing_zyx)
+        kept[0] = False
+        n_pred, tp = int(sizes[kept].sum()), int(overlap[kept].sum())
         out[_key(ml)] = None if n_ref + n_pred == 0 else 2.0 * tp / (n_ref + n_pred)
     return out
 

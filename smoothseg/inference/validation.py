@@ -9,10 +9,8 @@ Outputs go to ``<results>/DatasetXXX/<Trainer>__tumor/fold_k/validation/``:
   ``summary.json`` (per-case status), exactly as ``smoothseg_predict`` writes them;
 * ``../postprocessing.json`` (in ``fold_k``): the minimum lesion volume chosen on these predictions, which are made
   without it (:mod:`smoothseg.inference.lesion_filter`);
-* ``metrics.json``: the evaluation against the reference labels (before that filter), from
-  :func:`smoothseg.evaluation.evaluate.evaluate_folders` when available, else per-case
-  :func:`~smoothseg.evaluation.metrics.evaluate_case` results with their means (per-case statistics) and pooled
-  overlap metrics (voxel counts summed over cases).
+* ``metrics.json``: the evaluation against the reference labels (before that filter), by
+  :func:`smoothseg.evaluation.evaluate.evaluate_folders` (per-case metrics, their means and pooled overlap metrics).
 """
 
 from __future__ import annotations

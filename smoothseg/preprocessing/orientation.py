@@ -64,17 +64,20 @@ class Orientation:
         if self.is_identity:
             return array
         lead = array.ndim - 3
-        out = array.transpose(*range(lead), *(lead + a for a in self.axes))
-        return out[(Ellipsis, *(slice(None, None, -1) if f else slice(None) for f in self.flips))]
+        return array.transpose(*range(lead), *(lead + a for a in self.axes))[self._flip_index()]
 
     def to_original(self, array: np.ndarray) -> np.ndarray:
         """Canonical -> original frame (a view)."""
         if self.is_identity:
             return array
         lead = array.ndim - 3
-        unflipped = array[(Ellipsis, *(slice(None, None, -1) if f else slice(None) for f in self.flips))]
+        unflipped = array[self._flip_index()]
         inverse = np.argsort(self.axes)
         return unflipped.transpose(*range(lead), *(lead + int(a) for a in inverse))
+
+    def _flip_index(self) -> tuple:
+        """Index reversing the flipped canonical axes (a flip is its own inverse)."""
+        return (Ellipsis, *(slice(None, None, -1) if f else slice(None) for f in self.flips))
 
     # -- shapes, spacings, boxes ----------------------------------------------------------------------------------
     def canonical_tuple(self, values) -> tuple:
