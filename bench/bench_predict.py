@@ -60,10 +60,10 @@ DATASET = "Dataset900_SyntheticLiver"
 
 def _prepare(work: Path, size: str, memory_gb: float) -> tuple[Path, Path]:
     """Dataset (3 phantoms: 2 training, 1 test), plans and untrained models; returns (test image, test label)."""
-    from smoothseg.inference.model_store import write_untrained_models
+    from smoothseg.models.build import write_untrained_models
     from smoothseg.paths import results_root
-    from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
     from smoothseg.synthetic.demo_dataset import make_demo_dataset
+    from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
 
     t0 = time.perf_counter()
     raw = make_demo_dataset(n_cases=3, seed=7, size=size, num_processes=2)
@@ -108,9 +108,10 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
     import torch
 
     from smoothseg.dataset.io import read_image
-    from smoothseg.inference.cascade import CascadePredictor, compose_labels, refine_and_compose
-    from smoothseg.inference.model_store import select_models
+    from smoothseg.inference.cascade import CascadePredictor
+    from smoothseg.inference.postprocessing import compose_labels, refine_and_compose
     from smoothseg.inference.report import case_report, write_case_report
+    from smoothseg.models.store import select_models
 
     if threads:
         torch.set_num_threads(threads)

@@ -37,10 +37,11 @@ def main() -> None:
         os.environ.pop(var, None)
     os.environ["SMOOTHSEG_HOME"] = str(home)
 
-    from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
     from smoothseg.synthetic.demo_dataset import make_demo_dataset
     from smoothseg.training.augmentation import default_num_workers
-    from smoothseg.training.trainer import TrainingConfig, get_trainer_class
+    from smoothseg.training.config import TrainingConfig
+    from smoothseg.training.trainer import get_trainer_class
+    from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
 
     make_demo_dataset(n_cases=8, num_processes=2)
     plan_and_preprocess(900, num_processes=2, gpu_memory_target_gb=args.gpu_memory, overwrite_plans=True)

@@ -34,7 +34,7 @@ from dataset_conversion.report import (
     collect_log,
     prepare_output_folder,
 )
-from smoothseg.dataset.cases import image_path, label_path
+from smoothseg.dataset.cases import image_path, label_path, parse_image_name
 from smoothseg.dataset.dataset_json import DatasetSpec, TaskRegions
 from smoothseg.dataset.io import Geometry, read_image, write_image
 from smoothseg.dataset.verify import Tolerance
@@ -79,7 +79,9 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
 
 
 def _strip_channel(stem: str) -> str:
-    return re.sub(r"_0000$", "", stem)
+    """``<case>_0000`` (an nnU-Net channel suffix) -> ``<case>``; other stems unchanged."""
+    parsed = parse_image_name(f"{stem}.nii.gz")
+    return parsed.case_id if parsed is not None and parsed.channel == 0 else stem
 
 
 def find_msd_cases(root: Path) -> tuple[list[SourceCase], list[tuple[str, Path, str]]]:

@@ -8,6 +8,7 @@ extension still works) and renames the result over the target.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -15,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @contextmanager
@@ -57,3 +60,25 @@ def write_text(text: str, path: str | Path) -> Path:
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON with a trailing newline (stable bytes), atomically."""
     return write_text(json.dumps(data, indent=2) + "\n", path)
+
+
+def json_safe(value: Any, *, strict: bool = False) -> Any:
+    """A deep copy made of plain JSON types: NumPy scalars -> Python, non-finite floats -> None, tuples -> lists,
+    paths -> str. ``strict``: any other type is a ``ValueError`` (for validating data read back); else kept."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, strict=strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, strict=strict) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if strict:
+        raise ValueError(f"value of type {type(value).__name__} is not JSON-able")
+    return value

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from tqdm import tqdm
+from smoothseg.logging_setup import progress_bar
 
 T = TypeVar("T")
 
@@ -20,5 +20,5 @@ def map_cases(fn: Callable[[Any], T], jobs: Sequence[Any], num_processes: int = 
     bar = dict(total=len(jobs), desc=desc, unit=unit, disable=len(jobs) < 2)
     if num_processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(num_processes, len(jobs))) as pool:
-            return list(tqdm(pool.map(fn, jobs), **bar))
-    return [fn(job) for job in tqdm(jobs, **bar)]
+            return list(progress_bar(pool.map(fn, jobs), **bar))
+    return [fn(job) for job in progress_bar(jobs, **bar)]

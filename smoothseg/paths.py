@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from smoothseg.errors import DatasetNotFoundError
@@ -47,6 +49,28 @@ def preprocessed_root() -> Path:
 
 def results_root() -> Path:
     return _root("results")
+
+
+@contextmanager
+def using_roots(raw: Path | None = None, preprocessed: Path | None = None,
+                results: Path | None = None) -> Iterator[None]:
+    """Point the given roots elsewhere for the duration of the ``with`` block, then restore the environment.
+
+    The roots travel as the ``SMOOTHSEG_*`` variables so that worker processes started inside the block see them.
+    """
+    wanted = {"raw": raw, "preprocessed": preprocessed, "results": results}
+    saved = {var: os.environ.get(var) for var in _ROOTS.values()}
+    try:
+        for kind, folder in wanted.items():
+            if folder is not None:
+                os.environ[_ROOTS[kind]] = str(folder)
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def log_roots(log: logging.Logger | None = None) -> None:

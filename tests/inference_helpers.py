@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from smoothseg.inference.cascade import _LoadJob, _Outcome
-from smoothseg.inference.model_store import ModelPair, write_untrained_models
+from smoothseg.inference.cohort_workers import LoadJob, Outcome
+from smoothseg.models.build import write_untrained_models
+from smoothseg.models.store import ModelPair
 from smoothseg.planning.plans import Plans
 
 TINY_DATASET = "Dataset950_TinyModels"
@@ -40,7 +41,7 @@ def make_constant(checkpoint: Path, logits: list[float]) -> None:
     """Rewrite a checkpoint so that its network outputs ``logits`` at every voxel (zero head weights, fixed bias)."""
     import torch
 
-    from smoothseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from smoothseg.models.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(checkpoint)
     state = payload["network_state"]
@@ -49,8 +50,8 @@ def make_constant(checkpoint: Path, logits: list[float]) -> None:
     save_checkpoint(payload, checkpoint)
 
 
-def die_on_bad(job: _LoadJob) -> _Outcome:
+def die_on_bad(job: LoadJob) -> Outcome:
     """A worker function that kills its process for case ``bad``, as the OS does to a worker out of memory."""
     if job.case.case_id == "bad":
         os._exit(1)
-    return _Outcome(True, job.case.case_id)
+    return Outcome(True, job.case.case_id)

@@ -10,7 +10,8 @@ import pytest
 from scipy import ndimage
 
 from smoothseg.inference import active_contour
-from smoothseg.inference.active_contour import ActiveContourParams, refine_tumours
+from smoothseg.inference.active_contour import refine_tumours
+from smoothseg.planning.plans import ActiveContourPlan
 
 SPACING = (2.5, 0.8, 0.8)
 SHAPE = (48, 64, 64)
@@ -184,7 +185,7 @@ def test_empty_mask_and_zero_iterations(case) -> None:
 
 def test_params_object_window_none_and_no_liver(case) -> None:
     image, liver, truth = case
-    params = ActiveContourParams(iterations=3, margin_mm=4.0)
+    params = ActiveContourPlan(iterations=3, margin_mm=4.0)
     np.testing.assert_array_equal(refine_tumours(image, truth, liver, SPACING, params=params),
                                   refine_tumours(image, truth, liver, SPACING, iterations=3, margin_mm=4.0))
     assert dice(refine_tumours(image, truth, liver, SPACING, window=None), truth) >= 0.95
@@ -192,20 +193,20 @@ def test_params_object_window_none_and_no_liver(case) -> None:
 
 
 def test_params_round_trip_and_validation() -> None:
-    params = ActiveContourParams(window=(-50, 200), iterations=7, lambda2=2.0)
+    params = ActiveContourPlan(window=(-50, 200), iterations=7, lambda2=2.0)
     data = params.to_dict()
-    assert ActiveContourParams.from_dict(json.loads(json.dumps(data))) == params
-    assert ActiveContourParams.from_dict({}) == ActiveContourParams()
-    assert ActiveContourParams.from_dict({"window": None}).window is None
+    assert ActiveContourPlan.from_dict(json.loads(json.dumps(data))) == params
+    assert ActiveContourPlan.from_dict({}) == ActiveContourPlan()
+    assert ActiveContourPlan.from_dict({"window": None}).window is None
     with pytest.raises(FrozenInstanceError):
         params.iterations = 1  # type: ignore[misc]
     with pytest.raises(ValueError, match="unknown"):
-        ActiveContourParams.from_dict({"iteration": 3})
+        ActiveContourPlan.from_dict({"iteration": 3})
     for bad in ({"window": (10, 0)}, {"iterations": -1}, {"lambda1": 0.0}, {"min_keep_fraction": 1.5},
                 {"max_grow_fraction": -0.1}, {"margin_mm": -1.0}, {"max_upsampling": 0},
                 {"max_working_voxels": 0}):
         with pytest.raises(ValueError):
-            ActiveContourParams(**bad)
+            ActiveContourPlan(**bad)
 
 
 def test_input_checks(case) -> None:

@@ -22,25 +22,18 @@ from scipy import ndimage
 
 from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.errors import SmoothSegError
-from smoothseg.inference.cascade import (
-    CascadePredictor,
-    InputCase,
-    PredictOptions,
-    _LoadJob,
-    _Stage,
-    active_contour_params,
-    compose_labels,
-    find_input_cases,
-    postprocess_liver,
-    predict,
-    refine_and_compose,
-    select_part,
-)
-from smoothseg.inference.model_store import export_models, install_models, select_models
+from smoothseg.inference.cascade import CascadePredictor, active_contour_params
+from smoothseg.inference.cohort import PredictOptions, predict
+from smoothseg.inference.cohort_workers import LoadJob, WorkerStage
+from smoothseg.inference.inputs import InputCase, find_input_cases, select_part
+from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
 from smoothseg.inference.predictor import StagePredictor
-from smoothseg.inference.report import ClinicalTLVR, case_report
+from smoothseg.inference.report import case_report
+from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
+from smoothseg.models.archive import export_models, install_models
+from smoothseg.models.store import select_models
+from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor, argmax_labels
-from smoothseg.training.trainer import outside_fill_value
 
 FAST = dict(device="cpu", step_size=1.0, num_processes_preprocessing=0, num_processes_postprocessing=0,
             progress=False)
@@ -444,8 +437,8 @@ def test_install_validates_the_archive(models, data_home: Path, tmp_path: Path) 
 
 
 def test_a_dying_worker_fails_only_its_case() -> None:
-    stage = _Stage(die_on_bad, workers=1)
-    jobs = [_LoadJob(InputCase(name, Path(f"{name}.nii.gz"), ".nii.gz"), None) for name in ("a", "bad", "c")]
+    stage = WorkerStage(die_on_bad, workers=1)
+    jobs = [LoadJob(InputCase(name, Path(f"{name}.nii.gz"), ".nii.gz"), None) for name in ("a", "bad", "c")]
     try:
         done = [item for job in jobs for item in stage.submit(job)] + list(stage.drain())
     finally:

@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import run_cli
 
 from smoothseg.dataset.io import read_image
-from smoothseg.demo import DemoSettings, demo_settings, with_overrides
+from smoothseg.workflows.demo import DemoSettings, demo_settings, with_overrides
 
 TINY = ["--cases", "8", "--liver-epochs", "3", "--tumor-epochs", "2", "--iters-per-epoch", "8", "--val-iters", "1",
         "--num-workers", "0", "-np", "1"]

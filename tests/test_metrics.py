@@ -13,23 +13,21 @@ from smoothseg.evaluation.metrics import (
     OverlapCounts,
     accuracy,
     assd,
-    connected_lesions,
     counts_from_case,
     dice,
     evaluate_case,
     hd95,
     iou,
     lesion_detection,
-    max_diameter_mm,
     overlap_counts,
     pooled_overlap_metrics,
     precision,
     sensitivity,
     specificity,
     surface_distances,
-    surface_voxels,
-    volume_ml,
 )
+from smoothseg.masks.components import connected_lesions
+from smoothseg.masks.measures import max_diameter_mm, surface_voxels, volume_ml
 
 ANISO = (2.5, 0.7, 0.7)  # (z, y, x) mm, typical CT
 

@@ -11,11 +11,11 @@ import pytest
 import SimpleITK as sitk
 
 from smoothseg.dataset.io import Geometry, read_image
+from smoothseg.dataset.orientation import Orientation
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.planning.fingerprint import case_fingerprint
-from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
-from smoothseg.preprocessing.orientation import Orientation
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor
+from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
 
 SIGNED_PERMUTATIONS = [(perm, signs) for perm in itertools.permutations(range(3))
                        for signs in itertools.product((1, -1), repeat=3)]

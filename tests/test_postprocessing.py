@@ -5,16 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smoothseg.inference.postprocessing import (
-    bounding_box,
-    crop_to_box,
-    fill_holes_3d,
-    keep_inside,
-    largest_connected_component,
-    mm_to_voxels,
-    paste_box,
-    remove_small_components,
-)
+from smoothseg.masks.box import bounding_box, crop_to_box, mm_to_voxels, paste_box
+from smoothseg.masks.components import fill_holes_3d, keep_inside, largest_connected_component, remove_small_components
 
 
 def _two_blobs() -> np.ndarray:

@@ -21,11 +21,14 @@ from cli_helpers import run_cli
 
 from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.errors import SmoothSegError
-from smoothseg.inference.cascade import CascadePredictor, PredictOptions, predict
-from smoothseg.inference.model_store import export_models, install_models, select_models
-from smoothseg.inference.validation import validate_fold
-from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
-from smoothseg.training.trainer import TrainingConfig, train
+from smoothseg.inference.cascade import CascadePredictor
+from smoothseg.inference.cohort import PredictOptions, predict
+from smoothseg.models.archive import export_models, install_models
+from smoothseg.models.store import select_models
+from smoothseg.training.config import TrainingConfig
+from smoothseg.training.trainer import train
+from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
+from smoothseg.workflows.validation import validate_fold
 
 DATASET = "Dataset900_SyntheticLiver"
 FAST = dict(device="cpu", step_size=1.0, num_processes_preprocessing=0, num_processes_postprocessing=0,

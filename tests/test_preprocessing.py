@@ -12,11 +12,11 @@ from scipy import ndimage
 
 from smoothseg.dataset.io import read_image, write_image
 from smoothseg.dataset.raw_dataset import RawDataset
-from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
 from smoothseg.planning.plans import Plans
 from smoothseg.preprocessing.dataset_preprocessing import load_case, load_locations
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor, argmax_labels
 from smoothseg.preprocessing.resampling import resample_image, resample_labels, shape_for_spacing
+from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

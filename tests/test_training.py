@@ -15,11 +15,12 @@ import torch
 from cli_helpers import run_cli
 
 from smoothseg.errors import SmoothSegError
+from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.network.segresnet_vae import SegResNetVAE
-from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
-from smoothseg.training.checkpoint import load_checkpoint
+from smoothseg.training.config import TrainingConfig
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
-from smoothseg.training.trainer import SmoothSegTrainer, Trainer, TrainingConfig, train
+from smoothseg.training.trainer import SmoothSegTrainer, Trainer, train
+from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
 
 TINY_PATCH = {"liver": [16, 32, 32], "tumor": [16, 32, 32]}
 
@@ -155,7 +156,8 @@ def test_clear_errors(tiny: Path, change: dict, words: str) -> None:
 
 
 def test_optimizers_learning_rates_and_resume_with_another_optimizer(tiny: Path) -> None:
-    from smoothseg.training.trainer import DEFAULT_LR, initial_lr
+    from smoothseg.training.config import DEFAULT_LR
+    from smoothseg.training.optim import initial_lr
 
     adamw = SmoothSegTrainer(_config("tumor"))
     assert isinstance(adamw.optimizer, torch.optim.AdamW) and adamw.loss_fn.seg_loss.batch_dice

@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, run
-from smoothseg.demo import QUALITY_BAR, DemoResult, demo_settings, run_demo, with_overrides
-from smoothseg.training.trainer import resolve_device
+from smoothseg.device import resolve_device
+from smoothseg.workflows.demo import QUALITY_BAR, DemoResult, demo_settings, run_demo, with_overrides
 
 
 def _fmt(value: float | None) -> str:
@@ -44,8 +44,8 @@ def _body(args: argparse.Namespace) -> int:
     settings = with_overrides(demo_settings(device.type, args.quick), n_cases=args.cases,
                               liver_epochs=args.liver_epochs, tumor_epochs=args.tumor_epochs,
                               iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters)
-    result = run_demo(args.workdir, args.device, args.quick, settings=settings, num_workers=args.num_workers,
-                      num_processes=args.np)
+    result = run_demo(args.workdir, device, args.quick, settings=settings, num_workers=args.num_workers,
+                      num_processes=args.np, say=lambda text: print(text, flush=True))
     _report(result, args.quick)
     return 0
 

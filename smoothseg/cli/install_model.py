@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothseg.cli.common import make_parser, run
-from smoothseg.inference.model_store import install_models
+from smoothseg.models.archive import install_models
 
 
 def _body(args: argparse.Namespace) -> int:

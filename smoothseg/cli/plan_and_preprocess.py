@@ -6,10 +6,10 @@ import argparse
 from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, run
-from smoothseg.planning.plan_and_preprocess import DatasetIntegrityError, plan_and_preprocess
 from smoothseg.planning.planner import summarize
 from smoothseg.planning.plans import TASKS
 from smoothseg.planning.splits import SCHEMES
+from smoothseg.workflows.plan_and_preprocess import DatasetIntegrityError, plan_and_preprocess
 
 
 def _body(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothseg.cli.common import make_parser, run
-from smoothseg.inference.cascade import PredictOptions, predict
+from smoothseg.device import resolve_device
+from smoothseg.inference.cascade import ModelOptions
+from smoothseg.inference.cohort import CohortOptions, predict
 
 
 def _non_negative(text: str) -> float:
@@ -19,14 +21,16 @@ def _non_negative(text: str) -> float:
 
 
 def _body(args: argparse.Namespace) -> int:
-    options = PredictOptions(
-        device=args.device, step_size=args.step_size, tta=False if args.disable_tta else (True if args.tta else None),
-        active_contour=not args.no_active_contour, output_format=args.output_format, overwrite=args.overwrite,
-        num_processes_preprocessing=args.npp, num_processes_postprocessing=args.nps, num_parts=args.num_parts,
-        part_id=args.part_id, clinical_csv=args.clinical, progress=not args.quiet,
+    models = ModelOptions(
+        device=resolve_device(args.device), step_size=args.step_size,
+        tta=False if args.disable_tta else (True if args.tta else None), active_contour=not args.no_active_contour,
         min_lesion_volume_ml=args.min_lesion_ml)
+    options = CohortOptions(
+        output_format=args.output_format, overwrite=args.overwrite, num_processes_preprocessing=args.npp,
+        num_processes_postprocessing=args.nps, num_parts=args.num_parts, part_id=args.part_id,
+        clinical_csv=args.clinical, progress=not args.quiet)
     summary = predict(args.i, args.o, dataset=args.d, folds=args.f, checkpoint=args.chk, trainer=args.tr,
-                      options=options)
+                      models=models, options=options)
     print(summary.text(), file=sys.stderr if summary.failed else sys.stdout)
     return 0 if summary.ok else 1
 

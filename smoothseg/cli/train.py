@@ -6,8 +6,11 @@ import argparse
 from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, run
+from smoothseg.device import resolve_device
 from smoothseg.planning.plans import TASKS
-from smoothseg.training.trainer import DEFAULT_LR, TRAINERS, TrainingConfig, train, validate_only
+from smoothseg.training.config import DEFAULT_LR, TrainingConfig
+from smoothseg.training.trainer import TRAINERS
+from smoothseg.workflows.training import train_and_validate, validate_only
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -17,10 +20,11 @@ def _body(args: argparse.Namespace) -> int:
         initial_lr=args.lr, batch_dice=not args.sample_dice,
         tlvr_weight=args.tlvr_weight, patience=args.patience, compile=args.compile, num_workers=args.num_workers,
         seed=args.seed, continue_training=args.c, validate=not args.no_val)
+    device = resolve_device(args.device)
     if args.val:
-        print(f"validation: {validate_only(config)}")
+        print(f"validation: {validate_only(config, device)}")
         return 0
-    output = train(config)
+    output = train_and_validate(config, device)
     print(f"trained model: {output}")
     return 0
 

@@ -1,8 +1,10 @@
-"""Case discovery from nnU-Net v2 file names.
+"""Case discovery from nnU-Net v2 file names, and the one parser of those names.
 
 Images are ``images{Tr,Ts}/<case>_<CCCC><ending>`` (``CCCC`` the 4-digit channel) and labels are
 ``labels{Tr,Ts}/<case><ending>``. A case is any id that has at least one image or one label file;
 what is missing is for :mod:`smoothseg.dataset.verify` to report, not for discovery to hide.
+Every other place that needs a case id from a file name (prediction inputs, evaluation folders, converters) uses
+:func:`parse_image_name`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,47 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+from smoothseg.dataset.io import image_ending
 
 SPLITS = ("Tr", "Ts")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+class ImageName(NamedTuple):
+    """A parsed image file name: case id, channel (None without an ``_CCCC`` suffix) and the file ending."""
+
+    case_id: str
+    channel: int | None
+    ending: str
+
+
+def parse_image_name(name: str, file_ending: str | None = None) -> ImageName | None:
+    """``<case>_<CCCC><ending>`` -> (case, CCCC, ending); ``<case><ending>`` -> (case, None, ending); else None.
+
+    ``file_ending`` requires that ending exactly (a dataset's declared one); without it any image ending of
+    :data:`smoothseg.dataset.io.IMAGE_ENDINGS` is recognised (case-insensitively). Hidden files give None.
+    """
+    if name.startswith("."):
+        return None
+    if file_ending is not None:
+        ending = file_ending if name.endswith(file_ending) else None
+    else:
+        ending = image_ending(name)
+    if ending is None or len(name) == len(ending):
+        return None
+    stem = name[: -len(ending)]
+    match = _CHANNEL_RE.match(stem)
+    if match:
+        return ImageName(match.group("case"), int(match.group("channel")), ending)
+    return ImageName(stem, None, ending)
+
+
+def case_id_of(path: str | Path) -> str:
+    """The case id of an image or label file (``<case>_0000.nii.gz`` and ``<case>.nii.gz`` both give ``<case>``)."""
+    parsed = parse_image_name(Path(path).name)
+    return parsed.case_id if parsed is not None else Path(path).name
 
 
 @dataclass(frozen=True)
@@ -40,14 +81,13 @@ def list_cases(dataset_dir: str | Path, file_ending: str, split: str = "Tr") -> 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     dataset_dir = Path(dataset_dir)
-    pattern = re.compile(rf"^(?P<case>.+)_(?P<ch>\d{{4}}){re.escape(file_ending)}$")
     images: dict[str, dict[int, Path]] = {}
     image_dir = dataset_dir / f"images{split}"
     if image_dir.is_dir():
         for p in sorted(image_dir.iterdir()):
-            m = pattern.match(p.name)
-            if m and not p.name.startswith("."):
-                images.setdefault(m.group("case"), {})[int(m.group("ch"))] = p
+            parsed = parse_image_name(p.name, file_ending)
+            if parsed is not None and parsed.channel is not None:
+                images.setdefault(parsed.case_id, {})[parsed.channel] = p
     labels: dict[str, Path] = {}
     label_dir = dataset_dir / f"labels{split}"
     if label_dir.is_dir():

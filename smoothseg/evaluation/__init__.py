@@ -9,17 +9,16 @@ from smoothseg.evaluation.metrics import (
     SurfaceDistances,
     evaluate_case,
     lesion_detection,
-    max_diameter_mm,
     overlap_counts,
     overlap_metrics,
     pool_counts,
     pooled_overlap_metrics,
     surface_distances,
-    volume_ml,
 )
 from smoothseg.evaluation.overlay import draw_overlay, save_overlay, select_slices
 from smoothseg.evaluation.replication import summarize_replications, write_replication_summary
 from smoothseg.evaluation.strata import STRATA, assign_strata, load_clinical_sizes, per_case_aggregate
+from smoothseg.masks.measures import max_diameter_mm, volume_ml
 
 __all__ = [
     "Lesion", "LesionDetection", "OverlapCounts", "SurfaceDistances", "evaluate_case", "lesion_detection",

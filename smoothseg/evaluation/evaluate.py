@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from smoothseg.atomic import write_json, write_text
+from smoothseg.dataset.cases import case_id_of
 from smoothseg.dataset.dataset_json import TaskRegions
 from smoothseg.dataset.io import IMAGE_ENDINGS, image_ending, read_header, read_image
 from smoothseg.dataset.raw_dataset import RawDataset
@@ -140,7 +141,7 @@ def list_label_files(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
         ending = image_ending(path)
         if path.name.startswith(".") or not path.is_file() or ending is None:
             continue
-        case_id = path.name[: -len(ending)]
+        case_id = path.name[: -len(ending)]  # a label file's whole stem: label names carry no channel
         if case_id in files:
             problems.append(f"{folder}: case '{case_id}' is ambiguous: {files[case_id].name} and {path.name}")
             continue
@@ -458,12 +459,6 @@ def _write_overlays(rows: Sequence[dict], folders: list[Path], target: Path, reg
     return written
 
 
-def _case_id_of_image(path: Path) -> str:
-    ending = image_ending(path) or path.suffix
-    stem = path.name[: -len(ending)] if ending else path.name
-    return stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
-
-
 def plot_overlay_files(image: Path, segmentation: Path, output_png: Path, *, reference: Path | None = None,
                        window: tuple[float, float] = DEFAULT_WINDOW, dataset: str | None = None,
                        title: str | None = None) -> Path:
@@ -494,7 +489,7 @@ def plot_overlay_files(image: Path, segmentation: Path, output_png: Path, *, ref
                              "(pass raw label maps with -r)")
     ref = to_task_labels(maps["reference"], _regions_for(dataset)) if "reference" in maps else None
     return save_overlay(output_png, array, geometry, maps["segmentation"], reference=ref,
-                        title=title or _case_id_of_image(Path(image)), window=window)
+                        title=title or case_id_of(Path(image)), window=window)
 
 
 # ----------------------------------------------------------------------------------------------------------------

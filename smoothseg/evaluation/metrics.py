@@ -33,11 +33,10 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import cdist
 
-from smoothseg.preprocessing.cropping import bounding_box as tight_box
-from smoothseg.preprocessing.cropping import box_slices, grow_box
+from smoothseg.masks.box import bounding_box
+from smoothseg.masks.components import connected_lesions
+from smoothseg.masks.measures import check_spacing, max_diameter_mm, surface_voxels, volume_ml, voxel_volume_ml
 
 __all__ = [
     "Lesion", "LesionDetection", "OverlapCounts", "SurfaceDistances",
@@ -56,16 +55,6 @@ DEFAULT_LESION_MIN_DICE: float = 0.1
 # Input checking and small geometric helpers
 # ----------------------------------------------------------------------------------------------------------------
 
-def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
-    values = tuple(float(s) for s in spacing)
-    if len(values) != ndim:
-        raise ValueError(f"spacing {values} has {len(values)} entries but the arrays are {ndim}D; "
-                         "give one spacing per axis, in the arrays' (z, y, x) order")
-    if not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing must be finite and positive, got {values}")
-    return values
-
-
 def _check_pair(reference: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     reference = np.asarray(reference)
     prediction = np.asarray(prediction)
@@ -75,76 +64,8 @@ def _check_pair(reference: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarr
     return reference.astype(bool, copy=False), prediction.astype(bool, copy=False)
 
 
-def _voxel_volume_ml(spacing: Sequence[float]) -> float:
-    return float(np.prod(spacing)) / 1000.0
-
-
-def _bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding all True voxels, grown by ``pad`` and clipped to the array; None if empty."""
-    tight = tight_box(mask)
-    return None if tight is None else box_slices(grow_box(tight, (pad,) * mask.ndim, mask.shape))
-
-
 def _safe_ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / float(denominator) if denominator > 0 else math.nan
-
-
-def volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Volume of a binary mask in millilitres: ``count(mask) * prod(spacing_mm) / 1000``. Empty mask: 0.0."""
-    mask = np.asarray(mask, dtype=bool)
-    spacing = _check_spacing(spacing, mask.ndim)
-    return int(np.count_nonzero(mask)) * _voxel_volume_ml(spacing)
-
-
-def surface_voxels(mask: np.ndarray) -> np.ndarray:
-    """Boundary voxels of a binary mask: ``mask & ~erode(mask)`` with the face-connected structuring element.
-
-    A voxel is on the surface when at least one of its 2*ndim face neighbours is background; the space outside the
-    array counts as background, so mask voxels on the array border are surface voxels.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    structure = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
-
-
-def _max_pairwise_distance(points: np.ndarray, max_block_elements: int = 1 << 22) -> float:
-    """Largest Euclidean distance between any two rows of ``points``, in row blocks to bound memory."""
-    block = max(1, max_block_elements // len(points))
-    best = 0.0
-    for start in range(0, len(points), block):
-        best = max(best, float(cdist(points[start:start + block], points).max()))
-    return best
-
-
-def _hull_vertices(points: np.ndarray) -> np.ndarray:
-    """Rows of ``points`` that are convex-hull vertices (all points when the hull is degenerate and tiny)."""
-    if len(points) <= points.shape[1] + 1:
-        return points
-    try:
-        hull = ConvexHull(points)
-    except QhullError:  # coplanar / collinear points: joggle the input; vertices are still original points
-        hull = ConvexHull(points, qhull_options="QJ")
-    return points[hull.vertices]
-
-
-def max_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Maximal 3D diameter of a binary mask in mm: the largest voxel-centre to voxel-centre distance.
-
-    ``max_{a, b in mask} || (a - b) * spacing ||_2``, computed on the convex-hull vertices of the surface voxels'
-    physical coordinates (the farthest pair of a point set is always a pair of hull vertices), so it is exact and
-    fast. Because centres are used, a single voxel has diameter 0 and a line of n voxels along z has
-    ``(n - 1) * spacing_z``. The mask is not assumed to be connected; pass one lesion at a time for per-lesion
-    diameters. Empty mask: NaN (there is no diameter).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    spacing = _check_spacing(spacing, mask.ndim)
-    box = _bounding_box(mask)
-    if box is None:
-        return math.nan
-    coords = np.argwhere(surface_voxels(mask[box])).astype(np.float64) * np.asarray(spacing)
-    if len(coords) < 2:
-        return 0.0
-    return _max_pairwise_distance(_hull_vertices(coords))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,7 +91,7 @@ class OverlapCounts:
 def overlap_counts(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> OverlapCounts:
     """Confusion counts of two binary masks of equal shape; volumes from ``spacing`` (mm, array axis order)."""
     reference, prediction = _check_pair(reference, prediction)
-    voxel_ml = _voxel_volume_ml(_check_spacing(spacing, reference.ndim))
+    voxel_ml = voxel_volume_ml(check_spacing(spacing, reference.ndim))
     tp = int(np.count_nonzero(reference & prediction))
     n_ref = int(np.count_nonzero(reference))
     n_pred = int(np.count_nonzero(prediction))
@@ -277,7 +198,7 @@ def _directed_distances(reference: np.ndarray, prediction: np.ndarray,
     Both masks must be non-empty. Works on the joint bounding box plus one voxel: every surface voxel lies inside
     it, so the distances are identical to those on the full array.
     """
-    box = _bounding_box(reference | prediction, pad=1)
+    box = bounding_box(reference | prediction, 1)
     surf_ref = surface_voxels(reference[box])
     surf_pred = surface_voxels(prediction[box])
     to_pred = ndimage.distance_transform_edt(~surf_pred, sampling=spacing)
@@ -301,7 +222,7 @@ def surface_distances(reference: np.ndarray, prediction: np.ndarray, spacing: Se
     Edge cases: both masks empty: all NaN. Exactly one empty: all ``inf``.
     """
     reference, prediction = _check_pair(reference, prediction)
-    spacing = _check_spacing(spacing, reference.ndim)
+    spacing = check_spacing(spacing, reference.ndim)
     has_ref, has_pred = bool(reference.any()), bool(prediction.any())
     if not has_ref and not has_pred:
         return SurfaceDistances(math.nan, math.nan, math.nan)
@@ -369,18 +290,6 @@ class LesionDetection:
     predicted_lesions: tuple[Lesion, ...]
 
 
-def connected_lesions(mask: np.ndarray, connectivity: int = 3) -> tuple[np.ndarray, int]:
-    """Connected components of a binary mask: (label map with ids 1..n, n).
-
-    ``connectivity`` is SciPy's rank: 1 = face neighbours (6 in 3D), 2 = faces + edges (18), 3 = full (26, default).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if not 1 <= connectivity <= mask.ndim:
-        raise ValueError(f"connectivity must be between 1 and {mask.ndim}, got {connectivity}")
-    labels, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, connectivity))
-    return labels, int(n)
-
-
 def _union_dice(sizes_a: np.ndarray, sizes_b: np.ndarray, pairs: np.ndarray, pair_counts: np.ndarray,
                 axis: int) -> np.ndarray:
     """For each component i of A: Dice of A_i with the union of the B components overlapping it.
@@ -426,10 +335,10 @@ def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Seq
     there are no lesions in either mask, otherwise 0 whenever tp = 0.
     """
     reference, prediction = _check_pair(reference, prediction)
-    spacing = _check_spacing(spacing, reference.ndim)
+    spacing = check_spacing(spacing, reference.ndim)
     if min_dice < 0 or min_dice > 1:
         raise ValueError(f"min_dice must be in [0, 1], got {min_dice}")
-    box = _bounding_box(reference | prediction)  # components lie inside the joint box, so cropping is exact
+    box = bounding_box(reference | prediction)  # components lie inside the joint box, so cropping is exact
     if box is not None:
         reference, prediction = reference[box], prediction[box]
     ref_labels, n_ref = connected_lesions(reference, connectivity)
@@ -455,7 +364,7 @@ def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Seq
     tp = int(detected.sum())
     fn = n_ref - tp
     fp = n_pred - int(pred_matched[1:].sum())
-    voxel_ml = _voxel_volume_ml(spacing)
+    voxel_ml = voxel_volume_ml(spacing)
     return LesionDetection(
         tp=tp, fp=fp, fn=fn,
         precision=_safe_ratio(tp, tp + fp), recall=_safe_ratio(tp, tp + fn), f1=_safe_ratio(2 * tp, 2 * tp + fp + fn),
@@ -517,7 +426,7 @@ def evaluate_case(reference_labels: np.ndarray, predicted_labels: np.ndarray, sp
     if reference_labels.shape != predicted_labels.shape:
         raise ValueError(f"reference and predicted label maps differ in shape: {reference_labels.shape} vs "
                          f"{predicted_labels.shape}; resample the prediction onto the reference grid first")
-    spacing = _check_spacing(spacing, reference_labels.ndim)
+    spacing = check_spacing(spacing, reference_labels.ndim)
     result: dict[str, float | int] = {}
     for prefix, labels in (("liver", liver_labels), ("tumor", tumor_labels)):
         ref = np.isin(reference_labels, list(labels))

@@ -34,9 +34,9 @@ from scipy import ndimage
 
 from smoothseg.atomic import atomic_write
 from smoothseg.dataset.io import Geometry
+from smoothseg.dataset.orientation import Orientation
 from smoothseg.errors import SmoothSegError
-from smoothseg.evaluation.metrics import connected_lesions
-from smoothseg.preprocessing.orientation import Orientation
+from smoothseg.masks.components import connected_lesions
 
 logger = logging.getLogger(__name__)
 

@@ -37,127 +37,22 @@ two or more axes, the lesion is left as it is.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import morphological_chan_vese
 
-from smoothseg.inference.postprocessing import bounding_box, mm_to_voxels, paste_box
+from smoothseg.masks.box import bounding_box, mm_to_voxels, paste_box
+from smoothseg.planning.plans import ActiveContourPlan
 
-__all__ = ["ActiveContourParams", "refine_tumours"]
+__all__ = ["refine_tumours"]
 
 logger = logging.getLogger(__name__)
 
 _FULL_3D = ndimage.generate_binary_structure(3, 3)
-
-
-@dataclass(frozen=True)
-class ActiveContourParams:
-    """Parameters of :func:`refine_tumours` (they come from the plans; the defaults suit portal-venous CT in HU).
-
-    Attributes
-    ----------
-    window:
-        Intensity window ``(lo, hi)`` in image units (HU): intensities are clipped to it and scaled to [0, 1] before
-        the contour runs, so bone, air and contrast-filled vessels cannot dominate the region means. ``None``: use
-        the 1st-99th percentiles of the liver voxels in each lesion's box.
-    margin_mm:
-        Margin around each lesion's bounding box, in mm (converted per axis with the voxel spacing). The contour can
-        move at most this far, and the parenchyma in the margin defines the "outside" mean.
-    iterations:
-        Number of morphological Chan-Vese iterations. Each iteration moves the boundary by at most about one voxel of
-        the working grid, i.e. about the finest spacing (in-plane pixel size for CT).
-    smoothing:
-        Number of morphological curvature-smoothing passes per iteration (skimage's ``smoothing``): larger values give
-        smoother, rounder boundaries and also shrink thin protrusions and very small lesions.
-    lambda1:
-        skimage's ``lambda1``: weight of ``(I - mean_inside)**2`` in the region step; a boundary voxel joins the
-        lesion when ``lambda1 * (I - mean_inside)**2 < lambda2 * (I - mean_outside)**2``. Larger than ``lambda2``:
-        the outside (parenchyma) may hold a wider range of intensities, so the lesion tends to shrink.
-    lambda2:
-        skimage's ``lambda2``: weight of ``(I - mean_outside)**2``. Larger than ``lambda1``: the lesion may hold a wider
-        range of intensities (heterogeneous tumours), so it tends to grow.
-    min_keep_fraction:
-        If the refined lesion has fewer than this fraction of the original voxels, the original is kept.
-    max_grow_fraction:
-        If the refined lesion has more than ``(1 + max_grow_fraction)`` times the original voxels, the original is
-        kept (the contour leaked into the parenchyma).
-    presmooth_mm:
-        Standard deviation (mm) of a Gaussian applied to the windowed box before the contour runs, against voxel
-        noise; 0 disables it.
-    max_upsampling:
-        Largest integer factor by which a coarse axis is upsampled for the near-isotropic working grid (1 disables
-        the resampling and runs on the raw grid).
-    max_working_voxels:
-        Largest working grid (voxels) of one lesion's box: above it, the upsampling factors are lowered (a large
-        lesion's box is refined on a coarser grid, down to the raw grid). Bounds the time and memory of the step.
-    min_contrast:
-        Minimal contrast-to-noise ratio ``|mean_inside - mean_outside| / pooled_sd`` between the lesion and the
-        parenchyma in its box, in the windowed image. Below it the contour has nothing to follow and the lesion is
-        kept as predicted.
-    """
-
-    window: tuple[float, float] | None = (-100.0, 250.0)
-    margin_mm: float = 5.0
-    iterations: int = 5
-    smoothing: int = 1
-    lambda1: float = 1.0
-    lambda2: float = 1.0
-    min_keep_fraction: float = 0.5
-    max_grow_fraction: float = 1.0
-    presmooth_mm: float = 1.0
-    max_upsampling: int = 8
-    max_working_voxels: int = 4_000_000
-    min_contrast: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.window is not None:
-            lo, hi = (float(v) for v in self.window)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(f"window must be (lo, hi) with lo < hi, got {self.window}")
-            object.__setattr__(self, "window", (lo, hi))
-        if not (math.isfinite(self.margin_mm) and self.margin_mm >= 0):
-            raise ValueError(f"margin_mm must be >= 0, got {self.margin_mm}")
-        if self.iterations < 0 or self.smoothing < 0:
-            raise ValueError(f"iterations and smoothing must be >= 0, got {self.iterations}, {self.smoothing}")
-        if self.lambda1 <= 0 or self.lambda2 <= 0:
-            raise ValueError(f"lambda1 and lambda2 must be positive, got {self.lambda1}, {self.lambda2}")
-        if not 0 <= self.min_keep_fraction <= 1:
-            raise ValueError(f"min_keep_fraction must be in [0, 1], got {self.min_keep_fraction}")
-        if self.max_grow_fraction < 0:
-            raise ValueError(f"max_grow_fraction must be >= 0, got {self.max_grow_fraction}")
-        if not (math.isfinite(self.presmooth_mm) and self.presmooth_mm >= 0):
-            raise ValueError(f"presmooth_mm must be >= 0, got {self.presmooth_mm}")
-        if self.max_upsampling < 1:
-            raise ValueError(f"max_upsampling must be >= 1, got {self.max_upsampling}")
-        if self.max_working_voxels < 1:
-            raise ValueError(f"max_working_voxels must be >= 1, got {self.max_working_voxels}")
-        if self.min_contrast < 0:
-            raise ValueError(f"min_contrast must be >= 0, got {self.min_contrast}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (the window as a list, or None)."""
-        data = dataclasses.asdict(self)
-        data["window"] = None if self.window is None else [float(v) for v in self.window]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ActiveContourParams:
-        """Inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown active-contour parameter(s) {unknown}; known: {sorted(known)}")
-        values = dict(data)
-        if values.get("window") is not None:
-            values["window"] = tuple(float(v) for v in values["window"])
-        return cls(**values)
 
 
 def _expand_box(box: tuple[slice, ...], margins: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
@@ -297,7 +192,7 @@ def _inf_sup(u: np.ndarray) -> np.ndarray:
     return _curvature_op(u, erode=False)
 
 
-def _evolve(image: np.ndarray, init: np.ndarray, params: ActiveContourParams) -> np.ndarray:
+def _evolve(image: np.ndarray, init: np.ndarray, params: ActiveContourPlan) -> np.ndarray:
     """Morphological Chan-Vese (MorphACWE): skimage's region step, then our curvature smoothing.
 
     Each iteration runs one step of :func:`skimage.segmentation.morphological_chan_vese` without smoothing (the
@@ -317,7 +212,7 @@ def _evolve(image: np.ndarray, init: np.ndarray, params: ActiveContourParams) ->
     return u
 
 
-def _chan_vese(image: np.ndarray, init: np.ndarray, params: ActiveContourParams) -> np.ndarray | None:
+def _chan_vese(image: np.ndarray, init: np.ndarray, params: ActiveContourPlan) -> np.ndarray | None:
     """Morphological Chan-Vese in 3D, slice-wise 2D when one axis is thinner than 3 voxels, else None (skip)."""
     thin = [axis for axis, n in enumerate(image.shape) if n < 3]
     if not thin:
@@ -334,7 +229,7 @@ def _chan_vese(image: np.ndarray, init: np.ndarray, params: ActiveContourParams)
 
 
 def _refine_one(image_box: np.ndarray, lesion: np.ndarray, liver: np.ndarray, others: np.ndarray,
-                forbidden: np.ndarray, spacing: Sequence[float], params: ActiveContourParams,
+                forbidden: np.ndarray, spacing: Sequence[float], params: ActiveContourPlan,
                 name: str) -> np.ndarray | None:
     """Refine one lesion inside its box. Returns the refined mask, or None to keep the original lesion.
 
@@ -402,7 +297,7 @@ def refine_tumours(image: np.ndarray, tumour_mask: np.ndarray, liver_mask: np.nd
                    margin_mm: float = 5.0, iterations: int = 5, smoothing: int = 1, lambda1: float = 1.0,
                    lambda2: float = 1.0, min_keep_fraction: float = 0.5, max_grow_fraction: float = 1.0,
                    presmooth_mm: float = 1.0, max_upsampling: int = 8, max_working_voxels: int = 4_000_000,
-                   min_contrast: float = 0.5, params: ActiveContourParams | None = None) -> np.ndarray:
+                   min_contrast: float = 0.5, params: ActiveContourPlan | None = None) -> np.ndarray:
     """Refine every lesion of ``tumour_mask`` with a local morphological Chan-Vese contour (see the module docstring).
 
     Parameters
@@ -418,7 +313,7 @@ def refine_tumours(image: np.ndarray, tumour_mask: np.ndarray, liver_mask: np.nd
         Voxel spacing in mm, in the arrays' (z, y, x) order; used to turn ``margin_mm`` into voxels per axis.
     window, margin_mm, iterations, smoothing, lambda1, lambda2, min_keep_fraction, max_grow_fraction, \
     presmooth_mm, max_upsampling, max_working_voxels, min_contrast:
-        See :class:`ActiveContourParams`.
+        See :class:`ActiveContourPlan`.
     params:
         All parameters at once (from the plans); when given, the individual keyword arguments are ignored.
 
@@ -429,7 +324,7 @@ def refine_tumours(image: np.ndarray, tumour_mask: np.ndarray, liver_mask: np.nd
         or kept as it was, never removed.
     """
     if params is None:
-        params = ActiveContourParams(window=window, margin_mm=margin_mm, iterations=iterations, smoothing=smoothing,
+        params = ActiveContourPlan(window=window, margin_mm=margin_mm, iterations=iterations, smoothing=smoothing,
                                      lambda1=lambda1, lambda2=lambda2, min_keep_fraction=min_keep_fraction,
                                      max_grow_fraction=max_grow_fraction, presmooth_mm=presmooth_mm,
                                      max_upsampling=max_upsampling, max_working_voxels=max_working_voxels,

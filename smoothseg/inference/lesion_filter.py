@@ -3,7 +3,7 @@
 An undertrained or uncertain tumour model leaves specks of a few voxels (0.05-2 ml) in the liver; on a tumour-free
 liver one speck turns a perfect case into a Dice of 0. As nnU-Net chooses its post-processing on the
 cross-validation, smoothseg chooses the threshold on the fold's validation cases, predicted by the whole cascade on
-the predicted liver (:func:`smoothseg.inference.validation.validate_fold`):
+the predicted liver (:func:`smoothseg.workflows.validation.validate_fold`):
 
 1. for each candidate volume in ``CANDIDATES_ML`` (0 = keep everything), tumour components (26-connected, as the
    evaluation counts lesions) below it become liver;
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from smoothseg.atomic import write_json
-from smoothseg.evaluation.metrics import connected_lesions
+from smoothseg.labels import LIVER, TUMOR
+from smoothseg.masks.components import connected_lesions
 
 __all__ = ["CANDIDATES_ML", "POSTPROCESSING_NAME", "candidate_dice", "choose_min_lesion_volume",
            "min_lesion_volume_from_folders", "remove_small_lesions", "write_postprocessing"]
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 CANDIDATES_ML = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 POSTPROCESSING_NAME = "postprocessing.json"
-TUMOUR, LIVER = 2, 1
 
 
 def _min_voxels(min_volume_ml: float, spacing_zyx) -> int:
@@ -49,14 +49,14 @@ def _min_voxels(min_volume_ml: float, spacing_zyx) -> int:
 
 def _tumour_components(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 26-connected tumour components of a label map and their sizes in voxels (index 0: not tumour)."""
-    components, n = connected_lesions(labels == TUMOUR)
+    components, n = connected_lesions(labels == TUMOR)
     return components, np.bincount(components.ravel(), minlength=n + 1)
 
 
 def remove_small_lesions(labels: np.ndarray, spacing_zyx, min_volume_ml: float) -> tuple[np.ndarray, int]:
     """Label map (0/1/2) with every tumour component under ``min_volume_ml`` turned into liver; and how many."""
     min_voxels = _min_voxels(min_volume_ml, spacing_zyx)
-    if min_voxels <= 1 or not (labels == TUMOUR).any():
+    if min_voxels <= 1 or not (labels == TUMOR).any():
         return labels, 0
     components, sizes = _tumour_components(labels)
     small = sizes < min_voxels

@@ -6,8 +6,8 @@ checkpoint's ``network_kwargs`` and puts it in eval mode on the compute device. 
 1. **preprocessing** with :class:`~smoothseg.preprocessing.preprocessor.TaskPreprocessor` built from the plans stored
    in the checkpoint, i.e. the very code and plans that preprocessed the training data. For the tumour configuration
    the crop comes from a (predicted) liver mask, and intensities outside that mask (resampled to the tumour grid the
-   way training resamples label maps) are set to :func:`~smoothseg.training.trainer.outside_fill_value`, as the
-   training data loader does;
+   way training resamples label maps) are set to
+   :func:`~smoothseg.preprocessing.normalization.outside_fill_value`, as the training data loader does;
 2. **sliding-window inference** (:func:`~smoothseg.inference.sliding_window.sliding_window_predict`): Gaussian
    weighting, ``step_size`` overlap, batched tiles, mirroring test-time augmentation over the plan's ``mirror_axes``
    (the axes the network was trained to be mirror-invariant in: none for the liver's global view, all three for the
@@ -36,14 +36,15 @@ import numpy as np
 import torch
 
 from smoothseg.dataset.io import Geometry
+from smoothseg.device import resolve_device
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.sliding_window import sliding_window_predict
+from smoothseg.models.build import network_from_checkpoint
+from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.network.segresnet_vae import SegResNetVAE
 from smoothseg.planning.plans import Plans
-from smoothseg.preprocessing.cropping import box_slices
+from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor, stored_box
-from smoothseg.training.checkpoint import load_checkpoint
-from smoothseg.training.trainer import outside_fill_value, resolve_device
 
 __all__ = ["StagePredictor"]
 
@@ -79,7 +80,7 @@ class StagePredictor:
                  progress: bool = False) -> None:
         if not checkpoints:
             raise SmoothSegError("StagePredictor needs at least one checkpoint")
-        self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
+        self.device = resolve_device(device)
         self.step_size = float(step_size)
         self.tta = bool(tta) if tta is not None else self.device.type == "cuda"
         self.progress = progress
@@ -133,11 +134,7 @@ class StagePredictor:
         return plans
 
     def _network(self, payload: dict[str, Any], path: Path) -> SegResNetVAE:
-        try:
-            network = SegResNetVAE(**payload["network_kwargs"])
-            network.load_state_dict(payload["network_state"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise SmoothSegError(f"{path}: cannot rebuild the network ({type(exc).__name__}: {exc})") from None
+        network = network_from_checkpoint(payload, path)
         if network.out_channels != self.plan.num_classes:
             raise SmoothSegError(f"{path}: network has {network.out_channels} outputs, the plan "
                                  f"{self.plan.num_classes} classes")
@@ -197,7 +194,7 @@ class StagePredictor:
                               properties: dict[str, Any]) -> tuple[np.ndarray, tuple[slice, ...]]:
         """Argmax label map (uint8) on the crop box of the original grid, and that box's slices."""
         return (self.preprocessor.revert_argmax(probabilities, properties, crop_only=True),
-                box_slices(stored_box(properties)))
+                stored_box(properties))
 
     def predict_probabilities(self, image: np.ndarray, geometry: Geometry,
                               liver_mask: np.ndarray | None = None) -> np.ndarray:

@@ -14,7 +14,7 @@ Per case (``<case>_report.json``):
 * ``lesion_count``, the input and output files, the spacing, and free-text ``messages`` (e.g. no liver found).
 
 The cohort ``report.csv`` has one row per case with the scalar fields and the largest lesion's size. Files are
-written atomically. Numbers come from :mod:`smoothseg.evaluation.metrics`, so the report and the evaluation measure
+written atomically. Numbers come from :mod:`smoothseg.masks.measures`, so the report and the evaluation measure
 volumes and diameters the same way.
 """
 
@@ -24,37 +24,26 @@ import csv
 import io
 import json
 import logging
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
-from smoothseg.atomic import write_json, write_text
-from smoothseg.dataset.clinical import read_table
+from smoothseg.atomic import json_safe, write_json, write_text
 from smoothseg.dataset.io import Geometry
-from smoothseg.errors import SmoothSegError
-from smoothseg.evaluation.metrics import connected_lesions, max_diameter_mm, volume_ml
+from smoothseg.labels import TUMOR
+from smoothseg.masks.components import connected_lesions
+from smoothseg.masks.measures import max_diameter_mm, volume_ml
 
-__all__ = ["ClinicalTLVR", "CSV_COLUMNS", "case_report", "write_case_report", "write_cohort_report"]
+__all__ = ["CSV_COLUMNS", "case_report", "write_case_report", "write_cohort_report"]
 
 logger = logging.getLogger(__name__)
 
 REPORT_FORMAT = "smoothseg.tumour_report/1"
 CSV_COLUMNS = ("case_id", "liver_found", "liver_volume_ml", "tumour_volume_ml", "tlvr", "clinical_tlvr_prediction",
                "lesion_count", "largest_lesion_volume_ml", "largest_lesion_diameter_mm", "input", "output")
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe numbers: NaN/inf -> None, NumPy scalars -> Python."""
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def lesion_table(image: np.ndarray, tumour: np.ndarray, geometry: Geometry) -> list[dict[str, Any]]:
@@ -78,7 +67,7 @@ def lesion_table(image: np.ndarray, tumour: np.ndarray, geometry: Geometry) -> l
             "centroid_mm": [round(float(v), 3) for v in geometry.index_to_physical(centroid_xyz)],
         })
     lesions.sort(key=lambda lesion: (-lesion["voxels"], lesion["centroid_index_xyz"][::-1]))
-    return [{"lesion": i, **{k: _clean(v) for k, v in lesion.items()}} for i, lesion in enumerate(lesions, start=1)]
+    return [{"lesion": i, **{k: json_safe(v) for k, v in lesion.items()}} for i, lesion in enumerate(lesions, start=1)]
 
 
 def case_report(case_id: str, image: np.ndarray, labels: np.ndarray, geometry: Geometry, *,
@@ -87,7 +76,7 @@ def case_report(case_id: str, image: np.ndarray, labels: np.ndarray, geometry: G
     """The report of one case from its original image (HU) and its label map (0 background, 1 liver, 2 tumour)."""
     spacing = geometry.spacing_zyx
     region = labels > 0
-    tumour = labels == 2
+    tumour = labels == TUMOR
     liver_found = bool(region.any()) if liver_found is None else liver_found
     liver_ml = volume_ml(region, spacing)
     tumour_ml = volume_ml(tumour, spacing)
@@ -97,10 +86,10 @@ def case_report(case_id: str, image: np.ndarray, labels: np.ndarray, geometry: G
         "format": REPORT_FORMAT,
         "case_id": case_id,
         "liver_found": liver_found,
-        "liver_volume_ml": _clean(liver_ml),
-        "tumour_volume_ml": _clean(tumour_ml),
-        "tlvr": _clean(tumour_ml / liver_ml) if liver_ml > 0 else None,
-        "clinical_tlvr_prediction": _clean(clinical_tlvr) if clinical_tlvr is not None else None,
+        "liver_volume_ml": json_safe(liver_ml),
+        "tumour_volume_ml": json_safe(tumour_ml),
+        "tlvr": json_safe(tumour_ml / liver_ml) if liver_ml > 0 else None,
+        "clinical_tlvr_prediction": json_safe(clinical_tlvr) if clinical_tlvr is not None else None,
         "lesion_count": len(lesions),
         "lesions": lesions,
         "spacing_mm_xyz": list(geometry.spacing),
@@ -143,48 +132,3 @@ def read_case_reports(folder: Path) -> list[dict[str, Any]]:
         except (OSError, json.JSONDecodeError) as exc:
             logger.warning("%s: skipped in report.csv (%s)", path, exc)
     return [r for r in reports if isinstance(r, dict) and r.get("format") == REPORT_FORMAT]
-
-
-class ClinicalTLVR:
-    """The clinical TLVR prediction for cases: the tumour model's fitted TLVR regression(s) applied to a table.
-
-    ``table`` is a DataFrame indexed by case id, or a CSV/TSV path whose ``case_id`` column (else its first column)
-    holds the case ids. ``models`` are serialised :class:`~smoothseg.knowledge.tlvr.TLVRRegressor` dicts (one per
-    fold); the prediction is their mean.
-    """
-
-    def __init__(self, table: pd.DataFrame | str | Path, models: Sequence[dict[str, Any]]) -> None:
-        from smoothseg.knowledge.tlvr import TLVRRegressor
-
-        self.table = table if isinstance(table, pd.DataFrame) else self._read(Path(table))
-        self.models = []
-        for data in models:
-            try:
-                self.models.append(TLVRRegressor.from_dict(data))
-            except ValueError as exc:
-                logger.warning("ignoring an invalid TLVR regression in the tumour checkpoint (%s)", exc)
-        if not self.models:
-            logger.warning("the tumour model has no fitted TLVR regression; no clinical TLVR predictions")
-
-    @staticmethod
-    def _read(path: Path) -> pd.DataFrame:
-        if not path.is_file():
-            raise SmoothSegError(f"{path}: clinical table not found")
-        table = read_table(path)
-        if table.empty:
-            raise SmoothSegError(f"{path}: clinical table has no rows")
-        id_column = "case_id" if "case_id" in table.columns else table.columns[0]
-        table.index = pd.Index(table.pop(id_column).astype(str).str.strip(), name="case_id")
-        return table
-
-    def predict(self, case_id: str) -> float | None:
-        """The predicted TLVR of ``case_id``, or None without a row or a model."""
-        if not self.models or case_id not in self.table.index:
-            return None
-        row = self.table.loc[[case_id]]
-        try:
-            values = [float(model.predict(row)[0]) for model in self.models]
-        except ValueError as exc:
-            logger.warning("%s: no clinical TLVR prediction (%s)", case_id, exc)
-            return None
-        return float(np.mean(values))

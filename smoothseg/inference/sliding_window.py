@@ -33,7 +33,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from smoothseg.logging_setup import progress_bar
 
 __all__ = ["compute_tile_starts", "gaussian_importance_map", "sliding_window_predict"]
 
@@ -302,7 +303,7 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
         with torch.inference_mode():
             accumulator = _Accumulator(num_classes, padded_shape, accumulate_device)
             batches = range(0, len(tiles), batch_size)
-            for first in tqdm(batches, desc="sliding window", unit="batch", disable=not progress):
+            for first in progress_bar(batches, desc="sliding window", unit="batch", disable=not progress):
                 regions = tiles[first:first + batch_size]
                 batch = torch.stack([padded[(slice(None), *region)] for region in regions]).to(device)
                 probabilities = _predict_probabilities(network, batch, num_classes, flip_combinations, autocast)

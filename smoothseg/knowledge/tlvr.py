@@ -43,9 +43,11 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, r2_score
-from sklearn.model_selection import KFold, LeaveOneOut
+from sklearn.model_selection import KFold, LeaveOneOut, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from smoothseg.atomic import json_safe
 
 FORMAT = "smoothseg.tlvr_regressor/1"
 #: The category that stands in for a missing categorical value.
@@ -171,10 +173,7 @@ class TLVRRegressor(RegressorMixin, BaseEstimator):
         if n_splits < 2:
             raise ValueError(f"n_splits must be >= 2, got {n_splits}")
         splitter = LeaveOneOut() if n < n_splits else KFold(n_splits, shuffle=True, random_state=random_state)
-        oof = np.full(n, np.nan)
-        for train_idx, test_idx in splitter.split(np.zeros(n)):
-            model = clone(self).fit(clinical_df.iloc[train_idx], y[train_idx])
-            oof[test_idx] = model.predict(clinical_df.iloc[test_idx])
+        oof = cross_val_predict(clone(self), clinical_df, y, cv=splitter)
         return pd.Series(oof, index=clinical_df.index, name="tlvr_oof")
 
     def cross_validated_scores(self, clinical_df: pd.DataFrame, tlvr: pd.Series | Sequence[float] | np.ndarray,
@@ -188,7 +187,7 @@ class TLVRRegressor(RegressorMixin, BaseEstimator):
     def to_dict(self) -> dict[str, Any]:
         """The fitted model as a JSON-able dict (lists, str, float, int, bool only; no NaN)."""
         self._check_fitted()
-        return _copy_jsonable(self.params_)
+        return json_safe(self.params_, strict=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TLVRRegressor:
@@ -413,7 +412,7 @@ def _validate_params(data: Any) -> dict[str, Any]:
     absent = [k for k in required if k not in data]
     if absent:
         raise ValueError(f"serialised TLVRRegressor lacks the key(s) {absent}")
-    params = _copy_jsonable(data)
+    params = json_safe(data, strict=True)
     n_num, n_cat = len(params["numeric_features"]), len(params["categorical_features"])
     width = 0
     num = params["numeric"]
@@ -441,20 +440,3 @@ def _validate_params(data: Any) -> dict[str, Any]:
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
         raise ValueError("serialised TLVRRegressor holds non-finite or non-numeric parameters")
     return params
-
-
-def _copy_jsonable(value: Any) -> Any:
-    """A deep copy made of dict/list/str/float/int/bool/None only (tuples become lists)."""
-    if isinstance(value, dict):
-        return {str(k): _copy_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_copy_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    if value is None or isinstance(value, str):
-        return value
-    raise ValueError(f"value of type {type(value).__name__} is not JSON-able")

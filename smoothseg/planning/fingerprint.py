@@ -22,10 +22,10 @@ from smoothseg.atomic import write_json
 from smoothseg.dataset.cases import CaseFiles
 from smoothseg.dataset.dataset_json import DatasetSpec
 from smoothseg.dataset.io import read_image
+from smoothseg.dataset.orientation import Orientation
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
 from smoothseg.parallel import map_cases
-from smoothseg.preprocessing.orientation import Orientation
 
 logger = logging.getLogger(__name__)
 

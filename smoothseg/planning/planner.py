@@ -27,8 +27,17 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
-from smoothseg.planning.plans import ConfigurationPlan, IntensityWindow, NetworkPlan, Plans, ResamplingPlan
+from smoothseg.network.segresnet_vae import SegResNetVAE, estimate_activation_elements
+from smoothseg.planning.plans import (
+    ConfigurationPlan,
+    IntensityWindow,
+    NetworkPlan,
+    Plans,
+    ResamplingPlan,
+    default_active_contour,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +145,6 @@ def liver_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[float, floa
 
 def count_parameters(patch: tuple[int, int, int], num_classes: int, network: NetworkPlan) -> int:
     """Parameter count of the planned network, built on the ``meta`` device (no memory, no compute)."""
-    import torch
-
-    from smoothseg.network.segresnet_vae import SegResNetVAE
-
     with torch.device("meta"):
         model = SegResNetVAE(in_channels=1, out_channels=num_classes, input_image_size=patch,
                              init_filters=network.init_filters, blocks_down=network.blocks_down,
@@ -150,8 +155,6 @@ def count_parameters(patch: tuple[int, int, int], num_classes: int, network: Net
 
 def estimate_memory_gb(patch: tuple[int, int, int], batch: int, num_classes: int, network: NetworkPlan) -> float:
     """GPU memory for one training step under AMP, by the memory model stated at the top of this module."""
-    from smoothseg.network.segresnet_vae import estimate_activation_elements
-
     activations = estimate_activation_elements(patch, 1, num_classes, network.init_filters, network.blocks_down,
                                                network.blocks_up, vae=True)
     params = count_parameters(patch, num_classes, network)
@@ -227,12 +230,13 @@ def plan(fingerprint: dict[str, Any], gpu_memory_target_gb: float = 8.0) -> Plan
         logger.warning("tumor network at the narrowest width (%d filters) under %.2f GB: such networks failed to "
                        "learn the tumour class at all from some random initialisations (documentation/benchmarks.md); "
                        "a larger -gpu_memory_target gives a wider network", WIDTHS[-1], gpu_memory_target_gb)
+    t_window = tumor_window(fingerprint) if has_tumours else liver_window(fingerprint)
     tumor = ConfigurationPlan(
         name="tumor", spacing=t_spacing, patch_size=t_patch, batch_size=t_batch,
-        window=tumor_window(fingerprint) if has_tumours else liver_window(fingerprint),
-        num_classes=3, class_names=("outside_liver", "liver", "tumor"), crop="liver",
+        window=t_window, num_classes=3, class_names=("outside_liver", "liver", "tumor"), crop="liver",
         crop_margin_mm=tuple(float(v) for v in margin), network=t_net, resampling=ResamplingPlan(),
-        median_shape=tuple(int(round(v)) for v in t_median), estimated_memory_gb=t_mem, mirror_axes=TUMOR_MIRROR_AXES)
+        median_shape=tuple(int(round(v)) for v in t_median), estimated_memory_gb=t_mem, mirror_axes=TUMOR_MIRROR_AXES,
+        active_contour=default_active_contour(t_window))
     return Plans(dataset=fingerprint["dataset"], task_regions=fingerprint["task_regions"],
                  configurations={"liver": liver, "tumor": tumor}, gpu_memory_target_gb=gpu_memory_target_gb)
 

@@ -7,12 +7,14 @@ protocol, 3 replications of a random 80/20 split, each with its own seed. Either
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from sklearn.model_selection import KFold, train_test_split
 
 from smoothseg.atomic import write_json
+from smoothseg.errors import SmoothSegError
 
 SCHEMES = ("kfold", "holdout")
 
@@ -45,4 +47,24 @@ def split_summary(splits: dict[str, Any]) -> str:
     return f"{splits['scheme']} splits (train/val): {sizes}"
 
 
-__all__ = ["SCHEMES", "make_splits", "save_splits", "split_summary"]
+def load_fold(splits_path: Path, fold: str | int) -> tuple[list[str], list[str]]:
+    """The ``(train, val)`` case ids of ``fold`` in ``splits.json``; fold ``all``: every case, in both lists."""
+    splits_path = Path(splits_path)
+    if not splits_path.is_file():
+        raise SmoothSegError(f"{splits_path} not found; run smoothseg_plan_and_preprocess first")
+    try:
+        splits = json.loads(splits_path.read_text())["splits"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SmoothSegError(f"{splits_path}: not a splits file ({type(exc).__name__}: {exc})") from None
+    fold = str(fold)
+    if fold == "all":
+        ids = sorted({c for s in splits for c in s["train"] + s["val"]})
+        return ids, list(ids)
+    if not fold.isdigit() or int(fold) >= len(splits):
+        raise SmoothSegError(f"fold {fold} does not exist in {splits_path}; available: "
+                             f"{', '.join(str(i) for i in range(len(splits)))} or all")
+    split = splits[int(fold)]
+    return list(split["train"]), list(split["val"])
+
+
+__all__ = ["SCHEMES", "load_fold", "make_splits", "save_splits", "split_summary"]

@@ -8,7 +8,7 @@ labels {0 outside liver, 1 liver, 2 tumour}. Intensities outside the liver are k
 masks them, so training can perturb the mask the way liver-stage errors will at inference.
 
 :meth:`TaskPreprocessor.preprocess` first brings the arrays to the canonical orientation when the plan says so
-(:mod:`smoothseg.preprocessing.orientation`); the ``revert_*`` methods undo the resampling, the crop and the
+(:mod:`smoothseg.dataset.orientation`); the ``revert_*`` methods undo the resampling, the crop and the
 reorientation, back to the original grid. ``properties["crop_box"]`` is always in the original (stored) frame.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from smoothseg.dataset.io import Geometry
+from smoothseg.dataset.orientation import Orientation
+from smoothseg.masks.box import Box, bounding_box, box_from_dict, box_to_dict, full_box, paste_box
 from smoothseg.planning.plans import ConfigurationPlan
-from smoothseg.preprocessing.cropping import Box, bounding_box, box_slices, expand_box, paste
 from smoothseg.preprocessing.normalization import normalize_ct
-from smoothseg.preprocessing.orientation import Orientation
 from smoothseg.preprocessing.resampling import (
     is_anisotropic,
     resample_array,
@@ -70,15 +70,14 @@ class TaskPreprocessor:
     # -- geometry ---------------------------------------------------------------------------------------------
     def crop_box(self, shape, spacing_zyx, liver_mask: np.ndarray | None) -> Box:
         """The region of the original grid this task sees."""
-        full: Box = ((0, 0, 0), tuple(int(v) for v in shape))
         if self.plan.crop == "none":
-            return full
+            return full_box(shape)
         if liver_mask is None:
             raise ValueError("the tumor task needs a liver mask to crop to")
-        box = bounding_box(liver_mask)
+        box = bounding_box(liver_mask, margin_mm=self.plan.crop_margin_mm, spacing=spacing_zyx)
         if box is None:
             raise ValueError("the liver mask is empty: nothing to crop to")
-        return expand_box(box, shape, spacing_zyx, self.plan.crop_margin_mm)
+        return box
 
     def _separate_z(self, spacing_zyx) -> bool:
         t = self.plan.resampling.anisotropy_threshold
@@ -107,8 +106,7 @@ class TaskPreprocessor:
         if liver_mask is None and label is not None and self.plan.crop == "liver":
             liver_mask = np.isin(label, self.liver_labels)
         box = self.crop_box(image.shape, spacing, liver_mask)
-        sl = box_slices(box)
-        cropped = np.ascontiguousarray(image[sl])
+        cropped = np.ascontiguousarray(image[box])
         new_shape = shape_for_spacing(cropped.shape, spacing, self.plan.spacing)
         separate_z = self._separate_z(spacing)
         rs = self.plan.resampling
@@ -121,8 +119,8 @@ class TaskPreprocessor:
             "geometry": geometry.to_dict(),
             "orientation": orient.to_dict(),
             "canonical_shape": [int(v) for v in image.shape],
-            "crop_box": {"start": list(original_box[0]), "stop": list(original_box[1])},
-            "canonical_crop_box": {"start": list(box[0]), "stop": list(box[1])},
+            "crop_box": box_to_dict(original_box),
+            "canonical_crop_box": box_to_dict(box),
             "cropped_shape": [int(v) for v in cropped.shape],
             "resampled_shape": [int(v) for v in new_shape],
             "spacing": list(self.plan.spacing),
@@ -130,7 +128,7 @@ class TaskPreprocessor:
         }
         seg = None
         if label is not None:
-            task_label = self.map_labels(np.ascontiguousarray(label[sl]))
+            task_label = self.map_labels(np.ascontiguousarray(label[box]))
             seg = resample_labels(task_label, new_shape, order=rs.label_order, separate_z=separate_z,
                                   z_order=rs.z_order)
         return data, seg, properties
@@ -150,9 +148,9 @@ class TaskPreprocessor:
                                          order=1, separate_z=properties["separate_z"],
                                          z_order=self.plan.resampling.z_order)
         box = _canonical_box(properties)
-        full = paste(cropped, box, _canonical_shape(properties), fill=0)
+        full = paste_box(cropped, box, _canonical_shape(properties), fill_value=0)
         outside = np.ones(full.shape[1:], dtype=bool)
-        outside[box_slices(box)] = False
+        outside[box] = False
         full[0][outside] = 1.0
         return _to_original(full, properties)
 
@@ -172,25 +170,24 @@ class TaskPreprocessor:
                                for p in probabilities)
         if crop_only:
             return _to_original(labels, properties)
-        return _to_original(paste(labels, _canonical_box(properties), _canonical_shape(properties), fill=0),
+        return _to_original(paste_box(labels, _canonical_box(properties), _canonical_shape(properties)),
                             properties)
 
     def revert_labels(self, seg: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
         """A task label map on the preprocessed grid -> on the original grid."""
         cropped = resample_labels(seg, properties["cropped_shape"], order=self.plan.resampling.label_order,
                                   separate_z=properties["separate_z"], z_order=self.plan.resampling.z_order)
-        return _to_original(paste(cropped, _canonical_box(properties), _canonical_shape(properties), fill=0),
+        return _to_original(paste_box(cropped, _canonical_box(properties), _canonical_shape(properties)),
                             properties)
 
 
 def stored_box(properties: dict[str, Any]) -> Box:
     """The crop box recorded by :meth:`TaskPreprocessor.preprocess`, in the original (stored) frame."""
-    return tuple(properties["crop_box"]["start"]), tuple(properties["crop_box"]["stop"])
+    return box_from_dict(properties["crop_box"])
 
 
 def _canonical_box(properties: dict[str, Any]) -> Box:
-    box = properties.get("canonical_crop_box", properties["crop_box"])
-    return tuple(box["start"]), tuple(box["stop"])
+    return box_from_dict(properties.get("canonical_crop_box", properties["crop_box"]))
 
 
 def _canonical_shape(properties: dict[str, Any]) -> list[int]:

@@ -17,24 +17,30 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from smoothseg.atomic import write_json
+from smoothseg.dataset.raw_dataset import RawDataset
+from smoothseg.device import resolve_device
 from smoothseg.errors import SmoothSegError
-from smoothseg.network.segresnet_vae import SegResNetVAE
+from smoothseg.knowledge.weak_labels import fold_weak_labels
+from smoothseg.logging_setup import progress_bar
+from smoothseg.models.build import build_network
+from smoothseg.models.checkpoint import git_hash, load_checkpoint, save_checkpoint
 from smoothseg.paths import find_dataset, preprocessed_root, results_root
-from smoothseg.planning.plans import TASKS, ConfigurationPlan, Plans
-from smoothseg.preprocessing.normalization import normalize_ct
+from smoothseg.planning.plans import TASKS, Plans
+from smoothseg.planning.splits import load_fold
+from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.training.augmentation import default_num_workers, make_augmenter, training_transforms
-from smoothseg.training.checkpoint import git_hash, load_checkpoint, save_checkpoint
+from smoothseg.training.config import TrainingConfig
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
 from smoothseg.training.losses import DiceCELoss, SmoothSegLoss
+from smoothseg.training.optim import build_optimizer, poly_lr
 from smoothseg.training.progress import ProgressLog
 
 logger = logging.getLogger(__name__)
@@ -54,95 +60,12 @@ def get_trainer_class(name: str) -> type[Trainer]:
     return TRAINERS[name]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an explicit device that is missing is a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SmoothSegError("-device cuda was requested but no CUDA GPU is available to torch "
-                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use -device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise SmoothSegError("-device mps was requested but the Apple MPS backend is not available; use -device cpu")
-    if name not in ("cuda", "cpu", "mps"):
-        raise SmoothSegError(f"unknown device '{name}'; use auto, cuda, cpu or mps")
-    return torch.device(name)
-
-
-@dataclass
-class TrainingConfig:
-    """Run settings (CLI flags). Plans hold everything about data and network."""
-
-    dataset: str
-    task: str
-    fold: str  # "0".."k-1" or "all"
-    trainer: str = "SmoothSegTrainer"
-    device: str = "auto"
-    epochs: int = 1000
-    iters_per_epoch: int = 250
-    val_iters: int = 50
-    optimizer: str = "adamw"  # "adamw" (SegResNetVAE's recipe) or "sgd" (nnU-Net's)
-    initial_lr: float | None = None  # None: DEFAULT_LR[optimizer]
-    weight_decay: float = 3e-5
-    momentum: float = 0.99  # SGD only
-    batch_dice: bool = True
-    grad_clip: float = 12.0
-    vae_weight: float = 0.1
-    tlvr_weight: float = 0.5
-    oversample_foreground: float = 0.33
-    mask_jitter_mm: float = 5.0
-    patience: int | None = None
-    compile: bool = False
-    num_workers: int | None = None
-    seed: int = 0
-    continue_training: bool = False
-    validate: bool = True  # run the cascade on the fold's validation cases once both tasks are trained
-
-
-#: Initial learning rate of each optimizer when none is given (poly decay to 0 over the run).
-DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
-
-
-def build_optimizer(parameters, config: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW (default; Myronenko 2018 trains SegResNetVAE with Adam and poly decay) or SGD with Nesterov momentum
-    (nnU-Net). On the demo dataset, the tumour class appears after ~100 AdamW iterations and only after several
-    hundred SGD iterations (documentation/benchmarks.md)."""
-    lr = initial_lr(config)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(parameters, lr=lr, momentum=config.momentum, nesterov=True,
-                           weight_decay=config.weight_decay)
-
-
-def initial_lr(config: TrainingConfig) -> float:
-    """``config.initial_lr``, or the optimizer's default; an unknown optimizer is an error."""
-    if config.optimizer not in DEFAULT_LR:
-        raise SmoothSegError(f"unknown optimizer '{config.optimizer}'; choose from {', '.join(DEFAULT_LR)}")
-    return float(config.initial_lr) if config.initial_lr is not None else DEFAULT_LR[config.optimizer]
-
-
-def build_network(plan: ConfigurationPlan) -> SegResNetVAE:
-    net = plan.network
-    return SegResNetVAE(in_channels=1, out_channels=plan.num_classes, input_image_size=plan.patch_size,
-                        init_filters=net.init_filters, blocks_down=net.blocks_down, blocks_up=net.blocks_up,
-                        norm=net.norm, dropout=net.dropout, vae=True, vae_nz=net.vae_nz,
-                        vae_estimate_std=net.vae_estimate_std)
-
-
-def outside_fill_value(plan: ConfigurationPlan) -> float:
-    """The normalised intensity written outside the liver mask: the window's lower bound."""
-    return float(normalize_ct(np.array([plan.window.lower], dtype=np.float32), plan.window)[0])
-
-
 class Trainer:
     """Plain segmentation trainer: Dice + cross-entropy, plus the SegResNetVAE's VAE term (weight 0.1)."""
 
     uses_tlvr = False
 
-    def __init__(self, config: TrainingConfig):
+    def __init__(self, config: TrainingConfig, device: torch.device | None = None):
         self.config = config
         self.name = type(self).__name__
         self.preprocessed = find_dataset(config.dataset, preprocessed_root())
@@ -152,14 +75,14 @@ class Trainer:
                                  f"available: {', '.join(self.plans.configurations)}")
         self.plan = self.plans[config.task]
         self.task_folder = self.preprocessed / config.task
-        self.train_ids, self.val_ids = self._split()
+        self.train_ids, self.val_ids = load_fold(self.preprocessed / "splits.json", config.fold)
         missing = [c for c in self.train_ids + self.val_ids if not (self.task_folder / f"{c}.json").exists()]
         if missing:
             raise SmoothSegError(f"{len(missing)} case(s) of fold {config.fold} are not preprocessed for "
                                  f"'{config.task}' ({', '.join(missing[:5])}); run smoothseg_plan_and_preprocess "
                                  f"-d {config.dataset} -c {config.task}")
-        self.output = results_root() / self.preprocessed.name / f"{self.name}__{config.task}" / f"fold_{config.fold}"
-        self.device = resolve_device(config.device)
+        self.output = self.output_folder(config)
+        self.device = device if device is not None else resolve_device(config.device)
         self.amp = self.device.type == "cuda"
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
         self.network = build_network(self.plan).to(self.device)
@@ -177,20 +100,11 @@ class Trainer:
         self.loss_fn = self.build_loss()
 
     # -- set-up ---------------------------------------------------------------------------------------------------
-    def _split(self) -> tuple[list[str], list[str]]:
-        splits_path = self.preprocessed / "splits.json"
-        if not splits_path.is_file():
-            raise SmoothSegError(f"{splits_path} not found; run smoothseg_plan_and_preprocess first")
-        splits = json.loads(splits_path.read_text())["splits"]
-        fold = self.config.fold
-        if fold == "all":
-            ids = sorted({c for s in splits for c in s["train"] + s["val"]})
-            return ids, ids
-        if not str(fold).isdigit() or int(fold) >= len(splits):
-            raise SmoothSegError(f"fold {fold} does not exist in {splits_path}; available: "
-                                 f"{', '.join(str(i) for i in range(len(splits)))} or all")
-        split = splits[int(fold)]
-        return list(split["train"]), list(split["val"])
+    @classmethod
+    def output_folder(cls, config: TrainingConfig) -> Path:
+        """``<results>/DatasetXXX_Name/<Trainer>__<task>/fold_<k>`` of ``config``."""
+        dataset = find_dataset(config.dataset, preprocessed_root()).name
+        return results_root() / dataset / f"{cls.__name__}__{config.task}" / f"fold_{config.fold}"
 
     def build_loss(self) -> SmoothSegLoss:
         seg = DiceCELoss(self.plan.num_classes, batch_dice=self.config.batch_dice)
@@ -266,8 +180,7 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def lr_at(self, epoch: int) -> float:
-        """Poly schedule: ``initial_lr * (1 - epoch / epochs) ** 0.9``."""
-        return initial_lr(self.config) * (1 - epoch / self.config.epochs) ** 0.9
+        return poly_lr(self.config, epoch)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
@@ -354,27 +267,7 @@ class Trainer:
         save_checkpoint(final, self.output / "checkpoint_final.pth")
         logger.info("training done: %s (best EMA pseudo-Dice %.4f)", self.output / "checkpoint_final.pth",
                     self.best_ema)
-        if cfg.validate:
-            self.full_validation()
         return self.output
-
-    def full_validation(self) -> Path | None:
-        """Predict the fold's validation cases with the full cascade (the tumour stage on the *predicted* liver).
-
-        Runs once both the liver and the tumour model of this fold are final; until then it logs why it waits.
-        """
-        other = "tumor" if self.config.task == "liver" else "liver"
-        other_final = self.output.parent.parent / f"{self.name}__{other}" / self.output.name / "checkpoint_final.pth"
-        if self.config.fold == "all":
-            logger.info("no full validation for fold 'all' (it has no held-out cases)")
-            return None
-        if not other_final.exists():
-            logger.info("full validation waits for the %s model of fold %s (%s)", other, self.config.fold,
-                        other_final)
-            return None
-        from smoothseg.inference.validation import validate_fold
-
-        return validate_fold(self.preprocessed.name, self.config.fold, trainer=self.name, device=self.config.device)
 
     def _epoch(self, epoch: int, train_aug, val_aug) -> bool:
         """One epoch of training and validation; returns True when early stopping triggers."""
@@ -385,7 +278,7 @@ class Trainer:
             group["lr"] = lr
         self.network.train()
         sums: dict[str, float] = {}
-        bar = tqdm(range(cfg.iters_per_epoch), desc=f"epoch {epoch}", unit="it", leave=False)
+        bar = progress_bar(range(cfg.iters_per_epoch), desc=f"epoch {epoch}", unit="it", leave=False)
         for _ in bar:
             parts = self.train_step(next(train_aug))
             for k, v in parts.items():
@@ -446,56 +339,26 @@ class SmoothSegTrainer(Trainer):
         self.loss_fn = SmoothSegLoss(self.loss_fn.seg_loss, vae_weight=self.config.vae_weight, tlvr_weight=0.0)
 
     def prepare_knowledge(self) -> None:
-        from smoothseg.dataset.raw_dataset import RawDataset
-        from smoothseg.knowledge.tlvr import TLVRRegressor, describe_availability
-
         if self.config.task != "tumor":
             logger.info("TLVR term off: it regularises the tumor task only")
             return
         if self.config.tlvr_weight == 0:
             logger.info("TLVR term off: --tlvr-weight 0 (ablation)")
             return
-        raw = RawDataset.find(self.plans.dataset)
-        available, reason = describe_availability(raw.spec, self.config.tlvr_weight)
-        if not available:
-            self._tlvr_off(reason)
-            return
-        table = raw.clinical()
         truth = {c: json.loads((self.task_folder / f"{c}.json").read_text())["tlvr"] for c in self.train_ids}
-        ids = [c for c in self.train_ids if c in table.index]
-        if len(ids) < 3:
-            self._tlvr_off(f"only {len(ids)} training case(s) have clinical rows (need 3)")
+        labels = fold_weak_labels(RawDataset.find(self.plans.dataset), truth, self.train_ids, self.val_ids,
+                                  weight=self.config.tlvr_weight, seed=self.config.seed)
+        if labels.off_reason is not None:
+            self._tlvr_off(labels.off_reason)
             return
-        target = np.array([truth[c] for c in ids])
-        regressor = TLVRRegressor.from_spec(raw.spec)
-        oof = regressor.cross_fit(table.loc[ids], target, random_state=self.config.seed)
-        self.tlvr_scores = {k: float(v) for k, v in regressor.cross_validated_scores(
-            table.loc[ids], target, random_state=self.config.seed).items()}
-        regressor.fit(table.loc[ids], target)
-        self.tlvr_model = regressor.to_dict()
-        self.train_tlvr = {c: float(v) for c, v in oof.items()}
-        val_ids = [c for c in self.val_ids if c in table.index]
-        if val_ids:
-            self.val_tlvr = dict(zip(val_ids, (float(v) for v in regressor.predict(table.loc[val_ids])),
-                                     strict=True))
-        logger.info("TLVR regression on %d training cases (validation cases never seen): out-of-fold R2 %.3f, "
-                    "MAE %.4f (predicting the mean: %.4f); TLVR weight %g", len(ids), self.tlvr_scores["r2"],
-                    self.tlvr_scores["mae"], self.tlvr_scores["mae_mean_baseline"], self.config.tlvr_weight)
+        self.train_tlvr, self.val_tlvr = labels.train, labels.val
+        self.tlvr_model, self.tlvr_scores = labels.model, labels.scores
+        logger.info("TLVR weight %g", self.config.tlvr_weight)
 
 
-def train(config: TrainingConfig) -> Path:
-    """Build the selected trainer for ``config`` and run it."""
+def train(config: TrainingConfig, device: torch.device | None = None) -> Path:
+    """Build the selected trainer for ``config`` and run it (training only; :mod:`smoothseg.workflows.training`
+    validates the fold afterwards)."""
     if config.task not in TASKS:
         raise SmoothSegError(f"unknown configuration '{config.task}'; available: {', '.join(TASKS)}")
-    return get_trainer_class(config.trainer)(config).run()
-
-
-def validate_only(config: TrainingConfig) -> Path:
-    """``smoothseg_train ... --val``: the full validation of a finished fold, without training."""
-    trainer = get_trainer_class(config.trainer)(config)
-    if not (trainer.output / "checkpoint_final.pth").exists():
-        raise SmoothSegError(f"--val: {trainer.output} has no checkpoint_final.pth; train this fold first")
-    result = trainer.full_validation()
-    if result is None:
-        raise SmoothSegError("--val needs the final liver and tumor models of this fold (see the log)")
-    return result
+    return get_trainer_class(config.trainer)(config, device).run()

@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-Box = tuple[tuple[int, int, int], tuple[int, int, int]]
-
 
 @dataclass(frozen=True)
 class Orientation:
@@ -85,15 +83,15 @@ class Orientation:
         values = tuple(values)
         return tuple(values[a] for a in self.axes)
 
-    def box_to_original(self, box: Box, canonical_shape) -> Box:
-        """A canonical-frame box -> the same voxels' box in the original frame."""
-        start, stop = [0, 0, 0], [0, 0, 0]
+    def box_to_original(self, box: tuple[slice, ...], canonical_shape) -> tuple[slice, ...]:
+        """A canonical-frame box (one slice per axis) -> the same voxels' box in the original frame."""
+        original = [slice(0, 0)] * 3
         for i, a in enumerate(self.axes):
-            lo, hi = box[0][i], box[1][i]
+            lo, hi = box[i].start, box[i].stop
             if self.flips[i]:
                 lo, hi = int(canonical_shape[i]) - hi, int(canonical_shape[i]) - lo
-            start[a], stop[a] = int(lo), int(hi)
-        return tuple(start), tuple(stop)
+            original[a] = slice(int(lo), int(hi))
+        return tuple(original)
 
     # -- serialisation --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

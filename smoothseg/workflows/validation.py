@@ -15,11 +15,11 @@ Outputs go to ``<results>/DatasetXXX/<Trainer>__tumor/fold_k/validation/``:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,16 @@ from smoothseg.dataset.io import read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.evaluate import evaluate_folders
-from smoothseg.inference.cascade import CascadePredictor, InputCase, PredictOptions, run_cascade
+from smoothseg.inference.cascade import CascadePredictor, ModelOptions
+from smoothseg.inference.cohort import CohortOptions, run_cohort
+from smoothseg.inference.inputs import InputCase
 from smoothseg.inference.lesion_filter import candidate_dice, write_postprocessing
-from smoothseg.inference.model_store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
-from smoothseg.inference.report import ClinicalTLVR
+from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
+from smoothseg.models.store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
 from smoothseg.paths import find_dataset, preprocessed_root
+from smoothseg.planning.splits import load_fold
 
-__all__ = ["validate_fold", "validation_cases"]
+__all__ = ["choose_postprocessing", "evaluate_predictions", "validate_fold", "validation_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +47,17 @@ METRICS_NAME = "metrics.json"
 
 def validation_cases(dataset: str | int, fold: str) -> list[str]:
     """The validation case ids of ``fold`` in the preprocessed dataset's ``splits.json`` (all cases for ``all``)."""
-    path = find_dataset(dataset, preprocessed_root()) / "splits.json"
-    if not path.is_file():
-        raise SmoothSegError(f"{path} not found; run smoothseg_plan_and_preprocess first")
-    splits = json.loads(path.read_text())["splits"]
-    if str(fold) == "all":
-        return sorted({c for s in splits for c in s["train"] + s["val"]})
-    if not str(fold).isdigit() or int(fold) >= len(splits):
-        raise SmoothSegError(f"fold {fold} does not exist in {path}; available: "
-                             f"{', '.join(str(i) for i in range(len(splits)))} or all")
-    return sorted(splits[int(fold)]["val"])
+    return sorted(load_fold(find_dataset(dataset, preprocessed_root()) / "splits.json", fold)[1])
 
 
 def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TRAINER,
-                  checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", *, step_size: float = 0.5,
-                  tta: bool | None = None, active_contour: bool = True, num_processes: int = 1,
-                  overwrite: bool = True, progress: bool = True) -> Path:
+                  checkpoint: str = DEFAULT_CHECKPOINT, models: ModelOptions | None = None, *,
+                  num_processes: int = 1, overwrite: bool = True, progress: bool = True) -> Path:
     """Predict fold ``fold``'s validation cases with that fold's liver and tumour models, and evaluate them.
 
-    Returns the ``validation`` folder. ``num_processes`` sizes the pre-/post-processing pools and the evaluation.
+    ``models`` says how the models predict; its minimum lesion volume is ignored (the validation predicts without
+    it, to choose it). Returns the ``validation`` folder. ``num_processes`` sizes the pre-/post-processing pools and
+    the evaluation.
     """
     fold = str(fold)
     pair = select_models(dataset, [fold], checkpoint, trainer)
@@ -76,16 +71,15 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
     output = pair.task_folder("tumor") / f"fold_{fold}" / "validation"
     logger.info("validating %s fold %s on %d case(s) with the predicted liver -> %s", pair.dataset, fold, len(cases),
                 output)
-    cascade = CascadePredictor.from_models(pair, device=device, step_size=step_size, tta=tta,
-                                           active_contour=active_contour, progress=False, min_lesion_volume_ml=0.0)
+    models = replace(models or ModelOptions(), min_lesion_volume_ml=0.0, progress=False)
+    cascade = CascadePredictor.from_models(pair, models)
     table = raw.clinical()
     clinical = ClinicalTLVR(table, cascade.tumor.tlvr_models) if table is not None and cascade.tumor.tlvr_models \
         else None
-    options = PredictOptions(device=device, step_size=step_size, tta=tta, active_contour=active_contour,
-                             overwrite=overwrite, num_processes_preprocessing=num_processes if num_processes > 1 else 0,
-                             num_processes_postprocessing=num_processes if num_processes > 1 else 0,
-                             progress=progress)
-    summary = run_cascade(cascade, cases, output, options, clinical=clinical)
+    workers = num_processes if num_processes > 1 else 0
+    options = CohortOptions(overwrite=overwrite, num_processes_preprocessing=workers,
+                            num_processes_postprocessing=workers, progress=progress)
+    summary = run_cohort(cascade, cases, output, options, clinical=clinical)
     if summary.failed:
         logger.warning("validation: %d case(s) failed and are not evaluated:\n%s", len(summary.failed),
                        summary.text())

@@ -22,20 +22,26 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from smoothseg.atomic import write_json
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.evaluate import evaluate, output_paths
 from smoothseg.evaluation.strata import paper_table_markdown
-from smoothseg.inference.cascade import PredictOptions, predict
-from smoothseg.planning.plan_and_preprocess import plan_and_preprocess
+from smoothseg.inference.cascade import ModelOptions
+from smoothseg.inference.cohort import CohortOptions, predict
+from smoothseg.paths import using_roots
 from smoothseg.synthetic.demo_dataset import DEMO_DATASET_ID, make_demo_dataset
-from smoothseg.training.trainer import TRAINERS, TrainingConfig, resolve_device
+from smoothseg.training.config import TrainingConfig
+from smoothseg.training.trainer import TRAINERS
+from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
+from smoothseg.workflows.training import fold_validation
 
 __all__ = ["DemoResult", "DemoSettings", "QUALITY_BAR", "demo_settings", "run_demo"]
 
@@ -119,16 +125,6 @@ class DemoResult:
                 "metrics": self.metrics, "quality_bar": QUALITY_BAR, "meets_quality_bar": self.meets_quality_bar}
 
 
-def _use_workdir(workdir: Path) -> None:
-    """Point the three data roots at the work folder (read at call time by every step, and by worker processes)."""
-    os.environ["SMOOTHSEG_RAW"] = str(workdir / "raw")
-    os.environ["SMOOTHSEG_PREPROCESSED"] = str(workdir / "preprocessed")
-
-
-def _announce(step: int, total: int, text: str) -> None:
-    print(f"\n[{step}/{total}] {text}", flush=True)
-
-
 def _trained_with(final: Path, config: TrainingConfig) -> bool:
     """Whether ``final`` (a run_config.json's sibling checkpoint) was trained with exactly ``config``."""
     run_config = final.parent / "run_config.json"
@@ -140,57 +136,67 @@ def _trained_with(final: Path, config: TrainingConfig) -> bool:
         return False
 
 
-def _train(task: str, settings: DemoSettings, device: str, num_workers: int | None) -> Path:
-    config = TrainingConfig(dataset=str(DEMO_DATASET_ID), task=task, fold=FOLD, trainer=TRAINER, device=device,
+def _train(task: str, settings: DemoSettings, device: torch.device, num_workers: int | None,
+           say: Callable[[str], None]) -> Path:
+    config = TrainingConfig(dataset=str(DEMO_DATASET_ID), task=task, fold=FOLD, trainer=TRAINER, device=device.type,
                             epochs=settings.epochs(task),
                             iters_per_epoch=settings.iters_per_epoch, val_iters=settings.val_iters,
                             num_workers=num_workers, validate=task == "tumor")
-    trainer = TRAINERS[TRAINER](config)
+    trainer = TRAINERS[TRAINER](config, device)
     final = trainer.output / "checkpoint_final.pth"
     if _trained_with(final, config):
-        print(f"    {task} model already trained with these settings: {final}")
+        say(f"    {task} model already trained with these settings: {final}")
         return trainer.output
-    return trainer.run()
+    trainer.run()
+    if config.validate:
+        fold_validation(config, trainer.output, device)
+    return trainer.output
 
 
-def run_demo(workdir: str | Path = "smoothseg_demo", device: str = "auto", quick: bool = False, *,
-             settings: DemoSettings | None = None, num_workers: int | None = None,
-             num_processes: int = 2) -> DemoResult:
+def run_demo(workdir: str | Path, device: torch.device, quick: bool = False, *,
+             settings: DemoSettings | None = None, num_workers: int | None = None, num_processes: int = 2,
+             say: Callable[[str], None] | None = None) -> DemoResult:
     """Run the whole pipeline on the synthetic dataset; see the module docstring for what lands where.
 
     ``settings`` replaces the built-in ones (:func:`demo_settings`); ``num_workers`` is the number of augmentation
     workers per training run (default: the trainer's choice), ``num_processes`` the worker processes of the data
-    steps (generation, preprocessing, prediction, evaluation). The three data-root variables (``SMOOTHSEG_RAW``,
-    ``SMOOTHSEG_PREPROCESSED``, ``SMOOTHSEG_RESULTS``) of this process are pointed into ``workdir``.
+    steps (generation, preprocessing, prediction, evaluation). ``say`` receives the narration (default: the log).
+    The three data roots point into ``workdir`` while the demo runs (:func:`smoothseg.paths.using_roots`) and are
+    restored afterwards.
     """
-    start = time.perf_counter()
     workdir = Path(workdir).expanduser().resolve()
-    resolved = resolve_device(device)
-    mode = resolved.type + ("-quick" if quick else "")
+    mode = device.type + ("-quick" if quick else "")
+    with using_roots(raw=workdir / "raw", preprocessed=workdir / "preprocessed",
+                     results=workdir / mode / "results"):
+        return _run(workdir, mode, device, quick, settings, num_workers, num_processes, say or logger.info)
+
+
+def _run(workdir: Path, mode: str, resolved: torch.device, quick: bool, settings: DemoSettings | None,
+         num_workers: int | None, num_processes: int, say: Callable[[str], None]) -> DemoResult:
+    start = time.perf_counter()
     settings = settings or demo_settings(resolved.type, quick)
     if settings.n_cases < 8:
         raise SmoothSegError(f"the demo needs at least 8 synthetic cases (fold 0 must hold training and validation "
                              f"cases), got {settings.n_cases}")
     run_dir = workdir / mode
-    results = run_dir / "results"
-    _use_workdir(workdir)
-    os.environ["SMOOTHSEG_RESULTS"] = str(results)
     result = DemoResult(workdir=workdir, mode=mode, device=str(resolved), settings=settings)
-    print(f"smoothseg demo ({mode}) in {workdir}\n    device {resolved}; {settings.n_cases} synthetic cases; "
-          f"training {settings.iterations('liver')} liver + {settings.iterations('tumor')} tumour iterations",
-          flush=True)
+    say(f"smoothseg demo ({mode}) in {workdir}\n    device {resolved}; {settings.n_cases} synthetic cases; "
+        f"training {settings.iterations('liver')} liver + {settings.iterations('tumor')} tumour iterations")
+
+    def announce(step: int, total: int, text: str) -> None:
+        say(f"\n[{step}/{total}] {text}")
 
     def timed(name: str, t0: float) -> None:
         result.seconds[name] = round(time.perf_counter() - t0, 1)
 
     total_steps = 6
     t0 = time.perf_counter()
-    _announce(1, total_steps, "synthetic dataset")
+    announce(1, total_steps, "synthetic dataset")
     raw = make_demo_dataset(n_cases=settings.n_cases, num_processes=num_processes)
     timed("dataset", t0)
 
     t0 = time.perf_counter()
-    _announce(2, total_steps, f"plan and preprocess (GPU memory target {settings.gpu_memory_target_gb:g} GB)")
+    announce(2, total_steps, f"plan and preprocess (GPU memory target {settings.gpu_memory_target_gb:g} GB)")
     planned = plan_and_preprocess(DEMO_DATASET_ID, num_processes=num_processes,
                                   gpu_memory_target_gb=settings.gpu_memory_target_gb, overwrite_plans=True)
     timed("plan_and_preprocess", t0)
@@ -198,25 +204,25 @@ def run_demo(workdir: str | Path = "smoothseg_demo", device: str = "auto", quick
     for step, task in ((3, "liver"), (4, "tumor")):
         t0 = time.perf_counter()
         plan = planned.plans[task]
-        _announce(step, total_steps, f"train the {task} model, fold {FOLD}: {settings.iterations(task)} iterations, "
+        announce(step, total_steps, f"train the {task} model, fold {FOLD}: {settings.iterations(task)} iterations, "
                   f"patch {'x'.join(map(str, plan.patch_size))}, {plan.network.init_filters} filters")
-        result.paths[f"{task}_model"] = str(_train(task, settings, str(resolved), num_workers))
+        result.paths[f"{task}_model"] = str(_train(task, settings, resolved, num_workers, say))
         timed(f"train_{task}", t0)
 
     t0 = time.perf_counter()
     predictions = run_dir / "predictions"
-    _announce(5, total_steps, f"predict the test cases with the cascade -> {predictions}")
-    options = PredictOptions(device=str(resolved), overwrite=True, clinical_csv=raw / "clinical.csv",
-                             num_processes_preprocessing=num_processes, num_processes_postprocessing=num_processes)
+    announce(5, total_steps, f"predict the test cases with the cascade -> {predictions}")
+    options = CohortOptions(overwrite=True, clinical_csv=raw / "clinical.csv",
+                            num_processes_preprocessing=num_processes, num_processes_postprocessing=num_processes)
     summary = predict(raw / "imagesTs", predictions, dataset=str(DEMO_DATASET_ID), folds=[FOLD], trainer=TRAINER,
-                      options=options)
+                      models=ModelOptions(device=resolved), options=options)
     if summary.failed:
         raise SmoothSegError(f"{len(summary.failed)} test case(s) failed; see {predictions / 'summary.json'}")
     timed("predict", t0)
 
     t0 = time.perf_counter()
     evaluation = run_dir / "evaluation" / "summary.json"
-    _announce(6, total_steps, f"evaluate against the reference labels -> {evaluation.parent}")
+    announce(6, total_steps, f"evaluate against the reference labels -> {evaluation.parent}")
     metrics = evaluate(raw / "labelsTs", predictions, evaluation, dataset=str(DEMO_DATASET_ID),
                        num_processes=num_processes, png=True, images_dir=raw / "imagesTs")
     timed("evaluate", t0)

@@ -1,0 +1,243 @@
+"""Prediction of a cohort: many cases through one :class:`~smoothseg.inference.cascade.CascadePredictor`.
+
+:func:`run_cohort` processes every case independently: a failing case (unreadable, truncated, 2D, NaN...) is
+recorded in ``summary.json`` with a message naming the file, and the others finish. Reading and preprocessing of the
+next cases and the active contours + writing of finished ones run in small process pools
+(:mod:`smoothseg.inference.cohort_workers`, ``num_processes_preprocessing`` / ``num_processes_postprocessing``) with
+at most that many cases in flight each, so memory stays bounded; the networks run in the main process.
+:func:`predict` is ``smoothseg_predict``: select the models, find the cases, run them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smoothseg.atomic import write_json
+from smoothseg.errors import SmoothSegError
+from smoothseg.inference.cascade import CascadePredictor, ModelOptions
+from smoothseg.inference.cohort_workers import (
+    FinishJob,
+    LoadJob,
+    Outcome,
+    WorkerStage,
+    failure_message,
+    finish_case,
+    load_case,
+)
+from smoothseg.inference.inputs import InputCase, find_input_cases, normalise_ending, select_part
+from smoothseg.inference.report import read_case_reports, write_cohort_report
+from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
+from smoothseg.logging_setup import progress_bar
+from smoothseg.models.store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
+
+__all__ = ["CaseOutcome", "CohortOptions", "PredictionSummary", "predict", "run_cohort"]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_NAME = "summary.json"
+REPORT_CSV = "report.csv"
+
+
+@dataclass
+class CohortOptions:
+    """How a cohort is run (``smoothseg_predict``'s cohort flags); how the models predict is
+    :class:`~smoothseg.inference.cascade.ModelOptions`."""
+
+    output_format: str | None = None
+    overwrite: bool = False
+    num_processes_preprocessing: int = 2
+    num_processes_postprocessing: int = 2
+    num_parts: int = 1
+    part_id: int = 0
+    clinical_csv: Path | None = None
+    progress: bool = True  # a progress bar over the cases (drawn on a terminal only)
+
+
+@dataclass
+class CaseOutcome:
+    """What happened to one case: ``ok``, ``skipped`` (outputs existed) or ``failed`` (with the message)."""
+
+    case_id: str
+    input: str
+    output: str
+    status: str
+    message: str = ""
+    liver_found: bool | None = None
+    lesion_count: int | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PredictionSummary:
+    """The outcomes of a cohort run, in case order."""
+
+    cases: list[CaseOutcome]
+    output_dir: Path | None = None
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.cases)
+
+    @property
+    def failed(self) -> list[CaseOutcome]:
+        return [c for c in self.cases if c.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_cases": len(self.cases), "n_ok": self.count("ok"), "n_skipped": self.count("skipped"),
+                "n_failed": self.count("failed"), "cases": [asdict(c) for c in self.cases]}
+
+    def text(self) -> str:
+        lines = [f"{len(self.cases)} case(s): {self.count('ok')} ok, {self.count('skipped')} skipped (outputs "
+                 f"existed), {self.count('failed')} failed"]
+        lines += [f"  FAILED {c.case_id}: {c.message}" for c in self.failed]
+        return "\n".join(lines)
+
+
+class _CohortRun:
+    """The bookkeeping of one :func:`run_cascade` call."""
+
+    def __init__(self, cascade: CascadePredictor, output_dir: Path, options: CohortOptions,
+                 clinical: ClinicalTLVR | None, total: int) -> None:
+        self.cascade = cascade
+        self.output_dir = output_dir
+        self.options = options
+        self.clinical = clinical
+        self.ending = normalise_ending(options.output_format)
+        self.outcomes: dict[str, CaseOutcome] = {}
+        self.timings: dict[str, dict[str, float]] = {}
+        self.finisher = WorkerStage(finish_case, options.num_processes_postprocessing)
+        self.bar = progress_bar(total=total, desc="predict", unit="case", disable=not options.progress)
+
+    def outputs(self, case: InputCase) -> tuple[Path, Path]:
+        return (self.output_dir / f"{case.case_id}{self.ending or case.ending}",
+                self.output_dir / f"{case.case_id}_report.json")
+
+    def record(self, case: InputCase, status: str, message: str = "", **fields: Any) -> None:
+        output, _ = self.outputs(case)
+        timings = {k: round(v, 3) for k, v in self.timings.pop(case.case_id, {}).items()}
+        self.outcomes[case.case_id] = CaseOutcome(case.case_id, str(case.path), str(output), status, message,
+                                                  timings_s=timings, **fields)
+        if status == "failed":
+            logger.error("case %s failed: %s", case.case_id, message)
+        elif status == "ok":
+            logger.info("case %s: %s, %d lesion(s)", case.case_id, "liver found" if fields.get("liver_found")
+                        else "NO LIVER FOUND", fields.get("lesion_count") or 0)
+        self.bar.update(1)
+
+    def finished(self, job: FinishJob, outcome: Outcome) -> None:
+        if not outcome.ok:
+            self.record(job.case, "failed", outcome.message)
+            return
+        liver_found, lesion_count, timings = outcome.value
+        self.timings.setdefault(job.case.case_id, {}).update(timings)
+        self.record(job.case, "ok", "" if liver_found else "no liver found", liver_found=liver_found,
+                    lesion_count=lesion_count)
+
+    def loaded(self, job: LoadJob, outcome: Outcome) -> None:
+        """Run the networks on a loaded case and hand it to the finisher."""
+        case = job.case
+        if not outcome.ok:
+            self.record(case, "failed", outcome.message)
+            return
+        image, geometry, prepared, load_seconds = outcome.value
+        try:
+            labels, timings = self.cascade.network_stages(image, geometry, prepared)
+            clinical = self.clinical.predict(case.case_id) if self.clinical is not None else None
+        except Exception as exc:  # noqa: BLE001 - one case's failure must not stop the cohort
+            self.record(case, "failed", failure_message(exc, case.path))
+            return
+        self.timings[case.case_id] = {"read_preprocess": load_seconds, **timings}
+        output, report_path = self.outputs(case)
+        extra = {"input": str(case.path), "output": str(output), "model": self.cascade.model_info}
+        finish = FinishJob(case, image, geometry, labels, self.cascade.active_contour_params, output, report_path,
+                            clinical, extra, self.cascade.min_lesion_volume_ml)
+        for done in self.finisher.submit(finish):
+            self.finished(*done)
+
+
+def run_cohort(cascade: CascadePredictor, cases: Sequence[InputCase], output_dir: str | Path,
+               options: CohortOptions | None = None, *, clinical: ClinicalTLVR | None = None,
+               summary_name: str = SUMMARY_NAME) -> PredictionSummary:
+    """Predict ``cases`` into ``output_dir``: ``<case><ending>``, ``<case>_report.json``, ``report.csv``, summary.
+
+    Cases whose label map and report both exist are skipped unless ``options.overwrite``. ``report.csv`` covers
+    every case report in ``output_dir`` (so parts of a split cohort complete it together).
+    """
+    options = options or CohortOptions()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ending = normalise_ending(options.output_format)
+    todo, skipped = [], []
+    for case in cases:
+        output = output_dir / f"{case.case_id}{ending or case.ending}"
+        if output.resolve() == case.path.resolve():
+            raise SmoothSegError(f"{output}: the label map would overwrite its input image; choose another -o")
+        if not options.overwrite and output.exists() and (output_dir / f"{case.case_id}_report.json").exists():
+            skipped.append(case)
+        else:
+            todo.append(case)
+    if skipped:
+        logger.info("%d case(s) already predicted in %s are skipped (use --overwrite to redo them)", len(skipped),
+                    output_dir)
+    run = _CohortRun(cascade, output_dir, options, clinical, len(todo))
+    for case in skipped:
+        run.outcomes[case.case_id] = CaseOutcome(case.case_id, str(case.path), str(run.outputs(case)[0]), "skipped",
+                                                 "outputs exist (use --overwrite to redo)")
+    loader = WorkerStage(load_case, options.num_processes_preprocessing)
+    try:
+        for case in todo:
+            for done in loader.submit(LoadJob(case, cascade.liver.preprocessor)):
+                run.loaded(*done)
+        for done in loader.drain():
+            run.loaded(*done)
+        for done in run.finisher.drain():
+            run.finished(*done)
+    finally:
+        loader.close()
+        run.finisher.close()
+        run.bar.close()
+    summary = PredictionSummary([run.outcomes[c.case_id] for c in cases], output_dir)
+    write_json({**summary.to_dict(), "model": cascade.model_info, "options": _options_dict(options)},
+               output_dir / summary_name)
+    write_cohort_report(read_case_reports(output_dir), output_dir / REPORT_CSV)
+    logger.info("%s", summary.text())
+    return summary
+
+
+def _options_dict(options: CohortOptions) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
+
+
+def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | int | None = None,
+            folds: Sequence[str] | None = None, checkpoint: str | None = None, trainer: str | None = None,
+            models: ModelOptions | None = None, options: CohortOptions | None = None) -> PredictionSummary:
+    """``smoothseg_predict``: select the models, predict every case of ``input_path`` into ``output_dir``.
+
+    ``input_path`` is a folder of ``<case>_0000<ending>`` or ``<case><ending>`` images, or one image file. With
+    ``options.num_parts`` > 1 only every ``num_parts``-th case (from ``part_id``) is predicted and the summary is
+    written as ``summary_part<K>of<N>.json``.
+    """
+    options = options or CohortOptions()
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    normalise_ending(options.output_format)
+    if input_path.is_dir() and output_dir.resolve() == input_path.resolve():
+        raise SmoothSegError(f"{output_dir}: the output folder must differ from the input folder")
+    cases = select_part(find_input_cases(input_path), options.num_parts, options.part_id)
+    pair = select_models(dataset, list(folds) if folds else None, checkpoint or DEFAULT_CHECKPOINT,
+                         trainer or DEFAULT_TRAINER)
+    cascade = CascadePredictor.from_models(pair, models)
+    clinical = None
+    if options.clinical_csv is not None:
+        clinical = ClinicalTLVR(options.clinical_csv, cascade.tumor.tlvr_models)
+    summary_name = SUMMARY_NAME if options.num_parts == 1 else \
+        f"summary_part{options.part_id}of{options.num_parts}.json"
+    logger.info("predicting %d case(s) from %s into %s%s", len(cases), input_path, output_dir,
+                f" (part {options.part_id} of {options.num_parts})" if options.num_parts > 1 else "")
+    return run_cohort(cascade, cases, output_dir, options, clinical=clinical, summary_name=summary_name)

@@ -1,0 +1,38 @@
+"""The run settings of a training (the ``smoothseg_train`` flags). Plans hold everything about data and network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Initial learning rate of each optimizer when none is given (poly decay to 0 over the run).
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
+
+
+@dataclass
+class TrainingConfig:
+    """Run settings (CLI flags); every field is JSON-able, as it is stored in ``run_config.json`` and checkpoints."""
+
+    dataset: str
+    task: str
+    fold: str  # "0".."k-1" or "all"
+    trainer: str = "SmoothSegTrainer"
+    device: str = "auto"
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    optimizer: str = "adamw"  # "adamw" (SegResNetVAE's recipe) or "sgd" (nnU-Net's)
+    initial_lr: float | None = None  # None: DEFAULT_LR[optimizer]
+    weight_decay: float = 3e-5
+    momentum: float = 0.99  # SGD only
+    batch_dice: bool = True
+    grad_clip: float = 12.0
+    vae_weight: float = 0.1
+    tlvr_weight: float = 0.5
+    oversample_foreground: float = 0.33
+    mask_jitter_mm: float = 5.0
+    patience: int | None = None
+    compile: bool = False
+    num_workers: int | None = None
+    seed: int = 0
+    continue_training: bool = False
+    validate: bool = True  # run the cascade on the fold's validation cases once both tasks are trained
