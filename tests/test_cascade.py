@@ -11,6 +11,7 @@ import hashlib
 import json
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ from scipy import ndimage
 
 from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.errors import SmoothSegError
-from smoothseg.inference.cascade import CascadePredictor, active_contour_params
-from smoothseg.inference.cohort import PredictOptions, predict
+from smoothseg.inference.cascade import CascadePredictor, ModelOptions, active_contour_plan
+from smoothseg.inference.cohort import CohortOptions, predict
 from smoothseg.inference.cohort_workers import LoadJob, WorkerStage
 from smoothseg.inference.inputs import InputCase, find_input_cases, select_part
 from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
@@ -31,12 +32,15 @@ from smoothseg.inference.predictor import StagePredictor
 from smoothseg.inference.report import case_report
 from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
 from smoothseg.models.archive import export_models, install_models
+from smoothseg.models.build import write_untrained_models
 from smoothseg.models.store import select_models
+from smoothseg.planning.plans import ActiveContourPlan, Plans
 from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor, argmax_labels
 
-FAST = dict(device="cpu", step_size=1.0, num_processes_preprocessing=0, num_processes_postprocessing=0,
-            progress=False)
+CPU = torch.device("cpu")
+FAST_MODELS = ModelOptions(device=CPU, step_size=1.0)
+FAST = dict(num_processes_preprocessing=0, num_processes_postprocessing=0, progress=False)
 
 
 def _ball(shape, centre, radius) -> np.ndarray:
@@ -92,7 +96,7 @@ def test_tumour_stage_input_is_cropped_to_and_masked_outside_the_predicted_liver
 def test_tumour_stage_refines_the_liver_at_fine_spacing_but_never_grows_it(models, monkeypatch) -> None:
     image, liver = _ct()
     geometry = Geometry((2.0, 2.0, 4.0), (0, 0, 0))
-    cascade = CascadePredictor.from_models(models, device="cpu", step_size=1.0, active_contour=False)
+    cascade = CascadePredictor.from_models(models, replace(FAST_MODELS, active_contour=False))
     smaller = _ball(liver.shape, (10, 20, 22), 8)  # the tumour model trims the coarse liver boundary
     lesion = _ball(liver.shape, (10, 18, 20), 2)
     beyond = np.zeros_like(liver)
@@ -189,23 +193,38 @@ def test_labels_compose_and_argmax_matches_numpy() -> None:
     np.testing.assert_array_equal(argmax_labels(probabilities), np.argmax(probabilities, axis=0))
 
 
-def test_active_contour_parameters_from_the_plans(models) -> None:
+def _plans_with_active_contour(value) -> dict:
+    data = tiny_plans().to_dict()
+    data["configurations"]["tumor"]["active_contour"] = value
+    return data
+
+
+def test_active_contour_settings_are_typed_in_the_plans(tmp_path: Path) -> None:
     plan = tiny_plans()["tumor"]
-    params = active_contour_params(plan)
+    params = active_contour_plan(plan)  # no key in plans.json: the defaults, in the tumour plan's window
     assert params.window == (-100.0, 250.0) and params.iterations == 5
-    raw = {"configurations": {"tumor": {"active_contour": {"iterations": 2, "margin_mm": 8.0}}}}
-    params = active_contour_params(plan, raw)
-    assert params.iterations == 2 and params.margin_mm == 8.0 and params.window == (-100.0, 250.0)
+    assert tiny_plans()["liver"].active_contour is None
+    edited = Plans.from_dict(_plans_with_active_contour({"iterations": 2, "margin_mm": 8.0}))["tumor"].active_contour
+    assert edited.iterations == 2 and edited.margin_mm == 8.0 and edited.window == (-100.0, 250.0)
     with pytest.raises(SmoothSegError, match="configurations.tumor.active_contour"):
-        active_contour_params(plan, {"configurations": {"tumor": {"active_contour": {"speed": 3}}}})
-    # From plans.json next to the tumour model, as installed models carry it.
-    plans_path = models.task_folder("tumor") / "plans.json"
-    data = json.loads(plans_path.read_text())
-    data["configurations"]["tumor"]["active_contour"] = {"iterations": 3}
-    plans_path.write_text(json.dumps(data))
-    cascade = CascadePredictor.from_models(models, device="cpu")
+        Plans.from_dict(_plans_with_active_contour({"speed": 3}))
+    with pytest.raises(SmoothSegError, match="configurations.tumor.active_contour"):
+        Plans.from_dict(_plans_with_active_contour([1, 2]))
+    # the JSON round trip keeps every setting
+    again = Plans.from_dict(json.loads(json.dumps(Plans.from_dict(_plans_with_active_contour(
+        {"iterations": 2, "window": [-50, 200]})).to_dict())))
+    assert again["tumor"].active_contour == ActiveContourPlan(window=(-50.0, 200.0), iterations=2)
+
+
+def test_the_cascade_takes_active_contour_settings_from_the_checkpoint(tmp_path: Path) -> None:
+    plans = Plans.from_dict(_plans_with_active_contour({"iterations": 3}))
+    models = write_untrained_models(plans, tmp_path / "results" / "Dataset998_AC")
+    # a plans.json on disk that says otherwise is not a second source of truth
+    (models.task_folder("tumor") / "plans.json").write_text(json.dumps(_plans_with_active_contour({"iterations": 9})))
+    cascade = CascadePredictor.from_models(models, FAST_MODELS)
     assert cascade.active_contour_params.iterations == 3
-    assert CascadePredictor.from_models(models, device="cpu", active_contour=False).active_contour_params is None
+    off = CascadePredictor.from_models(models, replace(FAST_MODELS, active_contour=False))
+    assert off.active_contour_params is None
 
 
 def test_cascade_active_contours_started_from_the_truth_keep_it() -> None:
@@ -223,7 +242,7 @@ def test_cascade_active_contours_started_from_the_truth_keep_it() -> None:
     image = ndimage.gaussian_filter(image, (0.4, 1, 1)) + np.random.default_rng(0).normal(0, 10, shape)
     labels = compose_labels(liver, tumour)
     geometry = Geometry(spacing[::-1], (0, 0, 0), (-1, 0, 0, 0, 1, 0, 0, 0, -1))
-    refined = refine_and_compose(image, geometry, labels, active_contour_params(tiny_plans()["tumor"]))
+    refined = refine_and_compose(image, geometry, labels, active_contour_plan(tiny_plans()["tumor"]))
     new_tumour = refined == 2
     dice = 2 * np.count_nonzero(new_tumour & tumour) / (np.count_nonzero(new_tumour) + np.count_nonzero(tumour))
     assert dice >= 0.95
@@ -279,7 +298,7 @@ def test_any_direction_matrix_is_preserved(models, data_home: Path, tmp_path: Pa
     geometry = Geometry((1.7, 2.1, 4.5), (-12.5, 30.25, 100.0), oblique)
     inputs = tmp_path / "in"
     write_image(image.astype(np.int16), geometry, inputs / "oblique_0000.nii.gz")
-    summary = predict(inputs, tmp_path / "out", options=PredictOptions(output_format="mha", **FAST))
+    summary = predict(inputs, tmp_path / "out", models=FAST_MODELS, options=CohortOptions(output_format="mha", **FAST))
     assert summary.ok and summary.cases[0].liver_found
     out = tmp_path / "out" / "oblique.mha"
     header, original = read_header(out), read_header(inputs / "oblique_0000.nii.gz")
@@ -299,10 +318,10 @@ def test_minimum_lesion_volume_turns_small_tumour_into_liver(models, data_home: 
     geometry = Geometry((1.7, 2.1, 4.5), (0.0, 0.0, 0.0))  # 16.065 mm^3 per voxel: the image is 295 ml
     inputs = tmp_path / "in"
     write_image(image.astype(np.int16), geometry, inputs / "case_0000.nii.gz")
-    fast = {**FAST, "active_contour": False}
     reports = {}
     for name, volume in (("keep", 290.0), ("drop", 300.0)):
-        assert predict(inputs, tmp_path / name, options=PredictOptions(min_lesion_volume_ml=volume, **fast)).ok
+        chosen = replace(FAST_MODELS, active_contour=False, min_lesion_volume_ml=volume)
+        assert predict(inputs, tmp_path / name, models=chosen, options=CohortOptions(**FAST)).ok
         reports[name] = json.loads((tmp_path / name / "case_report.json").read_text())
     kept, _ = read_image(tmp_path / "keep" / "case.nii.gz")
     dropped, _ = read_image(tmp_path / "drop" / "case.nii.gz")
@@ -312,11 +331,11 @@ def test_minimum_lesion_volume_turns_small_tumour_into_liver(models, data_home: 
     assert reports["drop"]["model"]["min_lesion_volume_ml"] == 300.0
     assert reports["drop"]["model"]["min_lesion_volume_source"] == "given"
     # without a value, the tumour fold folders' postprocessing.json decide (pooled over the folds); none: keep all
-    assert CascadePredictor.from_models(models, device="cpu").min_lesion_volume_ml == 0.0
+    assert CascadePredictor.from_models(models, FAST_MODELS).min_lesion_volume_ml == 0.0
     for fold, (dice_at_0, dice_at_1) in zip(("0", "1"), ((0.0, None), (0.9, 0.8)), strict=True):
         folder = models.checkpoints("tumor")[int(fold)].parent
         (folder / "postprocessing.json").write_text(json.dumps({"per_case": {"c": {"0": dice_at_0, "1": dice_at_1}}}))
-    assert CascadePredictor.from_models(models, device="cpu").min_lesion_volume_ml == 1.0  # (1 + 0.8) / 2 beats 0.45
+    assert CascadePredictor.from_models(models, FAST_MODELS).min_lesion_volume_ml == 1.0  # (1 + 0.8) / 2 beats 0.45
     with pytest.raises(SmoothSegError, match="non-negative"):
         CascadePredictor(StagePredictor(models.checkpoints("liver"), device="cpu"),
                          StagePredictor(models.checkpoints("tumor"), device="cpu"), min_lesion_volume_ml=-1.0)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,10 @@ from cli_helpers import run_cli
 
 from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.errors import SmoothSegError
-from smoothseg.inference.cascade import CascadePredictor
-from smoothseg.inference.cohort import PredictOptions, predict
+from smoothseg.inference.cascade import CascadePredictor, ModelOptions
+from smoothseg.inference.cohort import CohortOptions, predict
+from smoothseg.inference.postprocessing import postprocess_liver
+from smoothseg.inference.predictor import StagePredictor
 from smoothseg.models.archive import export_models, install_models
 from smoothseg.models.store import select_models
 from smoothseg.training.config import TrainingConfig
@@ -31,8 +34,8 @@ from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
 from smoothseg.workflows.validation import validate_fold
 
 DATASET = "Dataset900_SyntheticLiver"
-FAST = dict(device="cpu", step_size=1.0, num_processes_preprocessing=0, num_processes_postprocessing=0,
-            progress=False)
+FAST_MODELS = ModelOptions(device=torch.device("cpu"), step_size=1.0)
+FAST = CohortOptions(num_processes_preprocessing=0, num_processes_postprocessing=0, progress=False)
 _ROOT_VARS = ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS")
 
 
@@ -170,7 +173,7 @@ def test_model_selection_lists_what_exists(home: Path, inputs: Path, tmp_path: P
 def test_export_install_round_trip_predicts_identically(home: Path, inputs: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     one = inputs / "SynLiver_004_0000.nii.gz"
-    first = predict(one, tmp_path / "first", options=PredictOptions(**FAST))
+    first = predict(one, tmp_path / "first", models=FAST_MODELS, options=FAST)
     archive = export_models("900", tmp_path / "model.zip")
     second_home = tmp_path / "second_home"
     result = run_cli("install_model", str(archive), home=second_home)
@@ -179,7 +182,7 @@ def test_export_install_round_trip_predicts_identically(home: Path, inputs: Path
     again = run_cli("install_model", str(archive), home=second_home)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     monkeypatch.setenv("SMOOTHSEG_HOME", str(second_home))
-    second = predict(one, tmp_path / "second", options=PredictOptions(**FAST))
+    second = predict(one, tmp_path / "second", models=FAST_MODELS, options=FAST)
     assert first.ok and second.ok
     a, _ = read_image(tmp_path / "first" / "SynLiver_004.nii.gz")
     b, _ = read_image(tmp_path / "second" / "SynLiver_004.nii.gz")
@@ -191,20 +194,21 @@ def test_parts_write_each_case_once_and_reruns_skip_finished_cases(home: Path, i
     out = tmp_path / "out"
     seen = []
     for part in (0, 1):
-        summary = predict(inputs, out, options=PredictOptions(num_parts=2, part_id=part, **FAST))
+        summary = predict(inputs, out, models=FAST_MODELS, options=replace(FAST, num_parts=2, part_id=part))
         assert summary.ok
         seen += [c.case_id for c in summary.cases]
         assert (out / f"summary_part{part}of2.json").is_file()
     assert sorted(seen) == ["SynLiver_004", "SynLiver_005", "flipped"]
     assert len((out / "report.csv").read_text().splitlines()) == 4  # the cohort CSV covers both parts
     stamp = os.stat(out / "flipped.nii.gz").st_mtime_ns
-    rerun = predict(inputs, out, options=PredictOptions(**FAST))
+    rerun = predict(inputs, out, models=FAST_MODELS, options=FAST)
     assert [c.status for c in rerun.cases] == ["skipped"] * 3
     assert os.stat(out / "flipped.nii.gz").st_mtime_ns == stamp
     (out / "flipped_report.json").unlink()  # an unfinished case is redone
-    redo = predict(inputs, out, options=PredictOptions(**FAST))
+    redo = predict(inputs, out, models=FAST_MODELS, options=FAST)
     assert [c.status for c in redo.cases] == ["skipped", "skipped", "ok"]
-    forced = predict(inputs, out, options=PredictOptions(overwrite=True, num_parts=2, part_id=1, **FAST))
+    forced = predict(inputs, out, models=FAST_MODELS,
+                     options=replace(FAST, overwrite=True, num_parts=2, part_id=1))
     assert [(c.case_id, c.status) for c in forced.cases] == [("SynLiver_005", "ok")]
 
 
@@ -223,7 +227,7 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(CascadePredictor, "liver_stage", record_liver)
     monkeypatch.setattr(CascadePredictor, "tumour_stage", record_tumour)
-    folder = validate_fold("900", 0, device="cpu", step_size=1.0, progress=False)
+    folder = validate_fold("900", 0, models=FAST_MODELS, progress=False)
     assert folder == home / "results" / DATASET / "SmoothSegTrainer__tumor" / "fold_0" / "validation"
     val_ids = json.loads((home / "preprocessed" / DATASET / "splits.json").read_text())["splits"][0]["val"]
     assert len(livers) == len(given) == len(val_ids)
@@ -231,18 +235,26 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
         assert passed is predicted  # the tumour stage got the liver stage's output, not the reference
         labels, _ = read_image(folder / f"{case_id}.nii.gz")
         assert not ((labels > 0) & ~predicted).any()  # the tumour stage refines the predicted liver, never grows it
-        reference, _ = read_image(home / "raw" / DATASET / "labelsTr" / f"{case_id}.nii.gz")
-        assert not np.array_equal(reference > 0, predicted)
+        image, geometry = read_image(home / "raw" / DATASET / "imagesTr" / f"{case_id}_0000.nii.gz")
+        liver_model = StagePredictor(select_models("900", ["0"]).checkpoints("liver"), device="cpu", step_size=1.0)
+        np.testing.assert_array_equal(predicted, postprocess_liver(liver_model.predict_labels(image, geometry) > 0))
         _geometry_matches(home / "raw" / DATASET / "imagesTr" / f"{case_id}_0000.nii.gz", folder / f"{case_id}.nii.gz")
     assert json.loads((folder / "summary.json").read_text())["n_ok"] == len(val_ids)
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics, "metrics summary is empty"
+    assert sorted(row["case_id"] for row in metrics["cases"]) == sorted(val_ids)
+    for row in metrics["cases"]:  # the evaluation's tumour Dice is the one recomputed from the written files
+        labels, _ = read_image(folder / f"{row['case_id']}.nii.gz")
+        reference, _ = read_image(home / "raw" / DATASET / "labelsTr" / f"{row['case_id']}.nii.gz")
+        tp, n = ((labels == 2) & (reference == 2)).sum(), (labels == 2).sum() + (reference == 2).sum()
+        assert row["tumor_dice"] == (pytest.approx(2 * tp / n) if n else None)
     # the minimum lesion volume is chosen on these predictions (made without it) and used by smoothseg_predict
     post = json.loads((folder.parent / "postprocessing.json").read_text())
     assert sorted(post["per_case"]) == sorted(val_ids)
-    assert post["min_lesion_volume_ml"] in post["candidates_ml"]
-    assert post["mean_tumor_dice"].get("0") is None or post["mean_tumor_dice"]["0"] <= max(
-        post["mean_tumor_dice"].values())
+    chosen, means = post["min_lesion_volume_ml"], post["mean_tumor_dice"]
+    assert chosen in post["candidates_ml"] and set(means) == {f"{c:g}" for c in post["candidates_ml"]}
+    best = max(means.values())
+    assert means[f"{chosen:g}"] == pytest.approx(best)  # the winner has the best mean Dice...
+    assert all(v < best - 1e-9 for k, v in means.items() if float(k) < chosen)  # ...and ties go to the smaller
     for case_id in val_ids:
         labels, _ = read_image(folder / f"{case_id}.nii.gz")
         reference, _ = read_image(home / "raw" / DATASET / "labelsTr" / f"{case_id}.nii.gz")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli_helpers import run_cli
 
+from smoothseg.dataset.io import read_image
 from smoothseg.errors import SmoothSegError
 from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.network.segresnet_vae import SegResNetVAE
@@ -21,6 +22,7 @@ from smoothseg.training.config import TrainingConfig
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
 from smoothseg.training.trainer import SmoothSegTrainer, Trainer, train
 from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
+from smoothseg.workflows.training import train_and_validate
 
 TINY_PATCH = {"liver": [16, 32, 32], "tumor": [16, 32, 32]}
 
@@ -210,15 +212,24 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny: Path, data_home: Path
 
 def test_training_both_tasks_runs_the_full_validation(tiny: Path, data_home: Path) -> None:
     """Once liver and tumour models of a fold are final, training ends with the cascade on the validation cases."""
-    liver = train(_config("liver", epochs=1))
+    cpu = torch.device("cpu")
+    liver = train_and_validate(_config("liver", epochs=1), cpu)
     assert not (liver / "validation").exists()  # waits for the tumour model
-    tumor = train(_config("tumor", epochs=1))
+    tumor = train_and_validate(_config("tumor", epochs=1), cpu)
     validation = tumor / "validation"
     val_ids = json.loads((tiny / "splits.json").read_text())["splits"][0]["val"]
-    for case_id in val_ids:
-        assert (validation / f"{case_id}.nii.gz").is_file()
     metrics = json.loads((validation / "metrics.json").read_text())
-    assert metrics and "liver" in json.dumps(metrics)
+    rows = {row["case_id"]: row for row in metrics["cases"]}
+    assert sorted(rows) == sorted(val_ids)
+    raw = data_home / "raw" / "Dataset900_SyntheticLiver"
+    for case_id in val_ids:
+        labels, geometry = read_image(validation / f"{case_id}.nii.gz")
+        _, image_geometry = read_image(raw / "imagesTr" / f"{case_id}_0000.nii.gz")
+        assert not geometry.differences(image_geometry, spacing_tol=1e-6, origin_tol_mm=1e-4, direction_tol=1e-6)
+        assert set(np.unique(labels).tolist()) <= {0, 1, 2}
+        reference, _ = read_image(raw / "labelsTr" / f"{case_id}.nii.gz")
+        pred, ref = labels > 0, np.isin(reference, (1, 2, 3))  # the demo dataset's liver region: 1, 2 and vessel 3
+        assert rows[case_id]["liver_dice"] == pytest.approx(2 * (pred & ref).sum() / (pred.sum() + ref.sum()))
     again = run_cli("train", "900", "tumor", "0", "-device", "cpu", "--val", home=data_home)
     assert again.returncode == 0, again.stderr
     missing = run_cli("train", "900", "tumor", "1", "-device", "cpu", "--val", home=data_home)

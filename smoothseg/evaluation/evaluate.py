@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from smoothseg.atomic import write_json, write_text
+from smoothseg.atomic import json_safe, write_json, write_text
 from smoothseg.dataset.cases import case_id_of
 from smoothseg.dataset.dataset_json import TaskRegions
 from smoothseg.dataset.io import IMAGE_ENDINGS, image_ending, read_header, read_image
@@ -315,21 +315,6 @@ def _size_sources(rows: Sequence[dict], clinical_csv: Path | None) -> dict[str, 
     }
 
 
-def _json_safe(value: Any) -> Any:
-    """Plain JSON: NumPy scalars to Python, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 def _summarize(rows: list[dict], *, reference_dir: Path, prediction_dir: Path, dataset: str | None,
                regions: TaskRegions, clinical_csv: Path | None) -> dict[str, Any]:
     metric_keys = _per_case_metric_keys(rows)
@@ -535,14 +520,14 @@ def evaluate(reference_dir: Path, prediction_dir: Path, output_json: Path | None
                 summary["overlays"] = _write_overlays(rows, folders, paths.overlays, regions)
             else:
                 logger.warning("no image folder (give -img IMAGES_DIR or -d DATASET); overlays skipped")
-        summary = _json_safe(summary)
+        summary = json_safe(summary)
         write_text(_cases_csv(rows), paths.cases_csv)
         write_text(summary_markdown(summary), paths.markdown)
         write_json(summary, paths.summary_json)
         logger.info("wrote %s, %s and %s", paths.summary_json, paths.cases_csv, paths.markdown)
     elif png:
         logger.warning("png=True needs an output_json to place overlays/ next to; overlays skipped")
-    return _json_safe(summary)
+    return json_safe(summary)
 
 
 def evaluate_folders(reference_dir: Path, prediction_dir: Path, output_json: Path | None = None, *,
