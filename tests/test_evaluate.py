@@ -14,7 +14,8 @@ from cli_helpers import run_cli
 from smoothseg.dataset.dataset_json import TaskRegions
 from smoothseg.dataset.io import Geometry, write_image
 from smoothseg.errors import SmoothSegError
-from smoothseg.evaluation.evaluate import evaluate, evaluate_folders, match_cases, to_task_labels
+from smoothseg.evaluation.evaluate import evaluate, evaluate_folders
+from smoothseg.evaluation.matching import match_cases, to_task_labels
 from smoothseg.evaluation.metrics import evaluate_case
 from smoothseg.evaluation.replication import summarize_replications, write_replication_summary
 from smoothseg.evaluation.strata import PAPER_METRICS, STRATA

@@ -137,11 +137,44 @@ def test_parameter_count_matches_closed_form(kwargs: dict, patch: tuple[int, int
     assert count_parameters(model) == expected
 
 
-def test_parameter_count_reference_configuration() -> None:
-    # init_filters=8, blocks (1,2,2,4)/(1,1,1), 1 in / 3 out, patch 128^3: the two VAE Linears hold 4.2 M of these.
-    model = SegResNetVAE(1, 3, (128, 128, 128))
-    assert count_parameters(model) == 5_483_260
-    assert count_parameters(SegResNetVAE(1, 3, None, vae=False)) == 1_176_195
+def _convs(module: torch.nn.Module) -> list[torch.nn.Conv3d]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv3d)]
+
+
+def test_architecture_follows_myronenko_table_1() -> None:
+    """Myronenko 2018 (arXiv 1810.11654), Table 1, for its BraTS input (4 channels, 160 x 192 x 128, 3 outputs)."""
+    model = SegResNetVAE(4, 3, (128, 192, 160), init_filters=32, vae_nz=128, vae_estimate_std=True)
+    # Encoder: InitConv 32; stages of 32, 64, 128, 256 channels with 1, 2, 2, 4 ResNet blocks (two 3x3x3 convs each),
+    # each stage after the first entered by a 3x3x3 convolution with stride 2.
+    assert (model.conv_init.in_channels, model.conv_init.out_channels) == (4, 32)
+    for stage, (channels, blocks) in enumerate(zip((32, 64, 128, 256), (1, 2, 2, 4), strict=True)):
+        convs = _convs(model.down_layers[stage])
+        down = [c for c in convs if c.stride == (2, 2, 2)]
+        assert len(down) == (stage > 0) and all(c.kernel_size == (3, 3, 3) for c in convs)
+        block_convs = [c for c in convs if c.stride == (1, 1, 1)]
+        assert len(block_convs) == 2 * blocks and {(c.in_channels, c.out_channels) for c in block_convs} == {
+            (channels, channels)}
+    # Decoder: per level a 1x1x1 convolution halving the channels, upsampling, one block: 128, 64, 32; then a 1x1x1
+    # convolution to the 3 outputs.
+    for level, channels in enumerate((128, 64, 32)):
+        (reduce,) = _convs(model.up_samples[level])
+        assert (reduce.kernel_size, reduce.in_channels, reduce.out_channels) == ((1, 1, 1), 2 * channels, channels)
+        assert [(c.in_channels, c.out_channels) for c in _convs(model.up_layers[level])] == [(channels, channels)] * 2
+    (end,) = _convs(model.head)
+    assert (end.kernel_size, end.in_channels, end.out_channels) == ((1, 1, 1), 32, 3)
+    # VAE: 16 filters with stride 2 (16 x 10 x 12 x 8), a dense layer to 256 = mean and std of a 128-dim latent,
+    # back to 256 x 20 x 24 x 16, then the decoder's levels and a 1x1x1 convolution to the 4 input channels.
+    (vd,) = _convs(model.vae_down)
+    assert (vd.out_channels, vd.stride) == (16, (2, 2, 2))
+    assert (model.vae_fc_latent.in_features, model.vae_fc_latent.out_features) == (16 * 8 * 12 * 10, 256)
+    assert (model.vae_fc_up.in_features, model.vae_fc_up.out_features) == (128, 16 * 8 * 12 * 10)  # draw 128
+    (vu,) = _convs(model.vae_up_init)
+    assert (vu.in_channels, vu.out_channels) == (16, 256)
+    for level, channels in enumerate((128, 64, 32)):
+        assert [(c.in_channels, c.out_channels) for c in _convs(model.vae_up_layers[level])] == [(channels,
+                                                                                                 channels)] * 2
+    (vend,) = _convs(model.vae_head)
+    assert (vend.in_channels, vend.out_channels) == (32, 4)
 
 
 def test_doubling_width_roughly_quadruples_parameters() -> None:

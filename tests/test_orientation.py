@@ -45,9 +45,8 @@ def test_canonical_array_matches_simpleitk_dicomorient(perm, signs) -> None:
     stacked = np.stack([array, -array])
     np.testing.assert_array_equal(orient.to_original(orient.to_canonical(stacked)), stacked)
     # a box of the canonical frame covers the same voxels in the original frame
-    box = ((1, 2, 0), (3, 4, 2))
-    start, stop = orient.box_to_original(box, canonical.shape)
-    original_crop = array[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))]
+    box = (slice(1, 3), slice(2, 4), slice(0, 2))
+    original_crop = array[orient.box_to_original(box, canonical.shape)]
     np.testing.assert_array_equal(orient.to_canonical(original_crop), canonical[1:3, 2:4, 0:2])
     assert Orientation.from_dict(orient.to_dict()) == orient
     assert orient.is_identity == (perm == (0, 1, 2) and signs == (1, 1, 1))

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothseg.cli.common import make_parser, run
-from smoothseg.evaluation.evaluate import plot_overlay_files
 from smoothseg.evaluation.overlay import DEFAULT_WINDOW
+from smoothseg.evaluation.overlay_files import plot_overlay_files
 
 
 def _body(args: argparse.Namespace) -> int:

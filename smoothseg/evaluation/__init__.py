@@ -1,7 +1,9 @@
-"""Evaluation: per-case metrics (:mod:`.metrics`), folder evaluation (:mod:`.evaluate`), size strata
-(:mod:`.strata`), the replication protocol (:mod:`.replication`) and overlay pictures (:mod:`.overlay`)."""
+"""Evaluation: per-case metrics (:mod:`.metrics`), case matching (:mod:`.matching`), folder evaluation
+(:mod:`.evaluate`), size strata (:mod:`.strata`), the replication protocol (:mod:`.replication`) and overlay pictures
+(:mod:`.overlay`, :mod:`.overlay_files`)."""
 
-from smoothseg.evaluation.evaluate import evaluate, evaluate_folders, match_cases, plot_overlay_files, to_task_labels
+from smoothseg.evaluation.evaluate import evaluate, evaluate_folders
+from smoothseg.evaluation.matching import match_cases, to_task_labels
 from smoothseg.evaluation.metrics import (
     Lesion,
     LesionDetection,
@@ -16,6 +18,7 @@ from smoothseg.evaluation.metrics import (
     surface_distances,
 )
 from smoothseg.evaluation.overlay import draw_overlay, save_overlay, select_slices
+from smoothseg.evaluation.overlay_files import plot_overlay_files
 from smoothseg.evaluation.replication import summarize_replications, write_replication_summary
 from smoothseg.evaluation.strata import STRATA, assign_strata, load_clinical_sizes, per_case_aggregate
 from smoothseg.masks.measures import max_diameter_mm, volume_ml

@@ -33,18 +33,24 @@ import numpy as np
 import pandas as pd
 
 from smoothseg.atomic import json_safe, write_json, write_text
-from smoothseg.dataset.cases import case_id_of
 from smoothseg.dataset.dataset_json import TaskRegions
-from smoothseg.dataset.io import IMAGE_ENDINGS, image_ending, read_header, read_image
-from smoothseg.dataset.raw_dataset import RawDataset
+from smoothseg.dataset.io import read_image
 from smoothseg.errors import SmoothSegError
+from smoothseg.evaluation.matching import (
+    PREDICTION_LABELS,
+    CasePair,
+    match_cases,
+    regions_for,
+    short_list,
+    to_task_labels,
+)
 from smoothseg.evaluation.metrics import (
     DEFAULT_LESION_MIN_DICE,
     counts_from_case,
     evaluate_case,
     pooled_overlap_metrics,
 )
-from smoothseg.evaluation.overlay import DEFAULT_WINDOW, save_overlay
+from smoothseg.evaluation.overlay_files import image_folders, write_overlays
 from smoothseg.evaluation.strata import (
     DIAMETER_COLUMN,
     DIAMETER_SOURCE_COLUMN,
@@ -66,17 +72,9 @@ from smoothseg.parallel import map_cases
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DEFAULT_REGIONS", "SUMMARY_SCHEMA", "CasePair", "OutputPaths", "evaluate", "evaluate_folders",
-    "find_case_image", "list_label_files", "match_cases", "output_paths", "plot_overlay_files", "summary_markdown",
-    "to_task_labels",
-]
+__all__ = ["SUMMARY_SCHEMA", "OutputPaths", "evaluate", "evaluate_folders", "output_paths", "summary_markdown"]
 
 SUMMARY_SCHEMA = "smoothseg-evaluation-summary/1"
-#: Liver region and tumour labels of a reference when no dataset is named.
-DEFAULT_REGIONS = TaskRegions(liver=(1, 2), tumor=(2,))
-#: Labels a prediction may hold: 0 background, 1 liver, 2 tumour.
-PREDICTION_LABELS: tuple[int, ...] = (0, 1, 2)
 STRUCTURES = ("liver", "tumor")
 _RATIO_METRICS = ("dice", "iou", "sensitivity", "precision", "specificity", "accuracy")
 _VOXEL_COUNTS = ("tp", "fp", "fn", "tn")
@@ -93,15 +91,6 @@ AGGREGATION_NOTES: dict[str, str] = {
     "strata": "per-case aggregates of the paper's tumour metrics within each stratum, plus the stratum's pooled "
               "tumour Dice",
 }
-
-
-@dataclass(frozen=True)
-class CasePair:
-    """One case to evaluate: its id and its reference and predicted label files."""
-
-    case_id: str
-    reference: Path
-    prediction: Path
 
 
 @dataclass(frozen=True)
@@ -123,100 +112,8 @@ def output_paths(output_json: str | Path) -> OutputPaths:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Case matching and refusals
-# ----------------------------------------------------------------------------------------------------------------
-
-def list_label_files(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
-    """Label files of a folder by case id (file name minus its image ending), and the problems found.
-
-    Hidden files, sub-folders and files without an image ending (``summary.json``, CSVs, ``.npz``) are ignored.
-    Two files of the same case id with different endings are a problem (the case is ambiguous).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return {}, [f"{folder}: folder does not exist"]
-    files: dict[str, Path] = {}
-    problems = []
-    for path in sorted(folder.iterdir()):
-        ending = image_ending(path)
-        if path.name.startswith(".") or not path.is_file() or ending is None:
-            continue
-        case_id = path.name[: -len(ending)]  # a label file's whole stem: label names carry no channel
-        if case_id in files:
-            problems.append(f"{folder}: case '{case_id}' is ambiguous: {files[case_id].name} and {path.name}")
-            continue
-        files[case_id] = path
-    return files, problems
-
-
-def _geometry_problems(pair: CasePair) -> list[str]:
-    try:
-        ref, pred = read_header(pair.reference), read_header(pair.prediction)
-    except SmoothSegError as exc:
-        return [f"[{pair.case_id}] {exc}"]
-    problems = []
-    for header in (ref, pred):
-        if header.dimension != 3 or header.components != 1:
-            problems.append(f"[{pair.case_id}] {header.path}: not a 3D single-channel label map "
-                            f"({header.dimension}D, {header.components} component(s))")
-    if problems:
-        return problems
-    differences = []
-    if ref.size != pred.size:
-        differences.append(f"size {ref.size} vs {pred.size}")
-    differences += ref.geometry.differences(pred.geometry)
-    if differences:
-        problems.append(f"[{pair.case_id}] prediction {pair.prediction.name} does not match the reference grid "
-                        f"(reference vs prediction): " + "; ".join(differences))
-    return problems
-
-
-def _short_list(items: Sequence[str], limit: int = 20) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
-def match_cases(reference_dir: str | Path, prediction_dir: str | Path) -> list[CasePair]:
-    """Pair reference and prediction files by case id and check their grids; refuse on any problem.
-
-    Raises one :class:`SmoothSegError` listing every problem: missing folders, no reference cases, missing
-    predictions, extra predictions, ambiguous case ids, unreadable headers, and grid mismatches (size, spacing,
-    origin, direction). Only headers are read.
-    """
-    reference_dir, prediction_dir = Path(reference_dir), Path(prediction_dir)
-    references, problems = list_label_files(reference_dir)
-    predictions, pred_problems = list_label_files(prediction_dir)
-    problems += pred_problems
-    if reference_dir.is_dir() and not references:
-        problems.append(f"{reference_dir}: holds no label maps (endings {', '.join(IMAGE_ENDINGS)})")
-    missing = sorted(set(references) - set(predictions))
-    extra = sorted(set(predictions) - set(references))
-    if missing and prediction_dir.is_dir():
-        problems.append(f"{len(missing)} missing prediction(s) in {prediction_dir}: {_short_list(missing)}")
-    if extra and reference_dir.is_dir():
-        problems.append(f"{len(extra)} extra prediction(s) without a reference in {reference_dir}: "
-                        f"{_short_list(extra)}")
-    pairs = [CasePair(cid, references[cid], predictions[cid]) for cid in sorted(set(references) & set(predictions))]
-    for pair in pairs:
-        problems += _geometry_problems(pair)
-    if problems:
-        raise SmoothSegError(f"refusing to evaluate {prediction_dir} against {reference_dir}; "
-                             f"{len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
-    return pairs
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Per case
 # ----------------------------------------------------------------------------------------------------------------
-
-def to_task_labels(labels: np.ndarray, regions: TaskRegions) -> np.ndarray:
-    """Map raw labels to 0/1/2: liver region -> 1, tumour -> 2 (tumour wins), everything else -> 0."""
-    labels = np.asarray(labels)
-    out = np.zeros(labels.shape, dtype=np.uint8)
-    out[np.isin(labels, list(regions.liver))] = 1
-    out[np.isin(labels, list(regions.tumor))] = 2
-    return out
-
 
 def _evaluate_pair(pair: CasePair, regions: TaskRegions) -> dict[str, Any]:
     """Read, map and evaluate one case. Errors come back as ``{"error": message}`` (pickling-safe)."""
@@ -387,105 +284,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Overlays
-# ----------------------------------------------------------------------------------------------------------------
-
-def find_case_image(images_dir: str | Path, case_id: str) -> Path | None:
-    """The image of ``case_id``: ``<case>_0000<ending>`` (nnU-Net) or ``<case><ending>``, any image ending."""
-    images_dir = Path(images_dir)
-    for name in (f"{case_id}_0000", case_id):
-        for ending in IMAGE_ENDINGS:
-            candidate = images_dir / f"{name}{ending}"
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _image_folders(reference_dir: Path, images_dir: Path | None, dataset: str | None) -> list[Path]:
-    """Where to look for images: ``images_dir``; else the dataset's imagesTr/imagesTs; else ``labelsXx``'s sibling."""
-    if images_dir is not None:
-        return [Path(images_dir)]
-    if dataset is not None:
-        folder = RawDataset.find(dataset).folder
-        return [folder / "imagesTr", folder / "imagesTs"]
-    if reference_dir.name.startswith("labels"):
-        sibling = reference_dir.parent / ("images" + reference_dir.name[len("labels"):])
-        if sibling.is_dir():
-            return [sibling]
-    return []
-
-
-def _overlay_choices(rows: Sequence[dict]) -> dict[str, dict]:
-    """``{"best": row, "worst": row}`` by tumour Dice (finite values), falling back to liver Dice; {} if neither."""
-    for metric in ("tumor_dice", "liver_dice"):
-        scored = [r for r in rows if math.isfinite(float(r[metric]))]
-        if scored:
-            ordered = sorted(scored, key=lambda r: float(r[metric]))
-            return {"best": {**ordered[-1], "_metric": metric}, "worst": {**ordered[0], "_metric": metric}}
-    return {}
-
-
-def _write_overlays(rows: Sequence[dict], folders: list[Path], target: Path, regions: TaskRegions) -> list[dict]:
-    written = []
-    for role, row in _overlay_choices(rows).items():
-        case_id, metric = row["case_id"], row["_metric"]
-        image_path = next((p for p in (find_case_image(f, case_id) for f in folders) if p is not None), None)
-        if image_path is None:
-            logger.warning("no image for case %s in %s; overlay skipped", case_id, ", ".join(map(str, folders)))
-            continue
-        image, geometry = read_image(image_path)
-        reference, _ = read_image(Path(row["reference_file"]))
-        prediction, _ = read_image(Path(row["prediction_file"]))
-        title = f"{case_id}: {role} case by {metric.replace('_', ' ')} = {float(row[metric]):.3f}"
-        path = save_overlay(target / f"{role}_{case_id}.png", image, geometry, prediction,
-                            reference=to_task_labels(reference, regions), title=title, window=DEFAULT_WINDOW)
-        written.append({"role": role, "case_id": case_id, "metric": metric, "value": float(row[metric]),
-                        "file": str(path)})
-    return written
-
-
-def plot_overlay_files(image: Path, segmentation: Path, output_png: Path, *, reference: Path | None = None,
-                       window: tuple[float, float] = DEFAULT_WINDOW, dataset: str | None = None,
-                       title: str | None = None) -> Path:
-    """Read an image, its segmentation (0/1/2) and optionally a reference, and write their overlay PNG.
-
-    The reference's raw labels are mapped with ``dataset``'s ``task_regions`` (default liver {1, 2}, tumour {2}).
-    All label maps must lie on the image's grid (size, spacing, origin, direction), else :class:`SmoothSegError`
-    lists the differences. The title defaults to the case id (the image name without ending and ``_0000``).
-    """
-    array, geometry = read_image(Path(image))
-    problems = []
-    maps = {}
-    for name, path in (("segmentation", segmentation), ("reference", reference)):
-        if path is None:
-            continue
-        labels, label_geometry = read_image(Path(path))
-        differences = ([f"shape {labels.shape} vs {array.shape}"] if labels.shape != array.shape else []) \
-            + geometry.differences(label_geometry)
-        if differences:
-            problems.append(f"{name} {path} is not on the grid of image {image} (image vs {name}): "
-                            + "; ".join(differences))
-        maps[name] = labels
-    if problems:
-        raise SmoothSegError("\n".join(problems))
-    unexpected = sorted(set(np.unique(maps["segmentation"]).tolist()) - set(PREDICTION_LABELS))
-    if unexpected:
-        raise SmoothSegError(f"{segmentation}: holds label(s) {unexpected}; segmentations use 0/1/2 "
-                             "(pass raw label maps with -r)")
-    ref = to_task_labels(maps["reference"], _regions_for(dataset)) if "reference" in maps else None
-    return save_overlay(output_png, array, geometry, maps["segmentation"], reference=ref,
-                        title=title or case_id_of(Path(image)), window=window)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Entry points
 # ----------------------------------------------------------------------------------------------------------------
-
-def _regions_for(dataset: str | None) -> TaskRegions:
-    if dataset is None:
-        return DEFAULT_REGIONS
-    return RawDataset.find(dataset).spec.task_regions
-
 
 def evaluate(reference_dir: Path, prediction_dir: Path, output_json: Path | None = None, *,
              dataset: str | None = None, clinical_csv: Path | None = None, num_processes: int = 1,
@@ -498,7 +298,7 @@ def evaluate(reference_dir: Path, prediction_dir: Path, output_json: Path | None
     """
     reference_dir, prediction_dir = Path(reference_dir), Path(prediction_dir)
     dataset = None if dataset is None else str(dataset)
-    regions = _regions_for(dataset)
+    regions = regions_for(dataset)
     clinical_sizes = load_clinical_sizes(clinical_csv) if clinical_csv is not None else None
     pairs = match_cases(reference_dir, prediction_dir)
     logger.info("evaluating %d case(s); reference liver region %s, tumour %s", len(pairs), list(regions.liver),
@@ -508,16 +308,16 @@ def evaluate(reference_dir: Path, prediction_dir: Path, output_json: Path | None
         unmatched = [r["case_id"] for r in rows if r["case_id"] not in clinical_sizes]
         if unmatched:
             logger.warning("%d case(s) have no Tr_Size in %s; their diameter comes from the reference: %s",
-                           len(unmatched), clinical_csv, _short_list(unmatched))
+                           len(unmatched), clinical_csv, short_list(unmatched))
     summary = _summarize(rows, reference_dir=reference_dir, prediction_dir=prediction_dir, dataset=dataset,
                          regions=regions, clinical_csv=clinical_csv)
     summary["overlays"] = []
     if output_json is not None:
         paths = output_paths(output_json)
         if png:
-            folders = _image_folders(reference_dir, images_dir, dataset)
+            folders = image_folders(reference_dir, images_dir, dataset)
             if folders:
-                summary["overlays"] = _write_overlays(rows, folders, paths.overlays, regions)
+                summary["overlays"] = write_overlays(rows, folders, paths.overlays, regions)
             else:
                 logger.warning("no image folder (give -img IMAGES_DIR or -d DATASET); overlays skipped")
         summary = json_safe(summary)
