@@ -36,6 +36,7 @@ from smoothseg.atomic import atomic_write
 from smoothseg.dataset.io import Geometry
 from smoothseg.dataset.orientation import Orientation
 from smoothseg.errors import SmoothSegError
+from smoothseg.labels import LIVER, TUMOR
 from smoothseg.masks.components import connected_lesions
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def _point_in(mask: np.ndarray) -> tuple[int, int, int]:
 
 
 def _largest_lesion(labels: np.ndarray) -> np.ndarray | None:
-    lesions, n = connected_lesions(labels == 2)
+    lesions, n = connected_lesions(labels == TUMOR)
     if n == 0:
         return None
     sizes = np.bincount(lesions.ravel(), minlength=n + 1)
@@ -188,7 +189,7 @@ def _label_edges(ax, plane: str) -> None:
 
 def _draw_contours(ax, labels_2d: np.ndarray, source: str) -> set[tuple[str, str]]:
     drawn = set()
-    for region, mask in (("liver", np.isin(labels_2d, (1, 2))), ("tumor", labels_2d == 2)):
+    for region, mask in (("liver", np.isin(labels_2d, (LIVER, TUMOR))), ("tumor", labels_2d == TUMOR)):
         if mask.any() and not mask.all():
             colour, style, _ = COLOURS[(source, region)]
             ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linestyles=[style], linewidths=1.3)

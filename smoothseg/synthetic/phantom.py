@@ -21,9 +21,12 @@ import numpy as np
 from scipy import ndimage
 
 from smoothseg.dataset.io import Geometry
+from smoothseg.labels import BACKGROUND, LIVER, TUMOR
 from smoothseg.synthetic.fields import FourierField, capsule_distance, ellipsoid_level, rotation_matrix
 
-LABELS = {"background": 0, "liver": 1, "tumor": 2, "portal_vein": 3}
+#: The phantoms' raw labels: the output labels plus a portal-vein label (3) that belongs to the liver region, as in
+#: HCC-TACE-Seg.
+LABELS = {"background": BACKGROUND, "liver": LIVER, "tumor": TUMOR, "portal_vein": 3}
 
 
 @dataclass(frozen=True)
