@@ -70,6 +70,9 @@ def test_mass_label_counts_as_tumour(tmp_path: Path) -> None:
     ({"clinical": {"file": "c.csv", "features": ["Age"], "categorical": ["Sex"]}}, "clinical.categorical",
      "not listed"),
     ({"clinical": {"file": "c.csv", "features": ["case_id"]}}, "clinical.features", "case id column"),
+    ({"clinical": {"file": "c.csv", "features": ["Age", "TLVR"]}}, "clinical.features", "derived from the segment"),
+    ({"clinical": {"file": "c.csv", "features": ["Tumor volume (ml)"]}}, "clinical.features", "['Tumor volume (ml)']"),
+    ({"clinical": {"file": "c.csv", "features": ["liver_vol"]}}, "clinical.features", "derived from the segment"),
 ])
 def test_schema_errors_name_key_and_file(tmp_path: Path, change: dict, key: str, words: str) -> None:
     path = _write(tmp_path, {**VALID, **change})
@@ -77,6 +80,16 @@ def test_schema_errors_name_key_and_file(tmp_path: Path, change: dict, key: str,
         DatasetSpec.from_file(path)
     assert exc.value.key == key
     assert str(path) in str(exc.value) and f"'{key}'" in str(exc.value) and words in str(exc.value)
+
+
+def test_clinical_sizes_known_at_diagnosis_are_not_taken_for_segmentation_measures() -> None:
+    from smoothseg.dataset.dataset_json import is_segmentation_derived
+
+    for name in ("Tr_Size", "T_involvment", "AFP", "Age", "CLIP_Score", "BCLC", "Okuda", "tumour_diameter_cm"):
+        assert not is_segmentation_derived(name), name
+    for name in ("tlvr", "TLVR_ref", "tumour_volume_ml", "TumorVolume", "lesion_voxels", "volume_liver",
+                 "tumor_to_liver_ratio"):
+        assert is_segmentation_derived(name), name
 
 
 def test_missing_key_and_invalid_json(tmp_path: Path) -> None:

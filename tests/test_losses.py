@@ -109,17 +109,19 @@ def logits_with_ratio(ratio: torch.Tensor, shape=SHAPE) -> torch.Tensor:
     return probs.log().float()
 
 
+def _patch_ratio(labels: torch.Tensor) -> torch.Tensor:
+    return (labels == 2).reshape(len(labels), -1).sum(1).float() / (labels > 0).reshape(len(labels), -1).sum(1).float()
+
+
 def test_tlvr_zero_when_prediction_matches_patch_aware_target():
     labels = liver_labels()
-    liver = (labels > 0).view(2, -1).sum(1).float()
-    r_ref = (labels == 2).view(2, -1).sum(1).float() / liver
-    t = torch.tensor([0.30, 0.05])
-    c = torch.tensor([0.25, 0.8])
-    tau = c * t + (1 - c) * r_ref
-    loss = TLVRLoss()(logits_with_ratio(tau), labels, t, c)
+    t, c, big_r = torch.tensor([0.30, 0.05]), torch.tensor([0.25, 0.8]), torch.tensor([0.2, 0.1])
+    tau, valid = TLVRLoss().patch_target(labels, t, c, big_r)
+    assert valid.all()
+    loss = TLVRLoss()(logits_with_ratio(tau), labels, t, c, big_r)
     assert loss.item() == pytest.approx(0.0, abs=1e-10)
     # Off-target by 0.1 in every sample gives 0.01.
-    off = TLVRLoss()(logits_with_ratio(tau + 0.1), labels, t, c)
+    off = TLVRLoss()(logits_with_ratio(tau + 0.1), labels, t, c, big_r)
     assert off.item() == pytest.approx(0.01, abs=1e-5)
 
 
@@ -130,9 +132,9 @@ def test_tlvr_gradient_sign_on_tumour_logits(too_high):
     loss_fn = TLVRLoss()
     with torch.no_grad():
         r_hat = loss_fn.soft_ratio(logits)
-    coverage = torch.ones(2)  # target = clinical value
+    coverage = torch.ones(2)  # the patch is the whole case: its ratio is the case's, and the target the clinical value
     clinical = (r_hat - 0.1) if too_high else (r_hat + 0.1)
-    loss_fn(logits, labels, clinical, coverage).backward()
+    loss_fn(logits, labels, clinical, coverage, _patch_ratio(labels)).backward()
     tumour_grad = logits.grad[:, 2]
     if too_high:  # r_hat > tau: descending the gradient lowers every tumour logit
         assert (tumour_grad > 0).all()
@@ -144,41 +146,103 @@ def test_tlvr_uses_softmax_probabilities_not_logits():
     labels = liver_labels()
     logits = random_logits()
     shift = 5.0 * torch.randn(2, 1, 4, 5, 6, generator=torch.Generator().manual_seed(9))
-    t, c = torch.tensor([0.2, 0.4]), torch.tensor([0.5, 1.0])
-    a = TLVRLoss()(logits, labels, t, c)
-    b = TLVRLoss()(logits + shift, labels, t, c)  # same probabilities, very different logits
+    t, c, big_r = torch.tensor([0.2, 0.4]), torch.tensor([0.5, 1.0]), torch.tensor([0.3, 0.3])
+    a = TLVRLoss()(logits, labels, t, c, big_r)
+    b = TLVRLoss()(logits + shift, labels, t, c, big_r)  # same probabilities, very different logits
     assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-8)
 
 
-def test_tlvr_target_is_clinical_at_full_coverage_and_reference_at_zero():
-    labels = liver_labels()
-    logits = random_logits()
-    p = torch.softmax(logits, 1)
-    r_hat = p[:, 2].reshape(2, -1).sum(1) / (p[:, 1] + p[:, 2]).reshape(2, -1).sum(1)
-    t = torch.tensor([0.7, 0.01])
-    full = TLVRLoss()(logits, labels, t, torch.ones(2))
-    assert full.item() == pytest.approx(((r_hat - t) ** 2).mean().item(), rel=1e-5)
-    r_ref = (labels == 2).view(2, -1).sum(1).float() / (labels > 0).view(2, -1).sum(1).float()
-    none = TLVRLoss()(logits, labels, t, torch.zeros(2))
-    assert none.item() == pytest.approx(((r_hat - r_ref) ** 2).mean().item(), rel=1e-5)
+# The target's properties (DESIGN.md section 4, documentation/method.md), checked on patches cut from a constructed
+# case, not by re-deriving the formula.
+
+def _case() -> torch.Tensor:
+    """A 12 x 16 x 16 case: background, a 10 x 12 x 12 liver region and a 4 x 6 x 6 tumour in one corner of it."""
+    case = torch.zeros(12, 16, 16, dtype=torch.long)
+    case[1:11, 2:14, 2:14] = 1
+    case[2:6, 3:9, 3:9] = 2
+    return case
+
+
+def _patches(case: torch.Tensor) -> dict[str, tuple[torch.Tensor, float]]:
+    """Named patches (the whole case, half the liver without tumour, one through the tumour, one inside it), each
+    with its share of the case's liver region."""
+    boxes = {"whole": (slice(0, 12), slice(0, 16), slice(0, 16)),
+             "tumour_free_half": (slice(0, 12), slice(0, 16), slice(9, 16)),
+             "through_tumour": (slice(0, 8), slice(0, 10), slice(0, 10)),
+             "inside_tumour": (slice(3, 5), slice(4, 8), slice(4, 8))}
+    liver = float((case > 0).sum())
+    return {name: (case[box].clone(), float((case[box] > 0).sum()) / liver) for name, box in boxes.items()}
+
+
+def _tau(patch: torch.Tensor, t: float, coverage: float, case_tlvr: float) -> float:
+    tau, valid = TLVRLoss().patch_target(patch[None], torch.tensor([t]), torch.tensor([coverage]),
+                                         torch.tensor([case_tlvr]))
+    assert valid.item()
+    return float(tau.item())
+
+
+def test_tlvr_target_equals_the_clinical_prediction_at_full_coverage():
+    case = _case()
+    big_r = float((case == 2).sum()) / float((case > 0).sum())
+    patch, coverage = _patches(case)["whole"]
+    assert coverage == 1.0
+    for t in (0.0, 0.01, big_r, 0.3, 0.9, 1.0):
+        assert _tau(patch, t, coverage, big_r) == pytest.approx(t, abs=1e-6)
+
+
+def test_tlvr_target_never_contradicts_correct_labels():
+    """With an exact clinical prediction (t = the case's label TLVR) every patch's target is its own label ratio,
+    so a tumour-free half of a liver with TLVR 0.3 is asked for 0, not 0.15."""
+    case = _case()
+    big_r = float((case == 2).sum()) / float((case > 0).sum())
+    for name, (patch, coverage) in _patches(case).items():
+        own = float((patch == 2).sum()) / float((patch > 0).sum())
+        assert _tau(patch, big_r, coverage, big_r) == pytest.approx(own, abs=1e-6), name
+    half, coverage = _patches(case)["tumour_free_half"]
+    assert 0.4 < coverage < 0.6 and _tau(half, 0.3, coverage, 0.3) == 0.0
+
+
+def test_tlvr_target_stays_in_the_unit_interval_and_grows_with_the_prediction():
+    case = _case()
+    big_r = float((case == 2).sum()) / float((case > 0).sum())
+    ts = torch.linspace(0, 1, 21).tolist()
+    for name, (patch, coverage) in _patches(case).items():
+        taus = [_tau(patch, t, coverage, big_r) for t in ts]
+        assert all(0.0 <= v <= 1.0 for v in taus), name
+        assert all(b >= a - 1e-7 for a, b in zip(taus, taus[1:], strict=False)), name
+    # a tumour-free patch of a case with tumour is never asked for tumour, whatever the clinical model says
+    half, coverage = _patches(case)["tumour_free_half"]
+    assert all(_tau(half, t, coverage, big_r) == 0.0 for t in ts)
+
+
+def test_tlvr_target_is_zero_for_a_tumour_free_patient_predicted_tumour_free():
+    case = _case()
+    case[case == 2] = 1
+    for name, (patch, coverage) in _patches(case).items():
+        if (patch > 0).any():
+            assert _tau(patch, 0.0, coverage, 0.0) == 0.0, name
+    # predicted with tumour, a tumour-free patient's patches are asked for it in proportion to their liver share
+    whole, coverage = _patches(case)["whole"]
+    assert _tau(whole, 0.2, coverage, 0.0) == pytest.approx(0.2)
 
 
 def test_tlvr_excludes_samples_without_liver_or_clinical_value():
     labels = liver_labels()
     labels[0] = 0  # sample 0: no liver region in the patch
     logits = random_logits(requires_grad=True)
-    t, c = torch.tensor([0.3, 0.3]), torch.tensor([0.5, 0.5])
-    both = TLVRLoss()(logits, labels, t, c)
-    only_second = TLVRLoss()(logits[1:], labels[1:], t[1:], c[1:])
+    t, c, big_r = torch.tensor([0.3, 0.3]), torch.tensor([0.5, 0.5]), torch.tensor([0.2, 0.2])
+    both = TLVRLoss()(logits, labels, t, c, big_r)
+    only_second = TLVRLoss()(logits[1:], labels[1:], t[1:], c[1:], big_r[1:])
     assert both.item() == pytest.approx(only_second.item(), rel=1e-6)
     # A NaN clinical value (no clinical row) also excludes the sample, without NaN gradients.
     labels = liver_labels()
-    nan_first = TLVRLoss()(logits, labels, torch.tensor([math.nan, 0.3]), c)
-    assert nan_first.item() == pytest.approx(TLVRLoss()(logits[1:], labels[1:], t[1:], c[1:]).item(), rel=1e-6)
+    nan_first = TLVRLoss()(logits, labels, torch.tensor([math.nan, 0.3]), c, big_r)
+    assert nan_first.item() == pytest.approx(TLVRLoss()(logits[1:], labels[1:], t[1:], c[1:], big_r[1:]).item(),
+                                             rel=1e-6)
     nan_first.backward()
     assert torch.isfinite(logits.grad).all()
     # No valid sample: 0, still differentiable.
-    empty = TLVRLoss()(logits, torch.zeros_like(labels), t, c)
+    empty = TLVRLoss()(logits, torch.zeros_like(labels), t, c, big_r)
     assert empty.item() == 0.0 and empty.requires_grad
     logits.grad = None
     empty.backward()
@@ -189,10 +253,10 @@ def test_tlvr_validates_configuration_and_shapes():
     with pytest.raises(ValueError, match="liver-region classes"):
         TLVRLoss(tumour_class=2, liver_classes=(1,))
     with pytest.raises(ValueError, match="shape"):
-        TLVRLoss()(random_logits(), liver_labels(), torch.zeros(3), torch.ones(2))
+        TLVRLoss()(random_logits(), liver_labels(), torch.zeros(3), torch.ones(2), torch.ones(2))
     with pytest.raises(ValueError, match="do not fit"):
         TLVRLoss(tumour_class=3, liver_classes=(1, 3))(random_logits(), liver_labels(), torch.zeros(2),
-                                                       torch.ones(2))
+                                                       torch.ones(2), torch.ones(2))
 
 
 # ---------------------------------------------------------------------- composite
@@ -228,9 +292,9 @@ def test_composite_adds_weighted_terms_and_reports_parts():
     logits = random_logits(requires_grad=True)
     seg, tlvr = DiceCELoss(3), TLVRLoss()
     vae = torch.tensor(0.5)
-    t, c = torch.tensor([0.3, 0.1]), torch.tensor([0.6, 0.9])
-    total, parts = SmoothSegLoss(seg, vae_weight=0.1, tlvr_weight=0.5)(logits, labels, vae, t, c)
-    expected = seg(logits, labels) + 0.1 * vae + 0.5 * tlvr(logits, labels, t, c)
+    t, c, big_r = torch.tensor([0.3, 0.1]), torch.tensor([0.6, 0.9]), torch.tensor([0.2, 0.2])
+    total, parts = SmoothSegLoss(seg, vae_weight=0.1, tlvr_weight=0.5)(logits, labels, vae, t, c, big_r)
+    expected = seg(logits, labels) + 0.1 * vae + 0.5 * tlvr(logits, labels, t, c, big_r)
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert set(parts) == {"seg", "vae", "tlvr", "total"}
     assert all(isinstance(v, float) for v in parts.values())

@@ -93,25 +93,53 @@ def test_memory_budget_drives_width_patch_and_batch(fingerprint: dict) -> None:
     large = plan(fingerprint, gpu_memory_target_gb=40)
     for task in ("liver", "tumor"):
         s, big = small[task], large[task]
-        assert s.estimated_memory_gb <= 1.5 or s.network.init_filters == 8
+        assert s.estimated_memory_gb <= 1.5
         assert (s.network.init_filters, s.batch_size, np.prod(s.patch_size)) <= \
             (big.network.init_filters, big.batch_size, np.prod(big.patch_size))
-        assert s.network.init_filters < big.network.init_filters or s.batch_size < big.batch_size
+        assert s.network.init_filters < big.network.init_filters or np.prod(s.patch_size) < np.prod(big.patch_size)
     assert estimate_memory_gb((32, 64, 64), 4, 3, NetworkPlan(16)) > estimate_memory_gb((32, 64, 64), 2, 3,
                                                                                          NetworkPlan(16))
 
 
+def real_sized_fingerprint(demo: dict, n_cases: int = 12) -> dict:
+    """An HCC-TACE-Seg-sized fingerprint: 512 x 512 x ~100 slices of 2.5 mm, 0.78 mm pixels, an adult liver of
+    about 180 mm (the demo's intensity statistics)."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(n_cases):
+        slices = int(rng.integers(80, 120))
+        extent = [float(rng.uniform(140, 190)), float(rng.uniform(160, 200)), float(rng.uniform(170, 210))]
+        cases.append({**demo["cases"][0], "case_id": f"real_{i:03d}", "shape": [slices, 512, 512],
+                      "spacing": [2.5, 0.78, 0.78], "liver_bbox": {"start": [0, 0, 0], "stop": [1, 1, 1],
+                                                                   "extent_mm": extent}})
+    return {**demo, "cases": cases, "n_cases": n_cases}
 
-def test_narrowest_tumour_network_is_warned_about(fingerprint: dict, caplog) -> None:
-    with caplog.at_level("WARNING", logger="smoothseg.planning.planner"):
-        narrow = plan(fingerprint, gpu_memory_target_gb=1.0)
-    assert narrow["tumor"].network.init_filters == 8
-    assert any("narrowest width (8 filters)" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="smoothseg.planning.planner"):
-        wider = plan(fingerprint, gpu_memory_target_gb=4.0)
-    assert wider["tumor"].network.init_filters >= 16
-    assert not any("narrowest width" in r.getMessage() for r in caplog.records)
+
+@pytest.mark.parametrize("budget", [1.0, 2.0, 4.0, 8.0, 24.0, 40.0])
+def test_width_before_patch_on_real_sized_ct(fingerprint: dict, budget: float) -> None:
+    """Never fewer than 16 filters; from 8 GB on, nnU-Net's 32 for both stages with the patch shrinking instead,
+    and at 8 GB a tumour patch of at least ~0.5 M voxels."""
+    plans = plan(real_sized_fingerprint(fingerprint), gpu_memory_target_gb=budget)
+    for task in ("liver", "tumor"):
+        cfg = plans[task]
+        assert cfg.network.init_filters >= 16, (task, budget)
+        if budget >= 8:
+            assert cfg.network.init_filters == 32, (task, budget)
+        if budget >= 2:
+            assert cfg.estimated_memory_gb <= budget, (task, budget)
+    if budget == 8:
+        assert np.prod(plans["tumor"].patch_size) >= 0.5e6
+        assert any(p < m for p, m in zip(plans["tumor"].patch_size, plans["tumor"].median_shape, strict=True))
+    if budget < 8:
+        more = plan(real_sized_fingerprint(fingerprint), gpu_memory_target_gb=budget * 2)
+        assert more["tumor"].network.init_filters >= plans["tumor"].network.init_filters
+
+
+def test_demo_budget_plans_at_least_16_filters(fingerprint: dict) -> None:
+    for budget in (1.0, 1.25):
+        plans = plan(fingerprint, gpu_memory_target_gb=budget)
+        assert min(plans[t].network.init_filters for t in ("liver", "tumor")) >= 16
+
 
 @pytest.mark.parametrize("patch, width", [((16, 32, 32), 8), ((32, 32, 48), 4)])
 def test_memory_estimate_counts_activations_like_a_real_forward_pass(patch, width) -> None:

@@ -78,7 +78,19 @@ def test_bounded_when_all_targets_sit_on_the_boundary(cohort, value):
     model = make_model(alpha=1e-6).fit(df, np.full(len(df), value))
     pred = model.predict(pd.concat([df, odd_rows(df.columns)]))
     assert np.all((pred >= 0) & (pred <= 1))
-    assert np.allclose(pred[: len(df)], np.clip(value, model.eps, 1 - model.eps), atol=1e-3)
+    # a prediction at the clip bound of the fit means "tumour-free" (or "all tumour"): exactly 0 (or 1), not eps
+    np.testing.assert_array_equal(pred[: len(df)], np.full(len(df), value))
+
+
+def test_a_tumour_free_prediction_is_zero_and_others_are_untouched(cohort):
+    df, y = cohort
+    model = make_model().fit(df, y)
+    pred = model.predict(df)
+    assert np.all((pred == 0) | (pred > model.eps)) and np.all((pred == 1) | (pred < 1 - model.eps))
+    inside = (pred > 0) & (pred < 1)
+    assert inside.any()
+    rebuilt = TLVRRegressor.from_dict(model.to_dict()).predict(df)  # the serialised model agrees
+    np.testing.assert_allclose(rebuilt, pred, rtol=1e-9, atol=1e-12)
 
 
 def test_in_sample_fit_is_reasonable_and_series_is_aligned_by_index(cohort):
@@ -288,3 +300,28 @@ def test_describe_availability():
     assert describe_availability(DatasetLike(), tlvr_weight=0.0) == (False, "TLVR term off: its loss weight is 0")
     on, reason = describe_availability(ClinicalSpec("c.csv"))
     assert not on and "no feature" in reason
+
+
+# ---------------------------------------------------------------------- no clinical data, no target
+
+
+def test_cases_without_clinical_data_get_no_weak_label(demo_dataset):
+    from smoothseg.dataset.raw_dataset import RawDataset
+    from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
+    from smoothseg.knowledge.weak_labels import fold_weak_labels
+
+    table = pd.read_csv(demo_dataset / "clinical.csv", dtype=str)
+    ids = sorted(table["case_id"])
+    blank, dropped = ids[0], ids[1]
+    features = [c for c in table.columns if c != "case_id"]
+    table.loc[table["case_id"] == blank, features] = ""  # a row without any feature value
+    table = table[table["case_id"] != dropped]  # no row at all
+    table.to_csv(demo_dataset / "clinical.csv", index=False)
+    raw = RawDataset(demo_dataset)
+    truth = {c: 0.1 for c in ids}
+    labels = fold_weak_labels(raw, truth, ids[:5], ids[5:], weight=0.5, seed=0)
+    assert labels.off_reason is None and set(labels.train) == set(ids[2:5])  # neither imputed nor guessed
+    assert labels.model["n_train"] == 3
+    clinical = ClinicalTLVR(demo_dataset / "clinical.csv", [labels.model])
+    assert clinical.predict(blank) is None and clinical.predict(dropped) is None
+    assert 0.0 <= clinical.predict(ids[2]) <= 1.0

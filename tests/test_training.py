@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from smoothseg.dataset.io import read_image
 from smoothseg.errors import SmoothSegError
 from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.network.segresnet_vae import SegResNetVAE
+from smoothseg.training.augmentation import training_transforms
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
 from smoothseg.training.trainer import SmoothSegTrainer, Trainer, train
@@ -83,6 +85,57 @@ def test_mask_jitter_changes_the_mask(tiny: Path) -> None:
     unmasked = (batch["data"][:, 0] != -9.0)
     labelled = batch["seg"][:, 0] > 0
     assert not np.array_equal(unmasked, labelled)  # dilated masks show intensities around the liver
+
+
+class _FixedDraw:
+    """Stands in for the loader's generator: every uniform draw returns ``value``."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def uniform(self, low: float, high: float) -> float:
+        return self.value
+
+
+def test_mask_jitter_does_not_erode_the_patch_faces(tmp_path: Path) -> None:
+    """An eroded mask shrinks where the liver ends, not where the patch happens to end inside the liver."""
+    cfg = SamplingConfig((8, 12, 12), 1, mask_outside_liver=True, mask_jitter_mm=2.0)
+    loader = PatchLoader(tmp_path, ["case"], cfg)
+    loader.rng = _FixedDraw(-2.0)  # erode by 2 mm = 2 voxels at 1 mm spacing
+    labels = np.zeros((20, 30, 30), dtype=np.int16)
+    labels[2:18, 3:27, 3:27] = 1  # the liver; the patch below lies inside it except near its x end
+    mask = loader._jittered_mask(labels, np.array([6, 9, 17]), (1.0, 1.0, 1.0))
+    assert mask.shape == (8, 12, 12)
+    assert mask[:, :, :8].all()  # patch faces inside the liver stay liver (x 17..24 are >= 2 voxels inside)
+    assert not mask[:, :, 8:].any()  # x 25, 26 are within 2 voxels of the liver's end at 27, x 27..28 outside it
+    loader.rng = _FixedDraw(2.0)  # dilation reaches 2 voxels beyond the liver
+    dilated = loader._jittered_mask(labels, np.array([6, 9, 17]), (1.0, 1.0, 1.0))
+    assert dilated[:, :, :12].all() and dilated[:, :, 10].all()
+
+
+def test_liver_coverage_is_counted_after_augmentation(tiny: Path) -> None:
+    """Coverage and the TLVR term's patch ratio come from the same (augmented, masked) labels."""
+    ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
+    cfg = SamplingConfig((16, 32, 32), 4, oversample_foreground=1.0, mask_outside_liver=True, mask_jitter_mm=5.0)
+    batch = PatchLoader(tiny / "tumor", ids, cfg, seed=2).generate_train_batch()
+    augmented = training_transforms((16, 32, 32))(**{k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                                      for k, v in batch.items()})
+    for out in (batch, augmented):
+        counts = (out["seg"][:, 0] > 0).reshape(4, -1).sum(1)
+        np.testing.assert_allclose(out["liver_coverage"], np.clip(counts / out["liver_voxels"], 0, 1), rtol=1e-6)
+    truth = {c: json.loads((tiny / "tumor" / f"{c}.json").read_text())["tlvr"] for c in batch["keys"]}
+    np.testing.assert_allclose(batch["case_tlvr"], [truth[c] for c in batch["keys"]], rtol=1e-6)
+
+
+def test_a_resumed_run_trains_what_an_uninterrupted_one_does(tiny: Path, data_home: Path) -> None:
+    fold = data_home / "results" / "Dataset900_SyntheticLiver" / "SmoothSegTrainer__tumor" / "fold_0"
+    train(_config("tumor", epochs=1))
+    resumed = train(_config("tumor", epochs=3, continue_training=True)) / "checkpoint_final.pth"
+    resumed_state = load_checkpoint(resumed)["network_state"]
+    shutil.rmtree(fold)
+    straight = load_checkpoint(train(_config("tumor", epochs=3)) / "checkpoint_final.pth")["network_state"]
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed_state[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("task", ["liver", "tumor"])

@@ -45,7 +45,7 @@ def _body(args: argparse.Namespace) -> int:
                               liver_epochs=args.liver_epochs, tumor_epochs=args.tumor_epochs,
                               iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters)
     result = run_demo(args.workdir, device, args.quick, settings=settings, num_workers=args.num_workers,
-                      num_processes=args.np, say=lambda text: print(text, flush=True))
+                      num_processes=args.np, say=lambda text: print(text, flush=True), seed=args.seed)
     _report(result, args.quick)
     return 0
 
@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     advanced.add_argument("--val-iters", dest="val_iters", type=int, help="validation batches per epoch")
     advanced.add_argument("--num-workers", dest="num_workers", type=int,
                           help="augmentation worker processes per training run (default: the trainer's choice)")
+    advanced.add_argument("--seed", type=int, default=0, help="training seed of both models (weights and patches)")
     advanced.add_argument("-np", type=int, default=2, help="worker processes for generation, preprocessing, "
                                                            "prediction and evaluation")
     return run(parser, _body, argv)

@@ -191,6 +191,18 @@ def _parse_task_regions(raw: Any, labels: dict[str, int], path: Path) -> TaskReg
     return TaskRegions(parsed["liver"], parsed["tumor"])
 
 
+#: Column names (lower case, letters and digits only) that measure the segmentation itself: a TLVR, or a volume or
+#: voxel count of the tumour, lesions or liver. Clinical sizes (e.g. HCC-TACE-Seg's ``Tr_Size``, a diameter reported
+#: at diagnosis) are not matched.
+_DERIVED = re.compile(r"tlvr|(tumou?r|lesion|liver|hcc).*(vol|voxel)|(vol|voxel).*(tumou?r|lesion|liver)|"
+                      r"tumou?r.*liver.*ratio")
+
+
+def is_segmentation_derived(column: str) -> bool:
+    """Whether a clinical column name says it is computed from the segmentation (see ``_DERIVED``)."""
+    return bool(_DERIVED.search(re.sub(r"[^a-z0-9]", "", column.lower())))
+
+
 def _parse_clinical(raw: Any, path: Path) -> ClinicalSpec | None:
     if raw is None:
         return None
@@ -212,6 +224,11 @@ def _parse_clinical(raw: Any, path: Path) -> ClinicalSpec | None:
         raise DatasetSchemaError(path, "clinical.categorical", f"{stray} are not listed in clinical.features")
     if case_col in lists["features"]:
         raise DatasetSchemaError(path, "clinical.features", f"the case id column '{case_col}' cannot be a feature")
+    derived = [f for f in lists["features"] if is_segmentation_derived(f)]
+    if derived:
+        raise DatasetSchemaError(path, "clinical.features", f"{derived} look derived from the segmentation (tumour or "
+                                 "liver volume, TLVR); a feature must be known without the labels, or the TLVR term "
+                                 "learns the labels back. Keep such columns in the table, but not among the features")
     unknown = sorted(set(raw) - {"file", "case_id_column", "features", "categorical"})
     if unknown:
         raise DatasetSchemaError(path, "clinical", f"unknown keys {unknown}")

@@ -58,6 +58,9 @@ class ClinicalTLVR:
         if not self.models or case_id not in self.table.index:
             return None
         row = self.table.loc[[case_id]]
+        features = [c for m in self.models for c in (*m.numeric_features_, *m.categorical_features_)]
+        if row.reindex(columns=sorted(set(features))).isna().all(axis=None):
+            return None  # a row without any feature value is no clinical data
         try:
             values = [float(model.predict(row)[0]) for model in self.models]
         except ValueError as exc:

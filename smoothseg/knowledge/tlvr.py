@@ -137,7 +137,11 @@ class TLVRRegressor(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, clinical_df: pd.DataFrame) -> np.ndarray:
-        """Predicted TLVR per row, in [0, 1]. Missing values are imputed; unseen categories are ignored."""
+        """Predicted TLVR per row, in [0, 1]. Missing values are imputed; unseen categories are ignored.
+
+        The model is fitted on targets clipped to [eps, 1 - eps], so a prediction at or beyond a clip bound says
+        "tumour-free" (or "all tumour"): it is returned as exactly 0 (or 1), not as eps.
+        """
         self._check_fitted()
         missing = [c for c in (*self.numeric_features_, *self.categorical_features_) if c not in clinical_df.columns]
         if missing:
@@ -149,7 +153,11 @@ class TLVRRegressor(RegressorMixin, BaseEstimator):
             eta = self.pipeline_.predict(frame)
         else:
             eta = _linear_predictor(self.params_, frame)
-        return expit(np.asarray(eta, dtype=float))
+        prediction = expit(np.asarray(eta, dtype=float))
+        bound = self.eps * (1.0 + 1e-6)  # the clip bound itself, up to floating-point rounding of expit(logit(eps))
+        prediction[prediction <= bound] = 0.0
+        prediction[prediction >= 1.0 - bound] = 1.0
+        return prediction
 
     def predict_series(self, clinical_df: pd.DataFrame) -> pd.Series:
         """:meth:`predict` as a Series indexed like ``clinical_df`` (by case id)."""

@@ -3,7 +3,8 @@ all of them for its validation cases.
 
 Contract (no leakage; see :mod:`smoothseg.knowledge.tlvr`): the regression sees the clinical rows and reference
 TLVRs of the fold's training cases only. A training case's weak label is its out-of-fold prediction; a validation
-case's is the prediction of the model fitted on every training case. Cases without a clinical row get no weak label.
+case's is the prediction of the model fitted on every training case. Cases without a clinical row, or whose row
+holds no feature value, get no weak label (and no TLVR target).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class FoldWeakLabels:
     off_reason: str | None = None
 
 
+def with_clinical_data(table):
+    """The rows of a clinical table that hold at least one feature value: a row with every feature missing is no
+    clinical data (imputing it would hand the case the cohort's mean as its target)."""
+    return table[table.notna().any(axis=1)]
+
+
 def fold_weak_labels(raw: RawDataset, reference_tlvr: Mapping[str, float], train_ids: Sequence[str],
                      val_ids: Sequence[str], *, weight: float, seed: int) -> FoldWeakLabels:
     """Fit the fold's TLVR regression on ``train_ids`` (reference TLVRs from ``reference_tlvr``) and label the cases.
@@ -45,7 +52,7 @@ def fold_weak_labels(raw: RawDataset, reference_tlvr: Mapping[str, float], train
     available, reason = describe_availability(raw.spec, weight)
     if not available:
         return FoldWeakLabels(off_reason=reason)
-    table = raw.clinical()
+    table = with_clinical_data(raw.clinical())
     ids = [c for c in train_ids if c in table.index]
     if len(ids) < MIN_CLINICAL_CASES:
         return FoldWeakLabels(off_reason=f"only {len(ids)} training case(s) have clinical rows "

@@ -10,14 +10,19 @@ Rules (each derived from the data, none hard-coded for a dataset):
   :func:`liver_window`).
 * **tumor (local view)**: liver bounding box plus ``TUMOR_CROP_MARGIN_MM``, median spacing with
   nnU-Net's anisotropy rule (z spacing from the 10th percentile when slices are more than 3x
-  thicker than the in-plane spacing). The patch covers the median liver crop when memory allows,
-  because the TLVR term wants whole-liver patches. Window from liver and tumour intensities.
+  thicker than the in-plane spacing). The patch targets the median liver crop and shrinks when the width needs
+  the memory (the TLVR target handles partial coverage). Window from liver and tumour intensities.
 * **mirroring**: none for the liver, all axes for the tumour. Arrays are in the canonical orientation
-  (:mod:`smoothseg.preprocessing.orientation`), where the liver is always on the same side: the global view
+  (:mod:`smoothseg.dataset.orientation`), where the liver is always on the same side: the global view
   must not be taught that a mirrored abdomen, with the spleen (liver-like HU) in the liver's place, is
   plausible. Lesions inside the liver crop have no handedness, so the local view mirrors all axes (as nnU-Net).
-* **both**: patch sizes are multiples of 16 (the SegResNetVAE's VAE branch needs it); network
-  width and batch size come from the GPU memory budget via :func:`estimate_memory_gb`.
+* **both**: patch sizes are multiples of 16 (the SegResNetVAE's VAE branch needs it). **Width before patch**
+  (:func:`fit_to_budget`): at ``FULL_WIDTH_BUDGET_GB`` (8 GB) and above both networks get nnU-Net's 32 filters and the
+  patch shrinks until a batch of 2 fits the budget; below it the widest of 32, 24, 16 filters whose shrunk patch
+  keeps at least ``MIN_PATCH_FRACTION`` of the target patch, and never fewer than 16 filters. Narrow (8-filter)
+  tumour networks failed to learn the tumour class at all from some initialisations (documentation/benchmarks.md),
+  while a patch smaller than the liver is safe: the TLVR target adapts to partial coverage. The batch then grows
+  while memory allows, via :func:`estimate_memory_gb`.
 """
 
 from __future__ import annotations
@@ -47,7 +52,11 @@ TUMOR_CROP_MARGIN_MM = (10.0, 10.0, 10.0)
 LIVER_MIRROR_AXES: tuple[int, ...] = ()
 TUMOR_MIRROR_AXES: tuple[int, ...] = (0, 1, 2)
 PATCH_DIVISOR = 16
-WIDTHS = (32, 24, 16, 8)
+WIDTHS = (32, 24, 16)
+#: At or above this budget (GB) both networks have the full width (nnU-Net's 32 base filters at 8 GB).
+FULL_WIDTH_BUDGET_GB = 8.0
+#: Below the full-width budget, a wider network is taken while its patch keeps this fraction of the target patch.
+MIN_PATCH_FRACTION = 0.25
 MIN_BATCH = 2
 MAX_BATCH = 16
 MAX_BATCH_DATASET_FRACTION = 0.05  # as nnU-Net: a batch should not cover more than 5% of the dataset's voxels
@@ -161,35 +170,49 @@ def estimate_memory_gb(patch: tuple[int, int, int], batch: int, num_classes: int
     return (batch * activations * BYTES_PER_ACTIVATION + params * BYTES_PER_PARAMETER) / 1e9 + CUDA_OVERHEAD_GB
 
 
-def fit_to_budget(target_patch: tuple[int, int, int], spacing: tuple[float, float, float], num_classes: int,
-                  budget_gb: float, dataset_voxels: float) -> tuple[tuple[int, int, int], int, NetworkPlan, float]:
-    """Choose patch, batch size and width: keep the target patch if any width fits, else shrink it.
-
-    Widest network first; the patch shrinks (largest physical axis first, 16 voxels at a time) only
-    when even the narrowest network cannot train it with batch 2. The batch then grows while memory
-    allows, up to 5% of the dataset's voxels per batch.
-    """
+def _shrink_to_fit(target_patch: tuple[int, int, int], spacing: tuple[float, float, float], num_classes: int,
+                   budget_gb: float, net: NetworkPlan) -> tuple[int, int, int] | None:
+    """The largest patch reached from ``target_patch`` by shrinking its largest physical axis 16 voxels at a time
+    that trains with a batch of 2 within ``budget_gb``; None when even the smallest patch does not."""
     patch = target_patch
-    while True:
-        for width in WIDTHS:
-            net = NetworkPlan(init_filters=width)
-            if estimate_memory_gb(patch, MIN_BATCH, num_classes, net) <= budget_gb:
-                batch = MIN_BATCH
-                cap = max(MIN_BATCH, min(MAX_BATCH, int(MAX_BATCH_DATASET_FRACTION * dataset_voxels / np.prod(patch))))
-                while batch < cap and estimate_memory_gb(patch, batch + 1, num_classes, net) <= budget_gb:
-                    batch += 1
-                return patch, batch, net, round(estimate_memory_gb(patch, batch, num_classes, net), 2)
+    while estimate_memory_gb(patch, MIN_BATCH, num_classes, net) > budget_gb:
         physical = np.asarray(patch) * np.asarray(spacing)
-        order = np.argsort(-physical)
-        for axis in order:
+        for axis in np.argsort(-physical, kind="stable"):
             if patch[axis] - PATCH_DIVISOR >= MIN_PATCH[axis]:
                 patch = tuple(p - PATCH_DIVISOR if i == axis else p for i, p in enumerate(patch))
                 break
         else:
-            net = NetworkPlan(init_filters=WIDTHS[-1])
-            mem = round(estimate_memory_gb(patch, MIN_BATCH, num_classes, net), 2)
-            logger.warning("even the smallest patch %s needs %.1f GB, over the %.1f GB budget", patch, mem, budget_gb)
-            return patch, MIN_BATCH, net, mem
+            return None
+    return patch
+
+
+def fit_to_budget(target_patch: tuple[int, int, int], spacing: tuple[float, float, float], num_classes: int,
+                  budget_gb: float, dataset_voxels: float) -> tuple[tuple[int, int, int], int, NetworkPlan, float]:
+    """Choose width, patch and batch size: width before patch (see the module docstring).
+
+    Returns ``(patch, batch, network, estimated GB)``. When not even the smallest patch fits with 16 filters, that
+    patch and width are returned with a warning (the budget is too small for any useful network).
+    """
+    widths = WIDTHS[:1] if budget_gb >= FULL_WIDTH_BUDGET_GB else WIDTHS
+    for width in widths:
+        net = NetworkPlan(init_filters=width)
+        patch = _shrink_to_fit(target_patch, spacing, num_classes, budget_gb, net)
+        if patch is None:
+            continue
+        if width != widths[-1] and np.prod(patch) < MIN_PATCH_FRACTION * np.prod(target_patch):
+            continue
+        batch = MIN_BATCH
+        cap = max(MIN_BATCH, min(MAX_BATCH, int(MAX_BATCH_DATASET_FRACTION * dataset_voxels / np.prod(patch))))
+        while batch < cap and estimate_memory_gb(patch, batch + 1, num_classes, net) <= budget_gb:
+            batch += 1
+        return patch, batch, net, round(estimate_memory_gb(patch, batch, num_classes, net), 2)
+    net = NetworkPlan(init_filters=WIDTHS[-1])
+    patch = tuple(max(m, 0) for m in MIN_PATCH)
+    mem = round(estimate_memory_gb(patch, MIN_BATCH, num_classes, net), 2)
+    logger.warning("even the smallest patch %s needs %.2f GB with %d filters, over the %.2f GB budget; planning it "
+                   "anyway (networks narrower than %d filters are not planned)", patch, mem, WIDTHS[-1], budget_gb,
+                   WIDTHS[-1])
+    return patch, MIN_BATCH, net, mem
 
 
 def plan(fingerprint: dict[str, Any], gpu_memory_target_gb: float = 8.0) -> Plans:
@@ -224,12 +247,9 @@ def plan(fingerprint: dict[str, Any], gpu_memory_target_gb: float = 8.0) -> Plan
                                                    float(t_shapes.prod(axis=1).sum()))
     covers = all(p >= m for p, m in zip(t_patch, t_median, strict=True))
     if not covers:
-        logger.warning("tumor patch %s does not cover the median liver crop %s at %.1f GB: the TLVR term will use "
-                       "partial-liver targets", t_patch, tuple(int(v) for v in t_median), gpu_memory_target_gb)
-    if has_tumours and t_net.init_filters == WIDTHS[-1]:
-        logger.warning("tumor network at the narrowest width (%d filters) under %.2f GB: such networks failed to "
-                       "learn the tumour class at all from some random initialisations (documentation/benchmarks.md); "
-                       "a larger -gpu_memory_target gives a wider network", WIDTHS[-1], gpu_memory_target_gb)
+        logger.info("tumor patch %s covers part of the median liver crop %s at %.1f GB (%d filters): the TLVR "
+                    "term uses partial-coverage targets", t_patch, tuple(int(v) for v in t_median),
+                    gpu_memory_target_gb, t_net.init_filters)
     t_window = tumor_window(fingerprint) if has_tumours else liver_window(fingerprint)
     tumor = ConfigurationPlan(
         name="tumor", spacing=t_spacing, patch_size=t_patch, batch_size=t_batch,

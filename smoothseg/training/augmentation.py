@@ -28,6 +28,8 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
+from smoothseg.training.data_loader import LiverCoverageTransform
+
 logger = logging.getLogger(__name__)
 
 
@@ -67,6 +69,7 @@ def training_transforms(patch_size, fill_value: float = 0.0, mirror_axes=(0, 1, 
     ]
     if mirror_axes:
         transforms.append(MirrorTransform(axes=tuple(mirror_axes)))
+    transforms.append(LiverCoverageTransform())
     return Compose(transforms)
 
 

@@ -6,10 +6,13 @@
   foreground class is the tumour when the case has one, else the liver.
 * Tumour task: intensities outside the liver are masked as at inference. The mask is the
   reference liver, randomly dilated or eroded by up to ``mask_jitter_mm`` (per axis in mm, from
-  the real spacing), so the model tolerates the liver stage's errors. Labels outside the
+  the real spacing), so the model tolerates the liver stage's errors. The jitter is computed on the patch plus a
+  margin of its radius, so the patch's faces are not eroded as if the liver ended there. Labels outside the
   perturbed mask become 0, as the cascade discards tumour outside the predicted liver.
-* Per sample the batch carries ``liver_coverage`` (reference liver voxels in the patch over those
-  of the whole case) and ``clinical_tlvr`` for the TLVR term, and ``keys`` (case ids).
+* Per sample the batch carries, for the TLVR term, ``clinical_tlvr`` (NaN without clinical data), ``case_tlvr``
+  (the case's reference TLVR), ``liver_voxels`` (the case's liver-region voxels) and ``liver_coverage`` (the patch's
+  liver-region voxels over ``liver_voxels``, counted on the final labels: :class:`LiverCoverageTransform` recounts
+  it after augmentation, so coverage and the loss's patch ratio come from the same labels); and ``keys``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import DataLoader
+from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 
 from smoothseg.preprocessing.dataset_preprocessing import load_case, load_locations
@@ -80,9 +84,10 @@ class PatchLoader(DataLoader):
         coords = locations[cls]
         return coords[self.rng.integers(len(coords))]
 
-    def _crop(self, array: np.ndarray, start: np.ndarray, fill) -> np.ndarray:
-        """Crop ``array[..., z, y, x]`` at ``start`` to the patch size, padding with ``fill`` where outside."""
-        patch = np.asarray(self.config.patch_size)
+    def _crop(self, array: np.ndarray, start: np.ndarray, fill, size=None) -> np.ndarray:
+        """Crop ``array[..., z, y, x]`` at ``start`` to ``size`` (default: the patch size), padding with ``fill``
+        where outside."""
+        patch = np.asarray(self.config.patch_size if size is None else size)
         shape = np.asarray(array.shape[-3:])
         src_lo = np.maximum(start, 0)
         src_hi = np.minimum(start + patch, shape)
@@ -93,20 +98,25 @@ class PatchLoader(DataLoader):
         out[(..., *dst)] = array[(..., *src)]
         return out
 
-    def _jittered_mask(self, liver: np.ndarray, spacing) -> np.ndarray:
+    def _jittered_mask(self, labels: np.ndarray, start: np.ndarray, spacing) -> np.ndarray:
+        """The patch's liver mask, dilated or eroded by a random radius; computed on the patch plus that radius of
+        the case around it (outside the case: no liver), so a face where the liver continues is not eroded."""
+        patch = np.asarray(self.config.patch_size)
         jitter = self.config.mask_jitter_mm
-        if jitter <= 0 or not liver.any():
-            return liver
-        mm = self.rng.uniform(-jitter, jitter)
+        mm = self.rng.uniform(-jitter, jitter) if jitter > 0 else 0.0
         radius = np.maximum(np.round(abs(mm) / np.asarray(spacing)).astype(int), 0)
         if not radius.any():
-            return liver
+            return self._crop(labels, start, 0) > 0
+        wider = self._crop(labels, start - radius, 0, patch + 2 * radius) > 0
+        if not wider.any():
+            return wider[tuple(slice(r, r + p) for r, p in zip(radius, patch, strict=True))]
         structure = np.zeros(2 * radius + 1, dtype=bool)
         zz, yy, xx = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
         structure[((zz / max(radius[0], 1)) ** 2 + (yy / max(radius[1], 1)) ** 2
                    + (xx / max(radius[2], 1)) ** 2) <= 1.0] = True
         op = ndimage.binary_dilation if mm > 0 else ndimage.binary_erosion
-        return op(liver, structure=structure)
+        moved = op(wider, structure=structure)
+        return moved[tuple(slice(r, r + p) for r, p in zip(radius, patch, strict=True))]
 
     def generate_train_batch(self) -> dict:
         cfg = self.config
@@ -114,21 +124,43 @@ class PatchLoader(DataLoader):
         n_fg = int(np.ceil(cfg.oversample_foreground * cfg.batch_size)) if cfg.oversample_foreground > 0 else 0
         data = np.empty((cfg.batch_size, 1, *cfg.patch_size), dtype=np.float32)
         seg = np.empty((cfg.batch_size, 1, *cfg.patch_size), dtype=np.int16)
-        coverage = np.zeros(cfg.batch_size, dtype=np.float32)
         tlvr = np.full(cfg.batch_size, np.nan, dtype=np.float32)
+        case_tlvr = np.zeros(cfg.batch_size, dtype=np.float32)
+        liver_voxels = np.ones(cfg.batch_size, dtype=np.float32)
         for b, case_id in enumerate(keys):
             image, labels, props = load_case(self.folder, case_id)
             centre = self._foreground_centre(case_id) if b < n_fg else None
             start = self._patch_start(labels.shape, centre)
             patch_img = self._crop(image, start, cfg.fill_value)
             patch_seg = self._crop(labels, start, 0)
-            total_liver = max(int(props.get("liver_voxels", 0)), 1)
-            coverage[b] = min(1.0, float(np.count_nonzero(patch_seg)) / total_liver)
             if cfg.mask_outside_liver:
-                mask = self._jittered_mask(patch_seg > 0, props["spacing"])
+                mask = self._jittered_mask(labels, start, props["spacing"])
                 patch_img[0][~mask] = cfg.fill_value
                 patch_seg[~mask] = 0
             data[b] = patch_img
             seg[b, 0] = patch_seg
             tlvr[b] = self.clinical_tlvr.get(case_id, np.nan)
-        return {"data": data, "seg": seg, "keys": keys, "liver_coverage": coverage, "clinical_tlvr": tlvr}
+            case_tlvr[b] = float(props.get("tlvr", np.nan))
+            liver_voxels[b] = max(int(props.get("liver_voxels", 0)), 1)
+        return liver_coverage({"data": data, "seg": seg, "keys": keys, "clinical_tlvr": tlvr, "case_tlvr": case_tlvr,
+                               "liver_voxels": liver_voxels})
+
+
+def liver_coverage(batch: dict) -> dict:
+    """Set ``batch["liver_coverage"]``: each patch's liver-region voxels in ``seg`` over its case's ``liver_voxels``
+    (clipped to [0, 1])."""
+    seg = np.asarray(batch["seg"])
+    counts = (seg.reshape(len(seg), -1) > 0).sum(1).astype(np.float32)
+    batch["liver_coverage"] = np.clip(counts / np.asarray(batch["liver_voxels"], dtype=np.float32), 0.0, 1.0)
+    return batch
+
+
+class LiverCoverageTransform(AbstractTransform):
+    """The last training transform: recount ``liver_coverage`` on the augmented labels (see the module docstring).
+
+    A spatial scaling by s changes voxel counts by about s^3 while ``liver_voxels`` is the unscaled case; the
+    coverage is clipped to [0, 1]. (The TLVR target uses coverage only for tumour-free cases.)
+    """
+
+    def __call__(self, **data_dict):
+        return liver_coverage(data_dict)

@@ -2,7 +2,8 @@
 
 * :class:`DiceCELoss`: soft Dice on softmax probabilities + (focal) cross-entropy, the segmentation loss.
 * :class:`TLVRLoss`: SmoothSegNet's knowledge-informed term, the squared gap between the patch's soft
-  tumour-to-liver ratio and a patch-aware target built from the clinical TLVR prediction.
+  tumour-to-liver ratio and a patch-aware target: the patch's reference ratio rescaled by the clinical prediction
+  over the case's reference TLVR.
 * :class:`SmoothSegLoss` (alias :data:`CompositeLoss`): L_seg + w_vae * L_VAE + lambda * L_TLVR, returning
   the total and its parts for logging.
 
@@ -109,23 +110,24 @@ class TLVRLoss(nn.Module):
 
         r_hat_b = sum_v p_T(v) / (sum_v sum_{k in L} p_k(v) + eps)          predicted soft ratio in the patch
         r_ref_b = #{v : y(v) = T} / #{v : y(v) in L}                         reference ratio in the patch
-        c_b     = (liver-region voxels of the reference inside the patch)
-                  / (liver-region voxels of the whole case), in [0, 1]        the patch's liver coverage
-        tau_b   = c_b * t_b + (1 - c_b) * r_ref_b                            patch-aware target
+        R_b     = the case's reference TLVR (whole liver region)
+        t_b     = the patient's clinical TLVR prediction (cross-fitted, see ``smoothseg.knowledge.tlvr``)
+        c_b     = the patch's share of the case's liver region, in [0, 1]
+
+        tau_b   = clip(r_ref_b * t_b / R_b, 0, 1)       when R_b > 0
+        tau_b   = c_b * t_b                             when R_b = 0 (a tumour-free case)
         L_TLVR  = mean over valid b of (r_hat_b - tau_b)^2
 
-    t_b is the patient's clinical TLVR prediction (cross-fitted, see ``smoothseg.knowledge.tlvr``).
-    A sample is valid when its patch holds reference liver region and t_b, c_b are finite (a NaN
-    clinical value marks a patient without a clinical row); others contribute nothing and are
-    excluded from the mean. With no valid sample the loss is 0 (still attached to the graph).
+    The clinical prediction rescales the patch's own tumour fraction by the factor by which it disagrees with the
+    case's labels. So (documentation/method.md): tau = t at full coverage (there r_ref = R); tau = r_ref whenever
+    t = R, i.e. the term never contradicts correct labels; tau stays in [0, 1]; a tumour-free patch of a case with
+    tumour gets 0 (it is never asked to grow false-positive tumour); and a tumour-free patient predicted
+    tumour-free (t = 0) gets 0 everywhere. Only a tumour-free case that the clinical model believes has tumour
+    gets a positive target, in proportion to the patch's share of its liver.
 
-    Why the patch-aware target: the clinical TLVR describes the whole liver. A random patch that
-    holds a slice of the liver next to a large tumour, or only tumour-free liver, has a very different
-    ratio, and asking it to match the whole-liver value teaches the network to paint or erase tumour
-    to fix a number that does not apply to the patch. tau blends the clinical value in by how much
-    of the liver the patch covers: when the patch holds the whole liver (c = 1), tau = t, the
-    patient-level knowledge the method is about; when it holds little of it (c -> 0), tau falls back
-    to the reference ratio of the patch, so the term never contradicts the labels there.
+    A sample is valid when its patch holds reference liver region and t_b, R_b and c_b are finite (NaN marks a
+    patient without clinical data); others contribute nothing and are excluded from the mean. With no valid sample
+    the loss is 0 (still attached to the graph).
     """
 
     def __init__(self, tumour_class: int = 2, liver_classes: Sequence[int] = (1, 2), eps: float = 1e-6):
@@ -150,8 +152,8 @@ class TLVRLoss(nn.Module):
         liver = probs[:, list(self.liver_classes)].sum(1).reshape(batch, -1).sum(1)
         return tumour / (liver + self.eps)
 
-    def patch_target(self, target_labels: Tensor, clinical_tlvr: Tensor,
-                     liver_coverage: Tensor) -> tuple[Tensor, Tensor]:
+    def patch_target(self, target_labels: Tensor, clinical_tlvr: Tensor, liver_coverage: Tensor,
+                     case_tlvr: Tensor) -> tuple[Tensor, Tensor]:
         """(tau, valid) per sample: the patch-aware target and whether the sample counts."""
         batch = target_labels.shape[0]
         labels = target_labels.reshape(batch, -1)
@@ -159,21 +161,23 @@ class TLVRLoss(nn.Module):
         ref_liver = torch.isin(labels, liver_ids).sum(1).float()
         ref_tumour = (labels == self.tumour_class).sum(1).float()
         r_ref = ref_tumour / ref_liver.clamp(min=1.0)
-        t = torch.as_tensor(clinical_tlvr, dtype=torch.float32, device=labels.device).reshape(-1)
-        c = torch.as_tensor(liver_coverage, dtype=torch.float32, device=labels.device).reshape(-1)
-        if t.shape != (batch,) or c.shape != (batch,):
-            raise ValueError(f"clinical_tlvr and liver_coverage must have shape ({batch},), "
-                             f"got {tuple(t.shape)} and {tuple(c.shape)}")
-        valid = (ref_liver > 0) & torch.isfinite(t) & torch.isfinite(c)
-        t = torch.where(valid, t, torch.zeros_like(t)).clamp(0.0, 1.0)
-        c = torch.where(valid, c, torch.zeros_like(c)).clamp(0.0, 1.0)
-        return c * t + (1.0 - c) * r_ref, valid
+        values = [torch.as_tensor(v, dtype=torch.float32, device=labels.device).reshape(-1)
+                  for v in (clinical_tlvr, liver_coverage, case_tlvr)]
+        if any(v.shape != (batch,) for v in values):
+            raise ValueError(f"clinical_tlvr, liver_coverage and case_tlvr must have shape ({batch},), got "
+                             f"{[tuple(v.shape) for v in values]}")
+        valid = (ref_liver > 0) & torch.isfinite(values[0]) & torch.isfinite(values[1]) & torch.isfinite(values[2])
+        t, c, big_r = (torch.where(valid, v, torch.zeros_like(v)).clamp(0.0, 1.0) for v in values)
+        has_tumour = big_r > 0
+        rescaled = r_ref * t / torch.where(has_tumour, big_r, torch.ones_like(big_r))
+        tau = torch.where(has_tumour, rescaled, c * t).clamp(0.0, 1.0)
+        return tau, valid
 
-    def forward(self, logits: Tensor, target_labels: Tensor, clinical_tlvr: Tensor,
-                liver_coverage: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target_labels: Tensor, clinical_tlvr: Tensor, liver_coverage: Tensor,
+                case_tlvr: Tensor) -> Tensor:
         labels = _as_labels(target_labels, logits)
         r_hat = self.soft_ratio(logits)
-        tau, valid = self.patch_target(labels, clinical_tlvr, liver_coverage)
+        tau, valid = self.patch_target(labels, clinical_tlvr, liver_coverage, case_tlvr)
         weight = valid.to(r_hat.dtype)
         return ((r_hat - tau).pow(2) * weight).sum() / weight.sum().clamp(min=1.0)
 
@@ -204,8 +208,8 @@ class SmoothSegLoss(nn.Module):
         self.tlvr_weight = tlvr_weight
 
     def forward(self, logits: Tensor, target: Tensor, vae_loss: Tensor | None = None,
-                clinical_tlvr: Tensor | None = None,
-                liver_coverage: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+                clinical_tlvr: Tensor | None = None, liver_coverage: Tensor | None = None,
+                case_tlvr: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         seg = self.seg_loss(logits, target)
         total = seg
         parts = {"seg": float(seg.detach())}
@@ -213,10 +217,10 @@ class SmoothSegLoss(nn.Module):
             total = total + self.vae_weight * vae_loss
             parts["vae"] = float(vae_loss.detach())
         if self.tlvr_weight:
-            if clinical_tlvr is None or liver_coverage is None:
-                raise ValueError("the TLVR term is on (tlvr_weight > 0) but clinical_tlvr or liver_coverage is "
-                                 "missing; set tlvr_weight=0 when the dataset has no clinical table")
-            tlvr = self.tlvr_loss(logits, target, clinical_tlvr, liver_coverage)
+            if clinical_tlvr is None or liver_coverage is None or case_tlvr is None:
+                raise ValueError("the TLVR term is on (tlvr_weight > 0) but clinical_tlvr, liver_coverage or "
+                                 "case_tlvr is missing; set tlvr_weight=0 when the dataset has no clinical table")
+            tlvr = self.tlvr_loss(logits, target, clinical_tlvr, liver_coverage, case_tlvr)
             total = total + self.tlvr_weight * tlvr
             parts["tlvr"] = float(tlvr.detach())
         parts["total"] = float(total.detach())

@@ -48,11 +48,16 @@ class ProgressLog:
                 axes[0].plot(epochs, values, style, label=key)
         axes[0].set_ylabel("loss")
         axes[0].legend(loc="upper right")
-        for key, style in (("pseudo_dice", "g.-"), ("ema_pseudo_dice", "k-")):
+        for key, style in (("ema_pseudo_dice", "k-"),):
             values = self.series.get(key)
             if values and len(values) == len(epochs):
-                axes[1].plot(epochs, values, style, label=key)
-        axes[1].set_ylabel("pseudo-Dice (foreground mean)")
+                axes[1].plot(epochs, values, style, label="EMA of the class mean")
+        for key, style in zip(sorted(k for k in self.series if k.startswith("pseudo_dice_")), ("b.-", "r.-", "g.-"),
+                              strict=False):
+            values = self.series[key]
+            if len(values) == len(epochs):  # one curve per class: a collapsed class shows as a flat line at 0
+                axes[1].plot(epochs, values, style, label=key.replace("pseudo_dice_", ""))
+        axes[1].set_ylabel("validation pseudo-Dice per class")
         axes[1].set_ylim(0, 1)
         axes[1].legend(loc="lower right")
         if self.series.get("lr"):

@@ -150,6 +150,8 @@ class Trainer:
             "tlvr_model": self.tlvr_model,
             "tlvr_scores": self.tlvr_scores,
             "git_hash": git_hash(),
+            "rng_state": {"torch": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
         }
 
     def _resume(self) -> None:
@@ -175,6 +177,11 @@ class Trainer:
         self.progress.truncate(self.start_epoch)
         self.ema_dice, self.best_ema = ckpt["ema_dice"], ckpt["best_ema"]
         self.epochs_since_best = int(ckpt.get("epochs_since_best", 0))
+        rng = ckpt.get("rng_state")
+        if rng:  # the VAE's sampling noise continues where it stopped (older checkpoints lack the state)
+            torch.set_rng_state(rng["torch"])
+            if self.device.type == "cuda" and rng.get("cuda"):
+                torch.cuda.set_rng_state_all(rng["cuda"])
         logger.info("resuming from %s: %d epoch(s) done, continuing at epoch %d of %d", path.name, self.start_epoch,
                     self.start_epoch, self.config.epochs)
 
@@ -188,17 +195,17 @@ class Trainer:
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, ...]:
         data = torch.as_tensor(np.asarray(batch["data"]), dtype=torch.float32).to(self.device, non_blocking=True)
         seg = torch.as_tensor(np.asarray(batch["seg"]), dtype=torch.long).to(self.device, non_blocking=True)
-        tlvr = torch.as_tensor(np.asarray(batch["clinical_tlvr"]), dtype=torch.float32).to(self.device)
-        cov = torch.as_tensor(np.asarray(batch["liver_coverage"]), dtype=torch.float32).to(self.device)
-        return data, seg[:, 0], tlvr, cov
+        knowledge = [torch.as_tensor(np.asarray(batch[k]), dtype=torch.float32).to(self.device)
+                     for k in ("clinical_tlvr", "liver_coverage", "case_tlvr")]
+        return data, seg[:, 0], *knowledge
 
     def train_step(self, batch: dict) -> dict[str, float]:
-        data, seg, tlvr, coverage = self._to_device(batch)
+        data, seg, tlvr, coverage, case_tlvr = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits, vae_loss = self.model_for_training(data)
         total, parts = self.loss_fn(logits.float(), seg, vae_loss=vae_loss.float(), clinical_tlvr=tlvr,
-                                    liver_coverage=coverage)
+                                    liver_coverage=coverage, case_tlvr=case_tlvr)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
@@ -208,7 +215,7 @@ class Trainer:
 
     @torch.no_grad()
     def validation_step(self, batch: dict) -> tuple[float, np.ndarray]:
-        data, seg, _, _ = self._to_device(batch)
+        data, seg, *_ = self._to_device(batch)
         self.network.eval()
         with self._autocast():
             logits = self.network(data)
@@ -253,16 +260,18 @@ class Trainer:
                     cfg.task, cfg.fold, len(self.train_ids), len(self.val_ids), self.device,
                     " + AMP" if self.amp else "", self.start_epoch, cfg.epochs - 1)
         self.model_for_training = torch.compile(self.network) if cfg.compile else self.network
-        train_aug = self._loader(self.train_ids, self.train_tlvr, cfg.seed + self.start_epoch, train=True)
-        val_aug = self._loader(self.val_ids, self.val_tlvr, cfg.seed + 10_000, train=False)
-        try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                if self._epoch(epoch, train_aug, val_aug):
-                    break
-        finally:
-            for aug in (train_aug, val_aug):
-                if hasattr(aug, "_finish"):
-                    aug._finish()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            # The data of epoch e depend on (seed, e) only, so a run resumed at e draws what an uninterrupted one does.
+            train_aug = self._loader(self.train_ids, self.train_tlvr, _epoch_seed(cfg.seed, epoch), train=True)
+            val_aug = self._loader(self.val_ids, self.val_tlvr, _epoch_seed(cfg.seed + 10_000, epoch), train=False)
+            try:
+                stop = self._epoch(epoch, train_aug, val_aug)
+            finally:
+                for aug in (train_aug, val_aug):
+                    if hasattr(aug, "_finish"):
+                        aug._finish()
+            if stop:
+                break
         final = self._payload(len(self.progress.series.get("train_loss", [])) - 1)
         save_checkpoint(final, self.output / "checkpoint_final.pth")
         logger.info("training done: %s (best EMA pseudo-Dice %.4f)", self.output / "checkpoint_final.pth",
@@ -292,6 +301,8 @@ class Trainer:
             stats += s
         dice_per_class = 2 * stats[:, 0] / np.maximum(2 * stats[:, 0] + stats[:, 1] + stats[:, 2], 1)
         present = (stats[:, 0] + stats[:, 2]) > 0
+        per_class = {f"pseudo_dice_{name}": float(d) if (stats[c, 0] + stats[c, 1] + stats[c, 2]) > 0 else float("nan")
+                     for c, (name, d) in enumerate(zip(self.plan.class_names[1:], dice_per_class, strict=True))}
         pseudo_dice = float(dice_per_class[present].mean()) if present.any() else float("nan")
         if not math.isnan(pseudo_dice):
             self.ema_dice = pseudo_dice if self.ema_dice is None else 0.9 * self.ema_dice + 0.1 * pseudo_dice
@@ -299,7 +310,7 @@ class Trainer:
                           train_vae=means.get("vae", float("nan")), train_tlvr=means.get("tlvr", float("nan")),
                           val_loss=float(np.mean(val_losses)) if val_losses else float("nan"),
                           pseudo_dice=pseudo_dice, ema_pseudo_dice=self.ema_dice if self.ema_dice is not None
-                          else float("nan"), lr=lr, epoch_time=time.time() - t0)
+                          else float("nan"), lr=lr, epoch_time=time.time() - t0, **per_class)
         improved = self.ema_dice is not None and self.ema_dice > self.best_ema
         if improved:
             self.best_ema, self.epochs_since_best = self.ema_dice, 0
@@ -354,6 +365,11 @@ class SmoothSegTrainer(Trainer):
         self.train_tlvr, self.val_tlvr = labels.train, labels.val
         self.tlvr_model, self.tlvr_scores = labels.model, labels.scores
         logger.info("TLVR weight %g", self.config.tlvr_weight)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The data seed of one epoch, from the run's seed and the epoch number only."""
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
 def train(config: TrainingConfig, device: torch.device | None = None) -> Path:

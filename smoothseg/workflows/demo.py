@@ -110,6 +110,7 @@ class DemoResult:
     mode: str
     device: str
     settings: DemoSettings
+    seed: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float | None] = field(default_factory=dict)
@@ -120,7 +121,7 @@ class DemoResult:
         return all(self.metrics.get(k) is not None and self.metrics[k] >= v for k, v in QUALITY_BAR.items())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"workdir": str(self.workdir), "mode": self.mode, "device": self.device,
+        return {"workdir": str(self.workdir), "mode": self.mode, "device": self.device, "seed": self.seed,
                 "settings": asdict(self.settings), "seconds": self.seconds, "paths": self.paths,
                 "metrics": self.metrics, "quality_bar": QUALITY_BAR, "meets_quality_bar": self.meets_quality_bar}
 
@@ -137,9 +138,9 @@ def _trained_with(final: Path, config: TrainingConfig) -> bool:
 
 
 def _train(task: str, settings: DemoSettings, device: torch.device, num_workers: int | None,
-           say: Callable[[str], None]) -> Path:
+           say: Callable[[str], None], seed: int) -> Path:
     config = TrainingConfig(dataset=str(DEMO_DATASET_ID), task=task, fold=FOLD, trainer=TRAINER, device=device.type,
-                            epochs=settings.epochs(task),
+                            epochs=settings.epochs(task), seed=seed,
                             iters_per_epoch=settings.iters_per_epoch, val_iters=settings.val_iters,
                             num_workers=num_workers, validate=task == "tumor")
     trainer = TRAINERS[TRAINER](config, device)
@@ -155,12 +156,13 @@ def _train(task: str, settings: DemoSettings, device: torch.device, num_workers:
 
 def run_demo(workdir: str | Path, device: torch.device, quick: bool = False, *,
              settings: DemoSettings | None = None, num_workers: int | None = None, num_processes: int = 2,
-             say: Callable[[str], None] | None = None) -> DemoResult:
+             say: Callable[[str], None] | None = None, seed: int = 0) -> DemoResult:
     """Run the whole pipeline on the synthetic dataset; see the module docstring for what lands where.
 
     ``settings`` replaces the built-in ones (:func:`demo_settings`); ``num_workers`` is the number of augmentation
     workers per training run (default: the trainer's choice), ``num_processes`` the worker processes of the data
     steps (generation, preprocessing, prediction, evaluation). ``say`` receives the narration (default: the log).
+    ``seed`` is the training seed of both models (initial weights and patch sampling).
     The three data roots point into ``workdir`` while the demo runs (:func:`smoothseg.paths.using_roots`) and are
     restored afterwards.
     """
@@ -168,18 +170,18 @@ def run_demo(workdir: str | Path, device: torch.device, quick: bool = False, *,
     mode = device.type + ("-quick" if quick else "")
     with using_roots(raw=workdir / "raw", preprocessed=workdir / "preprocessed",
                      results=workdir / mode / "results"):
-        return _run(workdir, mode, device, quick, settings, num_workers, num_processes, say or logger.info)
+        return _run(workdir, mode, device, quick, settings, num_workers, num_processes, say or logger.info, seed)
 
 
 def _run(workdir: Path, mode: str, resolved: torch.device, quick: bool, settings: DemoSettings | None,
-         num_workers: int | None, num_processes: int, say: Callable[[str], None]) -> DemoResult:
+         num_workers: int | None, num_processes: int, say: Callable[[str], None], seed: int) -> DemoResult:
     start = time.perf_counter()
     settings = settings or demo_settings(resolved.type, quick)
     if settings.n_cases < 8:
         raise SmoothSegError(f"the demo needs at least 8 synthetic cases (fold 0 must hold training and validation "
                              f"cases), got {settings.n_cases}")
     run_dir = workdir / mode
-    result = DemoResult(workdir=workdir, mode=mode, device=str(resolved), settings=settings)
+    result = DemoResult(workdir=workdir, mode=mode, device=str(resolved), settings=settings, seed=seed)
     say(f"smoothseg demo ({mode}) in {workdir}\n    device {resolved}; {settings.n_cases} synthetic cases; "
         f"training {settings.iterations('liver')} liver + {settings.iterations('tumor')} tumour iterations")
 
@@ -206,7 +208,7 @@ def _run(workdir: Path, mode: str, resolved: torch.device, quick: bool, settings
         plan = planned.plans[task]
         announce(step, total_steps, f"train the {task} model, fold {FOLD}: {settings.iterations(task)} iterations, "
                   f"patch {'x'.join(map(str, plan.patch_size))}, {plan.network.init_filters} filters")
-        result.paths[f"{task}_model"] = str(_train(task, settings, resolved, num_workers, say))
+        result.paths[f"{task}_model"] = str(_train(task, settings, resolved, num_workers, say, seed))
         timed(f"train_{task}", t0)
 
     t0 = time.perf_counter()
