@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,67 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from smoothseg.errors import SmoothSegError
+
+#: Hidden temporary folders of :func:`atomic_path` are named ``.tmp-<pid>-<random>``.
+TMP_PREFIX = ".tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp(folder: str | Path) -> int:
+    """Remove the temporary folders that writers killed mid-write (``kill -9``, power loss) left in ``folder``.
+
+    A folder counts as stale when the process that made it is no longer running (its PID is in the name); folders of
+    the older ``.tmp-<random>`` form carry no PID and are removed when older than a day. Returns how many went.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        if not (entry.name.startswith(TMP_PREFIX) and entry.is_dir()):
+            continue
+        owner = entry.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and "-" in entry.name[len(TMP_PREFIX):]:
+            stale = not _pid_alive(int(owner))
+        else:
+            stale = time.time() - entry.stat().st_mtime > 86_400
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def ensure_writable_folder(folder: str | Path, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and check that files can be written in it, before any work is done.
+
+    Raises :class:`~smoothseg.errors.SmoothSegError` naming the folder and the problem (a regular file in the way,
+    no permission, read-only file system, full disk).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f"{TMP_PREFIX}{os.getpid()}-probe"
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except FileExistsError:
+        raise SmoothSegError(f"{folder}: cannot use it as the {what}: a file, not a folder, is in the way") from None
+    except NotADirectoryError:
+        raise SmoothSegError(f"{folder}: cannot use it as the {what}: part of the path is a file, not a folder") \
+            from None
+    except OSError as exc:
+        raise SmoothSegError(f"{folder}: the {what} is not writable ({exc.strerror or exc})") from None
+    return folder
 
 
 @contextmanager
@@ -31,7 +93,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = path.parent / f".tmp-{uuid.uuid4().hex[:12]}"
+    tmp_dir = path.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     tmp_dir.mkdir()
     tmp = tmp_dir / path.name
     try:

@@ -1,7 +1,8 @@
 """Exception types that smoothseg raises for problems the user can fix.
 
 Every error carries a message that names the offending file (or key) and the problem, so the
-command-line layer can print it without a traceback.
+command-line layer can print it without a traceback. Every error survives pickling (``__reduce__``), so one raised in
+a worker process reaches the parent intact instead of breaking the pool.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class ImageReadError(SmoothSegError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)
+
 
 class ImageWriteError(SmoothSegError):
     """An image cannot be written (unsupported format or pixel type, full disk, no permission)."""
@@ -29,6 +33,9 @@ class ImageWriteError(SmoothSegError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: cannot write image: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)
 
 
 class DatasetSchemaError(SmoothSegError):
@@ -40,6 +47,9 @@ class DatasetSchemaError(SmoothSegError):
         self.problem = problem
         where = f"key '{key}'" if key else "file"
         super().__init__(f"{self.path}: {where}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.key, self.problem)
 
 
 class DatasetNotFoundError(SmoothSegError):

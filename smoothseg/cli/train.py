@@ -19,7 +19,7 @@ def _body(args: argparse.Namespace) -> int:
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, optimizer=args.optimizer,
         initial_lr=args.lr, batch_dice=not args.sample_dice,
         tlvr_weight=args.tlvr_weight, patience=args.patience, compile=args.compile, num_workers=args.num_workers,
-        seed=args.seed, continue_training=args.c, validate=not args.no_val)
+        seed=args.seed, continue_training=args.c, overwrite=args.overwrite, validate=not args.no_val)
     device = resolve_device(args.device)
     if args.val:
         print(f"validation: {validate_only(config, device)}")
@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample-dice", dest="sample_dice", action="store_true",
                         help="Dice per sample instead of over the batch")
     parser.add_argument("--c", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train a fold that already holds a finished model again from scratch (deletes it)")
     parser.add_argument("--tlvr-weight", dest="tlvr_weight", type=float, default=0.5,
                         help="weight of the TLVR term (tumor task); 0 ablates it")
     parser.add_argument("--patience", type=int, default=None, help="stop after N epochs without EMA improvement")

@@ -290,6 +290,30 @@ def read_image(path: str | Path, *, series_uid: str | None = None, check_finite:
     return array, Geometry.from_sitk(image)
 
 
+#: Fewer voxels than this along an axis: the image is a few slices, not a volume.
+MIN_SLICES = 8
+
+
+def ct_input_warnings(array: np.ndarray) -> list[str]:
+    """Why a CT given for prediction will likely be predicted badly (empty when nothing is odd).
+
+    * fewer than :data:`MIN_SLICES` voxels along an axis: the models learnt from volumes, and a slab of a few
+      slices is predicted much worse than the same slices inside their volume;
+    * an 8-bit pixel type: it cannot hold CT numbers (about -1024 to 3000 HU), so the values were clipped or
+      rescaled (a screenshot or a windowed export, not the scanner's data).
+    """
+    warnings = []
+    thinnest = int(min(array.shape))
+    if thinnest < MIN_SLICES:
+        warnings.append(f"only {thinnest} voxel(s) along one axis (shape {tuple(array.shape)}): the models were "
+                        f"trained on volumes, and fewer than {MIN_SLICES} slices predict much worse than the same "
+                        "slices inside their volume")
+    if array.dtype in (np.int8, np.uint8, np.bool_):
+        warnings.append(f"pixel type {array.dtype} cannot hold CT numbers (about -1024 to 3000 HU): the values were "
+                        "clipped or rescaled, and predictions will be wrong unless the image is in HU")
+    return warnings
+
+
 def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     """Wrap a ``(z, y, x)`` array as a SimpleITK image with ``geometry``."""
     array = np.asarray(array)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from smoothseg.atomic import json_safe, write_json, write_text
+from smoothseg.atomic import ensure_writable_folder, json_safe, write_json, write_text
 from smoothseg.dataset.dataset_json import TaskRegions
 from smoothseg.dataset.io import read_image
 from smoothseg.errors import SmoothSegError
@@ -301,6 +301,8 @@ def evaluate(reference_dir: Path, prediction_dir: Path, output_json: Path | None
     regions = regions_for(dataset)
     clinical_sizes = load_clinical_sizes(clinical_csv) if clinical_csv is not None else None
     pairs = match_cases(reference_dir, prediction_dir)
+    if output_json is not None:
+        ensure_writable_folder(Path(output_json).parent, "evaluation output folder")
     logger.info("evaluating %d case(s); reference liver region %s, tumour %s", len(pairs), list(regions.liver),
                 list(regions.tumor))
     rows = assign_strata(_evaluate_all(pairs, regions, max(1, int(num_processes))), clinical_sizes)

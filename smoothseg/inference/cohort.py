@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smoothseg.atomic import write_json
+from smoothseg.atomic import ensure_writable_folder, remove_stale_temp, write_json
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.cascade import CascadePredictor, ModelOptions
 from smoothseg.inference.cohort_workers import (
@@ -146,7 +146,9 @@ class _CohortRun:
         if not outcome.ok:
             self.record(case, "failed", outcome.message)
             return
-        image, geometry, prepared, load_seconds = outcome.value
+        image, geometry, prepared, load_seconds, warnings = outcome.value
+        for warning in warnings:
+            logger.warning("%s: %s", case.path, warning)
         try:
             labels, timings = self.cascade.network_stages(image, geometry, prepared)
             clinical = self.clinical.predict(case.case_id) if self.clinical is not None else None
@@ -155,7 +157,8 @@ class _CohortRun:
             return
         self.timings[case.case_id] = {"read_preprocess": load_seconds, **timings}
         output, report_path = self.outputs(case)
-        extra = {"input": str(case.path), "output": str(output), "model": self.cascade.model_info}
+        extra = {"input": str(case.path), "output": str(output), "model": self.cascade.model_info,
+                 "input_warnings": warnings}
         finish = FinishJob(case, image, geometry, labels, self.cascade.active_contour_params, output, report_path,
                             clinical, extra, self.cascade.min_lesion_volume_ml)
         for done in self.finisher.submit(finish):
@@ -171,8 +174,8 @@ def run_cohort(cascade: CascadePredictor, cases: Sequence[InputCase], output_dir
     every case report in ``output_dir`` (so parts of a split cohort complete it together).
     """
     options = options or CohortOptions()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = ensure_writable_folder(Path(output_dir))
+    remove_stale_temp(output_dir)
     ending = normalise_ending(options.output_format)
     todo, skipped = [], []
     for case in cases:
@@ -230,6 +233,7 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
     if input_path.is_dir() and output_dir.resolve() == input_path.resolve():
         raise SmoothSegError(f"{output_dir}: the output folder must differ from the input folder")
     cases = select_part(find_input_cases(input_path), options.num_parts, options.part_id)
+    ensure_writable_folder(output_dir)  # before the models load and any case is computed
     pair = select_models(dataset, list(folds) if folds else None, checkpoint or DEFAULT_CHECKPOINT,
                          trainer or DEFAULT_TRAINER)
     cascade = CascadePredictor.from_models(pair, models)

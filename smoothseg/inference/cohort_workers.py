@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from smoothseg.dataset.io import Geometry, read_image, write_image
+from smoothseg.dataset.io import Geometry, ct_input_warnings, read_image, write_image
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.inputs import InputCase
 from smoothseg.inference.lesion_filter import remove_small_lesions
 from smoothseg.inference.postprocessing import refine_and_compose
 from smoothseg.inference.report import case_report, write_case_report
+from smoothseg.parallel import process_pool
 from smoothseg.planning.plans import ActiveContourPlan
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor
 
@@ -54,8 +55,9 @@ def load_case(job: LoadJob) -> Outcome:
     try:
         t0 = time.perf_counter()
         image, geometry = read_image(job.case.path)
+        warnings = ct_input_warnings(image)
         data, _, properties = job.preprocessor.preprocess(image, geometry)
-        return Outcome(True, (image, geometry, (data, properties), time.perf_counter() - t0))
+        return Outcome(True, (image, geometry, (data, properties), time.perf_counter() - t0, warnings))
     except Exception as exc:  # noqa: BLE001 - one case's failure must not stop the cohort
         return Outcome(False, message=failure_message(exc, job.case.path))
 
@@ -108,7 +110,7 @@ class WorkerStage:
 
     def _submit(self, job: Any) -> Future:
         if self.executor is None:
-            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self.executor = process_pool(self.workers, multiprocessing.get_context("spawn"))
         return self.executor.submit(self.fn, job)
 
     def submit(self, job: Any) -> list[tuple[Any, Outcome]]:

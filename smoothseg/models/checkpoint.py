@@ -32,10 +32,22 @@ def git_hash() -> str | None:
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> Path:
-    """Write ``payload`` atomically with ``torch.save``."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    """Write ``payload`` atomically with ``torch.save``; a failed write (full disk, no permission) names the file and
+    leaves the previous checkpoint of that name untouched."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as "[enforce fail at ...] unexpected pos"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        raise SmoothSegError(f"{path}: cannot write the checkpoint ({reason}); the previous {path.name}, if any, is "
+                             "kept. Free disk space or check the folder's permissions, then continue with --c") \
+            from None
+    return path
+
+
+#: What torch says when ``weights_only=True`` meets objects beyond tensors and plain data.
+_UNSAFE_MARKERS = ("Unsupported global", "was not an allowed global")
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -46,4 +58,28 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise SmoothSegError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {str(exc)[:300]})") from None
+        text = f"{type(exc).__name__}: {exc}"
+        if any(marker in text for marker in _UNSAFE_MARKERS):
+            raise SmoothSegError(
+                f"{path}: refused: the file holds Python objects besides tensors and plain data, and loading those "
+                "can run arbitrary code. smoothseg only loads checkpoints as weights (weights_only=True) and will "
+                "not load this one. Use checkpoints written by smoothseg (training, or smoothseg_export_model / "
+                "smoothseg_install_model); a file from elsewhere must be re-saved as plain tensors by its author"
+            ) from None
+        raise SmoothSegError(f"{path}: cannot load the checkpoint, it is damaged or not a checkpoint "
+                             f"({_load_failure(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _load_failure(exc: BaseException) -> str:
+    """torch's reason in a few words, without its advice to retry with ``weights_only=False``."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return detail[0].strip() if detail else type(exc).__name__
+    line = _first_line(exc)
+    return type(exc).__name__ if "weights_only" in line else f"{type(exc).__name__}: {line}"

@@ -1,6 +1,8 @@
 """Dataset fingerprint: what the planner needs to know about a raw dataset, extracted once.
 
-Per case (in the canonical orientation the preprocessor uses, see :mod:`smoothseg.preprocessing.orientation`):
+Every training case is checked on the way (:func:`check_training_case`); all unusable cases are reported at once.
+
+Per case (in the canonical orientation the preprocessor uses, see :mod:`smoothseg.dataset.orientation`):
 shape, spacing and the stored direction; intensity statistics of the body, the liver region and the
 tumour; the liver bounding-box extent in mm; tumour count and volumes; the ground-truth TLVR
 (tumour-to-liver-region volume ratio). Per dataset: pooled intensity statistics from a fixed
@@ -21,9 +23,10 @@ from scipy import ndimage
 from smoothseg.atomic import write_json
 from smoothseg.dataset.cases import CaseFiles
 from smoothseg.dataset.dataset_json import DatasetSpec
-from smoothseg.dataset.io import read_image
+from smoothseg.dataset.io import Geometry, read_image
 from smoothseg.dataset.orientation import Orientation
 from smoothseg.dataset.raw_dataset import RawDataset
+from smoothseg.dataset.verify import Tolerance
 from smoothseg.errors import SmoothSegError
 from smoothseg.parallel import map_cases
 
@@ -63,12 +66,40 @@ def _sample(values: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
     return values[rng.choice(values.size, n, replace=False)]
 
 
+def check_training_case(case: CaseFiles, image: np.ndarray, geometry: Geometry, label: np.ndarray,
+                        label_geometry: Geometry, spec: DatasetSpec, tol: Tolerance = Tolerance()) -> list[str]:
+    """What makes a training case unusable for planning, cheaply: the label off the image's grid (size, spacing,
+    origin, direction beyond ``tol``), label values that ``dataset.json`` does not declare, an empty liver region."""
+    problems = []
+    if label.shape != image.shape:
+        problems.append(f"label {case.label.name} has shape {label.shape}, image {image.shape}")
+    differences = geometry.differences(label_geometry, spacing_tol=tol.spacing, origin_tol_mm=tol.origin_mm,
+                                       direction_tol=tol.direction)
+    if differences:
+        problems.append(f"label {case.label.name} is not on the image's grid (image vs label: "
+                        f"{'; '.join(differences)})")
+    undeclared = sorted(set(np.unique(label).tolist()) - set(spec.label_values))
+    if undeclared:
+        problems.append(f"label {case.label.name} holds value(s) {undeclared} that dataset.json does not declare "
+                        f"(declared: {spec.labels})")
+    if not problems and not np.isin(label, spec.task_regions.liver).any():
+        problems.append(f"label {case.label.name} has no liver region (values {list(spec.task_regions.liver)}): "
+                        "nothing to crop the tumour task to")
+    return problems
+
+
 def case_fingerprint(case: CaseFiles, spec: DatasetSpec) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Fingerprint of one training case, plus the intensity samples per region for pooling."""
+    """Fingerprint of one training case, plus the intensity samples per region for pooling.
+
+    Raises :class:`SmoothSegError` naming the case and every problem :func:`check_training_case` finds.
+    """
     if case.label is None or 0 not in case.images:
         raise SmoothSegError(f"case {case.case_id}: image or label missing; run smoothseg_verify_dataset")
     image, geometry = read_image(case.image(0))
-    label, _ = read_image(case.label)
+    label, label_geometry = read_image(case.label)
+    problems = check_training_case(case, image, geometry, label, label_geometry, spec)
+    if problems:
+        raise SmoothSegError(f"case {case.case_id}: " + "; ".join(problems))
     orient = Orientation.from_direction(geometry.direction)
     image, label = orient.to_canonical(image), orient.to_canonical(label)
     spacing_zyx = np.asarray(orient.canonical_tuple(geometry.spacing_zyx))
@@ -105,8 +136,12 @@ def case_fingerprint(case: CaseFiles, spec: DatasetSpec) -> tuple[dict[str, Any]
     return record, samples
 
 
-def _case_fingerprint_star(args) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    return case_fingerprint(*args)
+def _case_fingerprint_star(args) -> tuple[dict[str, Any], dict[str, np.ndarray]] | str:
+    """Worker: the fingerprint, or the case's problem as a message (returned as data, so every case is checked)."""
+    try:
+        return case_fingerprint(*args)
+    except SmoothSegError as exc:
+        return str(exc)
 
 
 def extract_fingerprint(raw: RawDataset, num_processes: int = 1) -> dict[str, Any]:
@@ -116,6 +151,10 @@ def extract_fingerprint(raw: RawDataset, num_processes: int = 1) -> dict[str, An
         raise SmoothSegError(f"{raw.folder}: no labelled training cases to fingerprint")
     jobs = [(c, raw.spec) for c in cases]
     results = map_cases(_case_fingerprint_star, jobs, num_processes, desc="fingerprint")
+    failed = [r for r in results if isinstance(r, str)]
+    if failed:
+        raise SmoothSegError(f"{raw.folder}: {len(failed)} of {len(cases)} training case(s) cannot be planned; "
+                             "nothing was written:\n  " + "\n  ".join(failed))
     records = [r for r, _ in results]
     pooled = {name: intensity_stats(np.concatenate([s[name] for _, s in results])) for name in REGIONS}
     return {

@@ -35,4 +35,5 @@ class TrainingConfig:
     num_workers: int | None = None
     seed: int = 0
     continue_training: bool = False
+    overwrite: bool = False  # train a finished fold again from scratch (its previous outputs are removed)
     validate: bool = True  # run the cascade on the fold's validation cases once both tasks are trained

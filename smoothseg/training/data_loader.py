@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from batchgenerators.dataloading.data_loader import DataLoader
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 
+from smoothseg.parallel import die_with_parent
 from smoothseg.preprocessing.dataset_preprocessing import load_case, load_locations
 
 
@@ -53,12 +55,16 @@ class PatchLoader(DataLoader):
         self.clinical_tlvr = clinical_tlvr or {}
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.parent_pid = os.getpid()
         self._locations: dict[str, dict[int, np.ndarray]] = {}
 
-    # batchgenerators calls set_thread_id in each worker; reseed so workers draw different, reproducible patches
+    # batchgenerators calls set_thread_id in each worker; reseed so workers draw different, reproducible patches,
+    # and make the worker die with the trainer
     def set_thread_id(self, thread_id: int) -> None:
         super().set_thread_id(thread_id)
         self.rng = np.random.default_rng([self.seed, thread_id])
+        if os.getpid() != self.parent_pid:
+            die_with_parent(self.parent_pid)
 
     def _case_locations(self, case_id: str) -> dict[int, np.ndarray]:
         if case_id not in self._locations:

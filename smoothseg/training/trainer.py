@@ -39,6 +39,7 @@ from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.training.augmentation import default_num_workers, make_augmenter, training_transforms
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
+from smoothseg.training.fold_guard import check_not_finished, clear_previous_run, fold_lock
 from smoothseg.training.losses import DiceCELoss, SmoothSegLoss
 from smoothseg.training.optim import build_optimizer, poly_lr
 from smoothseg.training.progress import ProgressLog
@@ -229,9 +230,19 @@ class Trainer:
         return loss, stats
 
     def run(self) -> Path:
-        """Train (or continue) to ``config.epochs`` and return the output folder."""
+        """Train (or continue) to ``config.epochs`` and return the output folder.
+
+        The fold is locked while it trains, and a finished fold is only continued (``--c``) or trained again
+        (``--overwrite``) when asked (:mod:`smoothseg.training.fold_guard`).
+        """
+        check_not_finished(self.output, self.config.continue_training, self.config.overwrite)
+        with fold_lock(self.output):
+            if self.config.overwrite:
+                clear_previous_run(self.output)
+            return self._run_logged()
+
+    def _run_logged(self) -> Path:
         cfg = self.config
-        self.output.mkdir(parents=True, exist_ok=True)
         file_log = logging.FileHandler(self.output / "training_log.txt")
         file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         file_log.setLevel(logging.INFO)

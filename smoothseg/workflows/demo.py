@@ -142,7 +142,7 @@ def _train(task: str, settings: DemoSettings, device: torch.device, num_workers:
     config = TrainingConfig(dataset=str(DEMO_DATASET_ID), task=task, fold=FOLD, trainer=TRAINER, device=device.type,
                             epochs=settings.epochs(task), seed=seed,
                             iters_per_epoch=settings.iters_per_epoch, val_iters=settings.val_iters,
-                            num_workers=num_workers, validate=task == "tumor")
+                            num_workers=num_workers, validate=task == "tumor", overwrite=True)
     trainer = TRAINERS[TRAINER](config, device)
     final = trainer.output / "checkpoint_final.pth"
     if _trained_with(final, config):

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smoothseg.atomic import ensure_writable_folder, remove_stale_temp
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.dataset.verify import VerificationReport, verify_dataset
 from smoothseg.errors import SmoothSegError
@@ -54,6 +55,8 @@ def _load_or_extract_fingerprint(raw: RawDataset, folder: Path, num_processes: i
         except (ValueError, KeyError):
             pass
     fingerprint = extract_fingerprint(raw, num_processes)
+    ensure_writable_folder(folder, "preprocessed dataset folder")
+    remove_stale_temp(folder)
     save_fingerprint(fingerprint, path)
     logger.info("fingerprint written: %s", path)
     return fingerprint
@@ -74,9 +77,7 @@ def plan_and_preprocess(dataset: str | int, tasks: tuple[str, ...] = TASKS, num_
             raise DatasetIntegrityError(report)
         logger.info("dataset verified: %s", report.summary().splitlines()[0])
     folder = Path(output_root or preprocessed_root()) / raw.name
-    folder.mkdir(parents=True, exist_ok=True)
-
-    fingerprint = _load_or_extract_fingerprint(raw, folder, num_processes, clean)
+    fingerprint = _load_or_extract_fingerprint(raw, folder, num_processes, clean)  # checks every case first
     plans_path = folder / "plans.json"
     fresh = plan(fingerprint, gpu_memory_target_gb)
     if plans_path.exists() and not overwrite_plans:
