@@ -1,0 +1,86 @@
+"""The demo over several training seeds: does every seed's tumour model take off, and does every run meet the bar?
+
+Runs ``smoothseg_demo --device cpu --seed S`` for each seed in one work folder (the synthetic dataset and its
+preprocessing are shared; each seed trains its own models), and after each run reads:
+
+* the **take-off epoch**: the first epoch whose validation pseudo-Dice of the tumour class (from the tumour
+  checkpoint's progress log, batches of the fold's validation cases) reaches 0.1; "never" when it does not;
+* the fold validation's **sliding-window tumour Dice**: the whole cascade on the fold's validation cases
+  (``validation/metrics.json``, mean per case), which a collapsed model cannot fake on batches;
+* the demo's test-case Dice (liver, tumour; per-case means), the bar, and the wall time.
+
+Prints a markdown table and writes it, with every run's ``demo.json``, to ``--out``. Usage:
+``python bench/demo_seeds.py --seeds 0 1 2 3 4 --workdir /tmp/seeds --out /tmp/seeds/table.md [demo flags...]``;
+flags after ``--`` are passed to ``smoothseg_demo`` (e.g. ``-- --tumor-epochs 30``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TAKE_OFF = 0.1
+
+
+def _take_off(progress: dict) -> str:
+    for epoch, value in enumerate(progress.get("pseudo_dice_tumor", [])):
+        if value is not None and not math.isnan(value) and value >= TAKE_OFF:
+            return str(epoch)
+    return "never"
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("demo_args", nargs="*", help="extra smoothseg_demo flags (after --)")
+    args = parser.parse_args()
+
+    import torch
+
+    from smoothseg.models.checkpoint import load_checkpoint
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in args.seeds:
+        started = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "smoothseg.cli.demo", "--device", "cpu", "--seed", str(seed),
+                              "--workdir", str(args.workdir), *args.demo_args], capture_output=True, text=True)
+        minutes = (time.perf_counter() - started) / 60
+        (args.out.parent / f"seed{seed}_stdout.txt").write_text(run.stdout)
+        (args.out.parent / f"seed{seed}_stderr.txt").write_text(run.stderr)
+        if run.returncode != 0:
+            rows.append(f"| {seed} | failed (exit {run.returncode}) | | | | | | {minutes:.1f} |")
+            continue
+        demo = json.loads((args.workdir / "cpu" / "demo.json").read_text())
+        shutil.copy(args.workdir / "cpu" / "demo.json", args.out.parent / f"seed{seed}_demo.json")
+        tumour_fold = Path(demo["paths"]["tumor_model"])
+        progress = load_checkpoint(tumour_fold / "checkpoint_final.pth", torch.device("cpu"))["progress"]
+        validation = json.loads((tumour_fold / "validation" / "metrics.json").read_text())
+        val_tumour = validation["metrics"]["tumor_dice"]["mean_per_case"]
+        m = demo["metrics"]
+        rows.append(f"| {seed} | {_take_off(progress)} | {_fmt(val_tumour)} | {_fmt(m['liver_dice'])} | "
+                    f"{_fmt(m['tumor_dice'])} | {_fmt(m['tumor_dice_global'])} | "
+                    f"{'met' if demo['meets_quality_bar'] else 'NOT met'} | {minutes:.1f} |")
+        print(rows[-1], flush=True)
+    header = ("| seed | tumour take-off epoch (val. pseudo-Dice >= 0.1) | fold-validation tumour Dice (cascade) | "
+              "test liver Dice | test tumour Dice | test tumour Dice pooled | bar | minutes |\n"
+              "|---|---|---|---|---|---|---|---|")
+    table = header + "\n" + "\n".join(rows) + "\n"
+    args.out.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
