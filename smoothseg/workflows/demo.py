@@ -63,9 +63,8 @@ class DemoSettings:
         Synthetic phantoms (``smoothseg_make_demo_dataset -n``); the last quarter are the test cases.
     gpu_memory_target_gb:
         Planner budget (``smoothseg_plan_and_preprocess -gpu_memory_target``). On a CPU, compute time rather than
-        memory is the limit, so the demo plans small networks there (1 GB: 8 filters, patch 32 x 48 x 48). Such
-        narrow tumour networks fail to learn the tumour class from some initialisations (seed 1 does, the default
-        seed 0 does not; documentation/benchmarks.md); 16 filters would need ~1.6 GB and about twice the time.
+        memory is the limit, so the demo plans small patches there: 1.25 GB gives 16-filter networks (the planner's
+        floor) on 32 x 48 x 48 patches; ``--quick`` plans at 1 GB, 16 filters on 16 x 32 x 32-sized patches.
     liver_epochs, tumor_epochs, iters_per_epoch, val_iters:
         Training length per task (``smoothseg_train --epochs --iters-per-epoch --val-iters``).
     """
@@ -84,8 +83,8 @@ class DemoSettings:
         return self.epochs(task) * self.iters_per_epoch
 
 
-# Sized on a 2-core CPU (see documentation/benchmarks.md): ~12 min for the default run, ~3 min for --quick.
-_CPU = DemoSettings(n_cases=32, gpu_memory_target_gb=1.0, liver_epochs=19, tumor_epochs=42, iters_per_epoch=25,
+# Sized on a 2-core CPU (see documentation/benchmarks.md): under 15 min for the default run, ~3 min for --quick.
+_CPU = DemoSettings(n_cases=32, gpu_memory_target_gb=1.25, liver_epochs=11, tumor_epochs=24, iters_per_epoch=25,
                     val_iters=3)
 _CPU_QUICK = DemoSettings(n_cases=32, gpu_memory_target_gb=1.0, liver_epochs=6, tumor_epochs=6, iters_per_epoch=20,
                           val_iters=2)
