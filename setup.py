@@ -27,14 +27,14 @@ setup(
         "scikit-image>=0.21",
         "scikit-learn>=1.3",
         "pandas>=2.0",
-        "acvl-utils>=0.2",
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4", "pydicom>=2.4", "highdicom>=0.22",
-                 "openpyxl>=3.1"],
+                 "openpyxl>=3.1", "dask[distributed]>=2024.1"],
         "dicom": ["pydicom>=2.4", "highdicom>=0.22", "openpyxl>=3.1"],
+        "cluster": ["dask[distributed]>=2024.1"],
     },
     entry_points={
         "console_scripts": [

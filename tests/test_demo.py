@@ -108,3 +108,27 @@ def test_settings_are_sized_to_the_device() -> None:
     assert demo_settings("mps") == cpu
     changed = with_overrides(cpu, n_cases=10, tumor_epochs=None)
     assert isinstance(changed, DemoSettings) and changed.n_cases == 10 and changed.tumor_epochs == cpu.tumor_epochs
+
+
+def test_the_readme_python_api_runs_as_shown_after_the_demo(demo_run, tmp_path: Path) -> None:
+    """The README's Python snippet, run as a user would after the demo, with the roots the demo printed."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    result, workdir = demo_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    exports = dict(re.findall(r"^export (SMOOTHSEG_\w+)=(\S+)$", result.stdout, flags=re.MULTILINE))
+    assert set(exports) == {"SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS"}
+    assert exports["SMOOTHSEG_RESULTS"] == str(workdir / "cpu-quick" / "results")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    snippet = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
+    snippet += "\nassert result.labels.shape == ct.shape and set(result.labels.ravel().tolist()) <= {0, 1, 2}\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
+    env.update(exports)
+    env["SMOOTHSEG_HOME"] = str(tmp_path / "elsewhere")  # the exports alone must be enough
+    run = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "case" in run.stdout.lower()  # verify_dataset's summary was printed

@@ -201,15 +201,21 @@ def test_parts_write_each_case_once_and_reruns_skip_finished_cases(home: Path, i
     assert sorted(seen) == ["SynLiver_004", "SynLiver_005", "flipped"]
     assert len((out / "report.csv").read_text().splitlines()) == 4  # the cohort CSV covers both parts
     stamp = os.stat(out / "flipped.nii.gz").st_mtime_ns
-    rerun = predict(inputs, out, models=FAST_MODELS, options=FAST)
+    again = replace(FAST, continue_prediction=True)
+    rerun = predict(inputs, out, models=FAST_MODELS, options=again)
     assert [c.status for c in rerun.cases] == ["skipped"] * 3
     assert os.stat(out / "flipped.nii.gz").st_mtime_ns == stamp
     (out / "flipped_report.json").unlink()  # an unfinished case is redone
-    redo = predict(inputs, out, models=FAST_MODELS, options=FAST)
+    redo = predict(inputs, out, models=FAST_MODELS, options=again)
     assert [c.status for c in redo.cases] == ["skipped", "skipped", "ok"]
-    forced = predict(inputs, out, models=FAST_MODELS,
-                     options=replace(FAST, overwrite=True, num_parts=2, part_id=1))
-    assert [(c.case_id, c.status) for c in forced.cases] == [("SynLiver_005", "ok")]
+    forced = predict(inputs, out, models=FAST_MODELS, options=replace(FAST, num_parts=2, part_id=1))
+    assert [(c.case_id, c.status) for c in forced.cases] == [("SynLiver_005", "ok")]  # the default predicts again
+    # outputs of another model (other settings here; a retrained model changes the checkpoints' hash) are redone
+    first_id = json.loads((out / "flipped_report.json").read_text())["model"]["model_id"]
+    other = predict(inputs, out, models=replace(FAST_MODELS, active_contour=False), options=again)
+    assert [c.status for c in other.cases] == ["ok"] * 3
+    ids = {json.loads((out / f"{c.case_id}_report.json").read_text())["model"]["model_id"] for c in other.cases}
+    assert len(ids) == 1 and first_id not in ids
 
 
 def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

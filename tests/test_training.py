@@ -159,6 +159,9 @@ def test_training_writes_checkpoints_and_progress(tiny: Path, data_home: Path, t
     assert len(ckpt["progress"]["train_loss"]) == 2 and all(np.isfinite(ckpt["progress"]["train_loss"]))
     model = SegResNetVAE(**ckpt["network_kwargs"])
     model.load_state_dict(ckpt["network_state"])
+    classes = ("liver", "tumor") if task == "tumor" else ("liver",)
+    assert sorted(k for k in ckpt["progress"] if k.startswith("pseudo_dice_")) == [f"pseudo_dice_{c}" for c in classes]
+    assert all(len(ckpt["progress"][f"pseudo_dice_{c}"]) == 2 for c in classes)  # one curve per class in the plot
     if task == "tumor":
         assert ckpt["tlvr_model"] is not None and "r2" in ckpt["tlvr_scores"]
         assert np.isfinite(ckpt["progress"]["train_tlvr"]).all()

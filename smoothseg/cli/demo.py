@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, run
@@ -37,6 +38,9 @@ def _report(result: DemoResult, quick: bool) -> None:
     for key, label in labels.items():
         for path in result.paths.get(key, "").split():
             print(f"  {label:27s} {path}")
+    print("\nTo use these data and models with the other commands or the Python API (README), set the data roots:")
+    for variable, folder in result.roots.items():
+        print(f"export {variable}={shlex.quote(folder)}")
 
 
 def _body(args: argparse.Namespace) -> int:

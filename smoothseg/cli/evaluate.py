@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from smoothseg.cli.common import make_parser, run
+from smoothseg.cli.common import make_parser, nnunet_only, run
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.evaluate import evaluate, output_paths
 from smoothseg.evaluation.replication import replication_markdown, write_replication_summary
@@ -31,6 +31,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                        clinical_csv=Path(args.clinical) if args.clinical else None, num_processes=args.np,
                        png=args.png, images_dir=Path(args.img) if args.img else None)
     print(paper_table_markdown(summary["strata"]))
+    if args.d is None:
+        regions = summary["regions"]
+        print(f"\nReference labels assumed without -d: liver region {regions['reference_liver_labels']}, tumour "
+              f"{regions['reference_tumor_labels']}; other values count as background. Pass -d DATASET to use its "
+              "dataset.json task_regions (e.g. a vessel label inside the liver).")
     glob = summary["global"]
     print(f"\n{summary['n_cases']} case(s); global (pooled) Dice: liver {_fmt(glob['liver_dice_global'])}, "
           f"tumour {_fmt(glob['tumor_dice_global'])}")
@@ -46,6 +51,11 @@ def _fmt(value: float | None) -> str:
 
 
 def _body(args: argparse.Namespace) -> int:
+    if args.folders:
+        if len(args.folders) != 2 or args.ref or args.pred:
+            raise SmoothSegError("give the folders either as two positional arguments REF PRED or as -ref/-pred, "
+                                 f"got {args.folders}")
+        args.ref, args.pred = args.folders
     if args.replications:
         if args.ref or args.pred:
             raise SmoothSegError("--replications summarises finished evaluations; do not combine it with -ref/-pred")
@@ -56,6 +66,9 @@ def _body(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("smoothseg_evaluate", "Evaluate predicted label maps against references: per-case and "
                          "pooled metrics, the paper's size strata, overlays; or summarise replications.")
+    parser.add_argument("folders", nargs="*", metavar="REF PRED",
+                        help="the reference and prediction folders, positional as for nnUNetv2_evaluate_folder "
+                             "(same as -ref REF -pred PRED)")
     parser.add_argument("-ref", help="folder of reference label maps (<case><ending>)")
     parser.add_argument("-pred", help="folder of predicted label maps (0 background, 1 liver, 2 tumour)")
     parser.add_argument("-d", help="dataset id or name whose dataset.json task_regions map the reference labels "
@@ -70,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replications", nargs="+", metavar="SUMMARY_JSON",
                         help="summary.json files (or folders holding one) of several runs: report mean ± std "
                              "across runs")
+    nnunet_only(parser, {
+        "-djfile": "give the dataset with -d DATASET; its dataset.json maps the reference labels",
+        "-pfile": "evaluation needs no plans",
+        "-l": "the labels are fixed: liver region and tumour (from -d DATASET's task_regions)",
+    })
     return run(parser, _body, argv)
 
 

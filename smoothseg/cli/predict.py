@@ -7,10 +7,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from smoothseg.cli.common import make_parser, run
+from smoothseg.cli.common import make_parser, nnunet_only, run
 from smoothseg.device import resolve_device
 from smoothseg.inference.cascade import ModelOptions
 from smoothseg.inference.cohort import CohortOptions, predict
+from smoothseg.inference.dask_cohort import DaskSettings, predict_on_dask
 
 
 def _non_negative(text: str) -> float:
@@ -26,11 +27,16 @@ def _body(args: argparse.Namespace) -> int:
         tta=False if args.disable_tta else (True if args.tta else None), active_contour=not args.no_active_contour,
         min_lesion_volume_ml=args.min_lesion_ml)
     options = CohortOptions(
-        output_format=args.output_format, overwrite=args.overwrite, num_processes_preprocessing=args.npp,
+        output_format=args.output_format, continue_prediction=args.continue_prediction,
+        num_processes_preprocessing=args.npp,
         num_processes_postprocessing=args.nps, num_parts=args.num_parts, part_id=args.part_id,
         clinical_csv=args.clinical, progress=not args.quiet)
-    summary = predict(args.i, args.o, dataset=args.d, folds=args.f, checkpoint=args.chk, trainer=args.tr,
-                      models=models, options=options)
+    if args.dask_workers is not None or args.dask_scheduler is not None:
+        summary = predict_on_dask(args.i, args.o, DaskSettings(args.dask_workers, args.dask_scheduler), dataset=args.d,
+                                  folds=args.f, checkpoint=args.chk, trainer=args.tr, models=models, options=options)
+    else:
+        summary = predict(args.i, args.o, dataset=args.d, folds=args.f, checkpoint=args.chk, trainer=args.tr,
+                          models=models, options=options)
     print(summary.text(), file=sys.stderr if summary.failed else sys.stdout)
     return 0 if summary.ok else 1
 
@@ -48,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name in each fold folder")
     parser.add_argument("-tr", default="SmoothSegTrainer", help="trainer whose models to use")
     parser.add_argument("-device", default="auto", help="auto, cuda, cpu or mps")
-    parser.add_argument("--step-size", "--step_size", dest="step_size", type=float, default=0.5,
+    parser.add_argument("--step-size", "--step_size", "-step_size", dest="step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size")
     tta = parser.add_mutually_exclusive_group()
     tta.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
@@ -61,17 +67,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "the models' validation folds (postprocessing.json), none without one; 0: keep all")
     parser.add_argument("--output-format", "--output_format", dest="output_format", default=None,
                         help="file ending of the label maps (.nii.gz, .nii, .nrrd, .mha, ...); None: the input's")
-    parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
+    parser.add_argument("--continue", "--continue_prediction", dest="continue_prediction", action="store_true",
+                        help="skip cases whose outputs this same model already wrote (outputs of another model are "
+                             "redone); without it every case is predicted, replacing existing outputs, as in nnU-Net")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs: the default, accepted for older scripts")
     parser.add_argument("-npp", type=int, default=2, help="processes reading and preprocessing the next cases "
                                                           "(0: in the main process)")
     parser.add_argument("-nps", type=int, default=2, help="processes refining and writing finished cases "
                                                           "(0: in the main process)")
-    parser.add_argument("--num-parts", "--num_parts", dest="num_parts", type=int, default=1,
+    parser.add_argument("--num-parts", "--num_parts", "-num_parts", dest="num_parts", type=int, default=1,
                         help="split the cohort into this many parts (run one process per part)")
-    parser.add_argument("--part-id", "--part_id", dest="part_id", type=int, default=0,
+    parser.add_argument("--part-id", "--part_id", "-part_id", dest="part_id", type=int, default=0,
                         help="which part this process predicts (0 .. num-parts - 1)")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--dask-workers", dest="dask_workers", type=int, default=None,
+                         help="predict the cases as tasks on a local Dask cluster of N worker processes "
+                              "(pip install -e '.[cluster]')")
+    cluster.add_argument("--dask-scheduler", dest="dask_scheduler", default=None,
+                         help="predict the cases on the Dask cluster behind this scheduler address (e.g. from "
+                              "dask-jobqueue on SLURM; see documentation/scaling.md)")
     parser.add_argument("--clinical", type=Path, default=None,
                         help="CSV of clinical variables (case_id column) for the clinical TLVR prediction")
+    nnunet_only(parser, {
+        "-c": "there are no configurations to choose; the cascade always runs its liver and tumour models",
+        "-p": "each dataset has one plans.json, stored inside its checkpoints",
+        "-pretrained_weights": "prediction uses the trained checkpoints (-chk)",
+    })
     return run(parser, _body, argv)
 
 

@@ -1,14 +1,17 @@
-"""``smoothseg_train DATASET {liver,tumor} FOLD``: train one configuration on one fold."""
+"""``smoothseg_train DATASET {liver,tumor} FOLD``: train one configuration on one fold (also as ``torchrun
+--nproc_per_node N --no-python smoothseg_train ...``, one process per GPU)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 
-from smoothseg.cli.common import make_parser, run
+from smoothseg.cli.common import make_parser, nnunet_only, run
 from smoothseg.device import resolve_device
 from smoothseg.planning.plans import TASKS
 from smoothseg.training.config import DEFAULT_LR, TrainingConfig
+from smoothseg.training.distributed import from_environment
 from smoothseg.training.trainer import TRAINERS
 from smoothseg.workflows.training import train_and_validate, validate_only
 
@@ -21,11 +24,15 @@ def _body(args: argparse.Namespace) -> int:
         tlvr_weight=args.tlvr_weight, patience=args.patience, compile=args.compile, num_workers=args.num_workers,
         seed=args.seed, continue_training=args.c, overwrite=args.overwrite, validate=not args.no_val)
     device = resolve_device(args.device)
+    ctx = from_environment()
+    if not ctx.is_main:  # in a torchrun job rank 0 speaks for all
+        logging.getLogger("smoothseg").setLevel(logging.WARNING)
     if args.val:
         print(f"validation: {validate_only(config, device)}")
         return 0
     output = train_and_validate(config, device)
-    print(f"trained model: {output}")
+    if ctx.is_main:
+        print(f"trained model: {output}")
     return 0
 
 
@@ -60,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only run the full validation of a finished fold (cascade on its validation cases)")
     parser.add_argument("--no-val", dest="no_val", action="store_true",
                         help="skip the full validation at the end of training")
+    nnunet_only(parser, {
+        "-p": "each dataset has one plans.json (smoothseg_plan_and_preprocess)",
+        "-pretrained_weights": "training starts from --seed's initialisation, or continues a fold with --c",
+        "-num_gpus": "run smoothseg_train under torchrun for several GPUs",
+    })
     return run(parser, _body, argv)
 
 

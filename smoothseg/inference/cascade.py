@@ -25,10 +25,13 @@ One case goes through these steps:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +48,8 @@ from smoothseg.masks.components import keep_inside
 from smoothseg.models.store import ModelPair
 from smoothseg.planning.plans import ActiveContourPlan, ConfigurationPlan, default_active_contour
 
-__all__ = ["CascadePredictor", "CascadeResult", "ModelOptions", "Predictor", "active_contour_plan"]
+__all__ = ["CascadePredictor", "CascadeResult", "ModelOptions", "Predictor", "active_contour_plan", "describe_models",
+           "model_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,36 @@ class ModelOptions:
     active_contour: bool = True
     min_lesion_volume_ml: float | None = None
     progress: bool = False  # a progress bar over the sliding-window tiles
+
+
+def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
+    """What made an output: a short hash of the checkpoint files' bytes and of the prediction settings, so a retrained
+    model or other settings give another id (``smoothseg_predict --continue`` redoes their outputs)."""
+    digest = hashlib.sha256()
+    for path in checkpoints:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    relevant = {k: settings.get(k) for k in ("active_contour", "tta", "step_size", "min_lesion_volume_ml")}
+    digest.update(json.dumps(relevant, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def describe_models(pair: ModelPair, options: ModelOptions) -> dict[str, Any]:
+    """What prediction with ``pair`` and ``options`` will be, without loading a network: the pair, the settings that
+    change the output (active contours, TTA, step, minimum lesion volume and where it came from) and their
+    :func:`model_id`. Recorded in every report and summary; ``--continue`` compares the ids."""
+    device = options.device if options.device is not None else resolve_device("auto")
+    min_ml = options.min_lesion_volume_ml
+    if min_ml is None:
+        min_ml, source = min_lesion_volume_from_folders(p.parent for p in pair.checkpoints("tumor"))
+    else:
+        source = "given"
+    info = {**pair.to_dict(), "active_contour": bool(options.active_contour),
+            "tta": bool(options.tta) if options.tta is not None else device.type == "cuda",
+            "step_size": options.step_size, "min_lesion_volume_ml": min_ml, "min_lesion_volume_source": source}
+    info["model_id"] = model_id([*pair.checkpoints("liver"), *pair.checkpoints("tumor")], info)
+    return info
 
 
 def active_contour_plan(plan: ConfigurationPlan) -> ActiveContourPlan:
@@ -111,21 +145,14 @@ class CascadePredictor:
         """Load the liver and tumour checkpoints of ``pair`` (see :func:`~smoothseg.models.store.select_models`)."""
         options = options or ModelOptions()
         device = options.device if options.device is not None else resolve_device("auto")
+        info = describe_models(pair, replace(options, device=device))
         stages = {task: StagePredictor(pair.checkpoints(task), device=device, step_size=options.step_size,
                                        tta=options.tta, progress=options.progress) for task in ("liver", "tumor")}
         params = active_contour_plan(stages["tumor"].plan) if options.active_contour else None
         if params is not None:
             logger.info("active contours on: %s", params.to_dict())
-        min_lesion_volume_ml = options.min_lesion_volume_ml
-        if min_lesion_volume_ml is None:
-            min_lesion_volume_ml, source = min_lesion_volume_from_folders(p.parent for p in pair.checkpoints("tumor"))
-        else:
-            source = "given"
-        logger.info("minimum lesion volume %g ml (%s)", min_lesion_volume_ml, source)
-        info = {**pair.to_dict(), "active_contour": params is not None, "tta": stages["liver"].tta,
-                "step_size": options.step_size, "min_lesion_volume_ml": min_lesion_volume_ml,
-                "min_lesion_volume_source": source}
-        return cls(stages["liver"], stages["tumor"], params, info, min_lesion_volume_ml=min_lesion_volume_ml)
+        logger.info("minimum lesion volume %g ml (%s)", info["min_lesion_volume_ml"], info["min_lesion_volume_source"])
+        return cls(stages["liver"], stages["tumor"], params, info, min_lesion_volume_ml=info["min_lesion_volume_ml"])
 
     # -- stages ------------------------------------------------------------------------------------------------------
     def liver_stage(self, image: np.ndarray, geometry: Geometry,

@@ -10,6 +10,7 @@ at most that many cases in flight each, so memory stays bounded; the networks ru
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,7 +49,7 @@ class CohortOptions:
     :class:`~smoothseg.inference.cascade.ModelOptions`."""
 
     output_format: str | None = None
-    overwrite: bool = False
+    continue_prediction: bool = False  # skip cases whose outputs this very model already wrote (nnU-Net's --continue)
     num_processes_preprocessing: int = 2
     num_processes_postprocessing: int = 2
     num_parts: int = 1
@@ -100,8 +101,93 @@ class PredictionSummary:
         return "\n".join(lines)
 
 
+def output_paths(output_dir: Path, case: InputCase, ending: str | None) -> tuple[Path, Path]:
+    """The label map and the report of ``case`` in ``output_dir`` (``ending`` None: the input's ending)."""
+    return output_dir / f"{case.case_id}{ending or case.ending}", output_dir / f"{case.case_id}_report.json"
+
+
+def network_job(cascade: CascadePredictor, clinical: ClinicalTLVR | None, case: InputCase, loaded: tuple,
+                output: Path, report_path: Path) -> tuple[FinishJob, dict[str, float]]:
+    """The networks on a case that :func:`~smoothseg.inference.cohort_workers.load_case` read: the post-processing
+    job to finish it, and the seconds so far. Input warnings are logged here and go into the report."""
+    image, geometry, prepared, load_seconds, warnings = loaded
+    for warning in warnings:
+        logger.warning("%s: %s", case.path, warning)
+    labels, timings = cascade.network_stages(image, geometry, prepared)
+    tlvr = clinical.predict(case.case_id) if clinical is not None else None
+    extra = {"input": str(case.path), "output": str(output), "model": cascade.model_info, "input_warnings": warnings}
+    return (FinishJob(case, image, geometry, labels, cascade.active_contour_params, output, report_path, tlvr, extra,
+                      cascade.min_lesion_volume_ml), {"read_preprocess": load_seconds, **timings})
+
+
+def predict_case_files(cascade: CascadePredictor, clinical: ClinicalTLVR | None, case: InputCase, output_dir: Path,
+                       ending: str | None) -> CaseOutcome:
+    """One case, start to end, in this process: read, networks, post-processing, atomic writes. Never raises: a
+    failure is the outcome's message (for runners that fan cases out, e.g. :mod:`smoothseg.inference.dask_cohort`)."""
+    output, report_path = output_paths(output_dir, case, ending)
+    loaded = load_case(LoadJob(case, cascade.liver.preprocessor))
+    if not loaded.ok:
+        return CaseOutcome(case.case_id, str(case.path), str(output), "failed", loaded.message)
+    try:
+        finish, timings = network_job(cascade, clinical, case, loaded.value, output, report_path)
+    except Exception as exc:  # noqa: BLE001 - the case fails, not the runner
+        return CaseOutcome(case.case_id, str(case.path), str(output), "failed", failure_message(exc, case.path))
+    finished = finish_case(finish)
+    if not finished.ok:
+        return CaseOutcome(case.case_id, str(case.path), str(output), "failed", finished.message)
+    liver_found, lesion_count, more = finished.value
+    timings.update(more)
+    return CaseOutcome(case.case_id, str(case.path), str(output), "ok", "" if liver_found else "no liver found",
+                       liver_found=liver_found, lesion_count=lesion_count,
+                       timings_s={k: round(v, 3) for k, v in timings.items()})
+
+
+def cases_to_predict(cases: Sequence[InputCase], output_dir: Path, ending: str | None, options: CohortOptions,
+                     current_model_id: str | None) -> tuple[list[InputCase], list[InputCase]]:
+    """``(todo, skipped)``: every case, unless ``options.continue_prediction`` skips those whose outputs this very
+    model (``current_model_id``) wrote; outputs of another model are redone."""
+    todo, skipped, stale = [], [], []
+    for case in cases:
+        output, report = output_paths(output_dir, case, ending)
+        if output.resolve() == case.path.resolve():
+            raise SmoothSegError(f"{output}: the label map would overwrite its input image; choose another -o")
+        if options.continue_prediction and output.exists() and report.exists():
+            if _model_id_of(report) == current_model_id:
+                skipped.append(case)
+                continue
+            stale.append(case.case_id)
+        todo.append(case)
+    if skipped:
+        logger.info("%d case(s) already predicted by this model in %s are skipped (--continue)", len(skipped),
+                    output_dir)
+    if stale:
+        logger.info("%d case(s) in %s were predicted by another model and are redone: %s", len(stale), output_dir,
+                    ", ".join(stale[:10]))
+    return todo, skipped
+
+
+def skipped_outcome(case: InputCase, output_dir: Path, ending: str | None) -> CaseOutcome:
+    return CaseOutcome(case.case_id, str(case.path), str(output_paths(output_dir, case, ending)[0]), "skipped",
+                       "outputs of this model exist (--continue)")
+
+
+def write_summary(outcomes: Sequence[CaseOutcome], output_dir: Path, model_info: dict[str, Any],
+                  options: CohortOptions, summary_name: str = SUMMARY_NAME, **extra: Any) -> PredictionSummary:
+    """``summary.json`` (the outcomes, the model, the options) and ``report.csv`` (every report in the folder)."""
+    summary = PredictionSummary(list(outcomes), output_dir)
+    write_json({**summary.to_dict(), "model": model_info, "options": _options_dict(options), **extra},
+               output_dir / summary_name)
+    write_cohort_report(read_case_reports(output_dir), output_dir / REPORT_CSV)
+    logger.info("%s", summary.text())
+    return summary
+
+
+def summary_name_for(options: CohortOptions) -> str:
+    return SUMMARY_NAME if options.num_parts == 1 else f"summary_part{options.part_id}of{options.num_parts}.json"
+
+
 class _CohortRun:
-    """The bookkeeping of one :func:`run_cascade` call."""
+    """The bookkeeping of one :func:`run_cohort` call."""
 
     def __init__(self, cascade: CascadePredictor, output_dir: Path, options: CohortOptions,
                  clinical: ClinicalTLVR | None, total: int) -> None:
@@ -116,8 +202,7 @@ class _CohortRun:
         self.bar = progress_bar(total=total, desc="predict", unit="case", disable=not options.progress)
 
     def outputs(self, case: InputCase) -> tuple[Path, Path]:
-        return (self.output_dir / f"{case.case_id}{self.ending or case.ending}",
-                self.output_dir / f"{case.case_id}_report.json")
+        return output_paths(self.output_dir, case, self.ending)
 
     def record(self, case: InputCase, status: str, message: str = "", **fields: Any) -> None:
         output, _ = self.outputs(case)
@@ -146,21 +231,12 @@ class _CohortRun:
         if not outcome.ok:
             self.record(case, "failed", outcome.message)
             return
-        image, geometry, prepared, load_seconds, warnings = outcome.value
-        for warning in warnings:
-            logger.warning("%s: %s", case.path, warning)
         try:
-            labels, timings = self.cascade.network_stages(image, geometry, prepared)
-            clinical = self.clinical.predict(case.case_id) if self.clinical is not None else None
+            finish, timings = network_job(self.cascade, self.clinical, case, outcome.value, *self.outputs(case))
         except Exception as exc:  # noqa: BLE001 - one case's failure must not stop the cohort
             self.record(case, "failed", failure_message(exc, case.path))
             return
-        self.timings[case.case_id] = {"read_preprocess": load_seconds, **timings}
-        output, report_path = self.outputs(case)
-        extra = {"input": str(case.path), "output": str(output), "model": self.cascade.model_info,
-                 "input_warnings": warnings}
-        finish = FinishJob(case, image, geometry, labels, self.cascade.active_contour_params, output, report_path,
-                            clinical, extra, self.cascade.min_lesion_volume_ml)
+        self.timings[case.case_id] = timings
         for done in self.finisher.submit(finish):
             self.finished(*done)
 
@@ -170,29 +246,19 @@ def run_cohort(cascade: CascadePredictor, cases: Sequence[InputCase], output_dir
                summary_name: str = SUMMARY_NAME) -> PredictionSummary:
     """Predict ``cases`` into ``output_dir``: ``<case><ending>``, ``<case>_report.json``, ``report.csv``, summary.
 
-    Cases whose label map and report both exist are skipped unless ``options.overwrite``. ``report.csv`` covers
-    every case report in ``output_dir`` (so parts of a split cohort complete it together).
+    Every case is predicted, replacing existing outputs (as nnU-Net does), unless ``options.continue_prediction``:
+    then a case whose label map and report exist *and were made by this model* (the report's ``model.model_id``) is
+    skipped, and one made by another model is redone. ``report.csv`` covers every case report in ``output_dir`` (so
+    parts of a split cohort complete it together).
     """
     options = options or CohortOptions()
     output_dir = ensure_writable_folder(Path(output_dir))
     remove_stale_temp(output_dir)
     ending = normalise_ending(options.output_format)
-    todo, skipped = [], []
-    for case in cases:
-        output = output_dir / f"{case.case_id}{ending or case.ending}"
-        if output.resolve() == case.path.resolve():
-            raise SmoothSegError(f"{output}: the label map would overwrite its input image; choose another -o")
-        if not options.overwrite and output.exists() and (output_dir / f"{case.case_id}_report.json").exists():
-            skipped.append(case)
-        else:
-            todo.append(case)
-    if skipped:
-        logger.info("%d case(s) already predicted in %s are skipped (use --overwrite to redo them)", len(skipped),
-                    output_dir)
+    todo, skipped = cases_to_predict(cases, output_dir, ending, options, cascade.model_info.get("model_id"))
     run = _CohortRun(cascade, output_dir, options, clinical, len(todo))
     for case in skipped:
-        run.outcomes[case.case_id] = CaseOutcome(case.case_id, str(case.path), str(run.outputs(case)[0]), "skipped",
-                                                 "outputs exist (use --overwrite to redo)")
+        run.outcomes[case.case_id] = skipped_outcome(case, output_dir, ending)
     loader = WorkerStage(load_case, options.num_processes_preprocessing)
     try:
         for case in todo:
@@ -206,12 +272,16 @@ def run_cohort(cascade: CascadePredictor, cases: Sequence[InputCase], output_dir
         loader.close()
         run.finisher.close()
         run.bar.close()
-    summary = PredictionSummary([run.outcomes[c.case_id] for c in cases], output_dir)
-    write_json({**summary.to_dict(), "model": cascade.model_info, "options": _options_dict(options)},
-               output_dir / summary_name)
-    write_cohort_report(read_case_reports(output_dir), output_dir / REPORT_CSV)
-    logger.info("%s", summary.text())
-    return summary
+    return write_summary([run.outcomes[c.case_id] for c in cases], output_dir, cascade.model_info, options,
+                         summary_name)
+
+
+def _model_id_of(report_path: Path) -> str | None:
+    """The ``model.model_id`` recorded in a case report, or None (unreadable, or written before model ids)."""
+    try:
+        return json.loads(report_path.read_text()).get("model", {}).get("model_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _options_dict(options: CohortOptions) -> dict[str, Any]:
@@ -240,8 +310,7 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
     clinical = None
     if options.clinical_csv is not None:
         clinical = ClinicalTLVR(options.clinical_csv, cascade.tumor.tlvr_models)
-    summary_name = SUMMARY_NAME if options.num_parts == 1 else \
-        f"summary_part{options.part_id}of{options.num_parts}.json"
+    summary_name = summary_name_for(options)
     logger.info("predicting %d case(s) from %s into %s%s", len(cases), input_path, output_dir,
                 f" (part {options.part_id} of {options.num_parts})" if options.num_parts > 1 else "")
     return run_cohort(cascade, cases, output_dir, options, clinical=clinical, summary_name=summary_name)

@@ -39,6 +39,10 @@ from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.training.augmentation import default_num_workers, make_augmenter, training_transforms
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
+from smoothseg.training.distributed import DistributedContext, broadcast_from_main, from_environment, sum_over_ranks
+from smoothseg.training.distributed import start as start_distributed
+from smoothseg.training.distributed import stop as stop_distributed
+from smoothseg.training.distributed import wrap as wrap_distributed
 from smoothseg.training.fold_guard import check_not_finished, clear_previous_run, fold_lock
 from smoothseg.training.losses import DiceCELoss, SmoothSegLoss
 from smoothseg.training.optim import build_optimizer, poly_lr
@@ -66,8 +70,10 @@ class Trainer:
 
     uses_tlvr = False
 
-    def __init__(self, config: TrainingConfig, device: torch.device | None = None):
+    def __init__(self, config: TrainingConfig, device: torch.device | None = None,
+                 dist_ctx: DistributedContext | None = None):
         self.config = config
+        self.dist = dist_ctx if dist_ctx is not None else from_environment()
         self.name = type(self).__name__
         self.preprocessed = find_dataset(config.dataset, preprocessed_root())
         self.plans = Plans.load(self.preprocessed / "plans.json")
@@ -83,7 +89,7 @@ class Trainer:
                                  f"'{config.task}' ({', '.join(missing[:5])}); run smoothseg_plan_and_preprocess "
                                  f"-d {config.dataset} -c {config.task}")
         self.output = self.output_folder(config)
-        self.device = device if device is not None else resolve_device(config.device)
+        self.device = start_distributed(self.dist, device if device is not None else resolve_device(config.device))
         self.amp = self.device.type == "cuda"
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
         self.network = build_network(self.plan).to(self.device)
@@ -233,13 +239,19 @@ class Trainer:
         """Train (or continue) to ``config.epochs`` and return the output folder.
 
         The fold is locked while it trains, and a finished fold is only continued (``--c``) or trained again
-        (``--overwrite``) when asked (:mod:`smoothseg.training.fold_guard`).
+        (``--overwrite``) when asked (:mod:`smoothseg.training.fold_guard`). In a ``torchrun`` job every rank trains
+        and only rank 0 locks, writes and logs to the fold folder.
         """
         check_not_finished(self.output, self.config.continue_training, self.config.overwrite)
-        with fold_lock(self.output):
-            if self.config.overwrite:
-                clear_previous_run(self.output)
-            return self._run_logged()
+        try:
+            if not self.dist.is_main:
+                return self._run(self.config)
+            with fold_lock(self.output):
+                if self.config.overwrite:
+                    clear_previous_run(self.output)
+                return self._run_logged()
+        finally:
+            stop_distributed(self.dist)
 
     def _run_logged(self) -> Path:
         cfg = self.config
@@ -262,19 +274,26 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.continue_training:
             self._resume()
-        self.prepare_knowledge()
-        write_json({"config": asdict(cfg), "trainer": self.name, "plan": self.plans.to_dict()["configurations"][
-            cfg.task], "train_cases": self.train_ids, "val_cases": self.val_ids, "device": str(self.device),
-            "amp": self.amp, "tlvr_scores": self.tlvr_scores, "git_hash": git_hash()},
-            self.output / "run_config.json")
-        logger.info("%s on %s fold %s: %d training / %d validation cases, device %s%s, epochs %d-%d", self.name,
+        self._share_knowledge()
+        world = self.dist.world_size
+        if self.dist.is_main:
+            write_json({"config": asdict(cfg), "trainer": self.name, "plan": self.plans.to_dict()["configurations"][
+                cfg.task], "train_cases": self.train_ids, "val_cases": self.val_ids, "device": str(self.device),
+                "amp": self.amp, "world_size": world, "tlvr_scores": self.tlvr_scores, "git_hash": git_hash()},
+                self.output / "run_config.json")
+        logger.info("%s on %s fold %s: %d training / %d validation cases, device %s%s, epochs %d-%d%s", self.name,
                     cfg.task, cfg.fold, len(self.train_ids), len(self.val_ids), self.device,
-                    " + AMP" if self.amp else "", self.start_epoch, cfg.epochs - 1)
-        self.model_for_training = torch.compile(self.network) if cfg.compile else self.network
+                    " + AMP" if self.amp else "", self.start_epoch, cfg.epochs - 1,
+                    f"; {world} processes, batch {self.plan.batch_size} per process = {world * self.plan.batch_size} "
+                    "per step" if world > 1 else "")
+        model = wrap_distributed(self.network, self.dist, self.device)
+        self.model_for_training = torch.compile(model) if cfg.compile else model
+        rank = (self.dist.rank,) if self.dist.enabled else ()  # each rank samples its own patches
         for epoch in range(self.start_epoch, cfg.epochs):
             # The data of epoch e depend on (seed, e) only, so a run resumed at e draws what an uninterrupted one does.
-            train_aug = self._loader(self.train_ids, self.train_tlvr, _epoch_seed(cfg.seed, epoch), train=True)
-            val_aug = self._loader(self.val_ids, self.val_tlvr, _epoch_seed(cfg.seed + 10_000, epoch), train=False)
+            train_aug = self._loader(self.train_ids, self.train_tlvr, _epoch_seed(cfg.seed, epoch, *rank), train=True)
+            val_aug = self._loader(self.val_ids, self.val_tlvr, _epoch_seed(cfg.seed + 10_000, epoch, *rank),
+                                   train=False)
             try:
                 stop = self._epoch(epoch, train_aug, val_aug)
             finally:
@@ -283,11 +302,22 @@ class Trainer:
                         aug._finish()
             if stop:
                 break
-        final = self._payload(len(self.progress.series.get("train_loss", [])) - 1)
-        save_checkpoint(final, self.output / "checkpoint_final.pth")
-        logger.info("training done: %s (best EMA pseudo-Dice %.4f)", self.output / "checkpoint_final.pth",
-                    self.best_ema)
+        if self.dist.is_main:
+            final = self._payload(len(self.progress.series.get("train_loss", [])) - 1)
+            save_checkpoint(final, self.output / "checkpoint_final.pth")
+            logger.info("training done: %s (best EMA pseudo-Dice %.4f)", self.output / "checkpoint_final.pth",
+                        self.best_ema)
         return self.output
+
+    def _share_knowledge(self) -> None:
+        """The TLVR weak labels, computed once (by rank 0 in a torchrun job) and the same on every rank."""
+        if self.dist.is_main:
+            self.prepare_knowledge()
+        shared = broadcast_from_main(self.dist, (self.train_tlvr, self.val_tlvr, self.tlvr_model, self.tlvr_scores,
+                                                 self.loss_fn.tlvr_weight))
+        self.train_tlvr, self.val_tlvr, self.tlvr_model, self.tlvr_scores, weight = shared
+        if weight != self.loss_fn.tlvr_weight:
+            self.loss_fn = SmoothSegLoss(self.loss_fn.seg_loss, vae_weight=self.config.vae_weight, tlvr_weight=weight)
 
     def _epoch(self, epoch: int, train_aug, val_aug) -> bool:
         """One epoch of training and validation; returns True when early stopping triggers."""
@@ -310,6 +340,15 @@ class Trainer:
             loss, s = self.validation_step(next(val_aug))
             val_losses.append(loss)
             stats += s
+        if self.dist.enabled:  # every rank logs, and decides on the best model and on stopping, from the same numbers
+            keys = sorted(means)
+            pooled = sum_over_ranks(self.dist, torch.tensor([*(means[k] for k in keys), sum(val_losses),
+                                                             len(val_losses), *stats.ravel()], dtype=torch.float64))
+            pooled = pooled.tolist()
+            world = self.dist.world_size
+            means = {k: pooled[i] / world for i, k in enumerate(keys)}
+            val_losses = [pooled[len(keys)] / max(pooled[len(keys) + 1], 1.0)]
+            stats = np.asarray(pooled[len(keys) + 2:]).reshape(stats.shape)
         dice_per_class = 2 * stats[:, 0] / np.maximum(2 * stats[:, 0] + stats[:, 1] + stats[:, 2], 1)
         present = (stats[:, 0] + stats[:, 2]) > 0
         per_class = {f"pseudo_dice_{name}": float(d) if (stats[c, 0] + stats[c, 1] + stats[c, 2]) > 0 else float("nan")
@@ -327,11 +366,12 @@ class Trainer:
             self.best_ema, self.epochs_since_best = self.ema_dice, 0
         else:
             self.epochs_since_best += 1
-        payload = self._payload(epoch)
-        save_checkpoint(payload, self.output / "checkpoint_latest.pth")
-        if improved:
-            save_checkpoint(payload, self.output / "checkpoint_best.pth")
-        self.progress.plot(self.output / "progress.png")
+        if self.dist.is_main:
+            payload = self._payload(epoch)
+            save_checkpoint(payload, self.output / "checkpoint_latest.pth")
+            if improved:
+                save_checkpoint(payload, self.output / "checkpoint_best.pth")
+            self.progress.plot(self.output / "progress.png")
         logger.info("epoch %d: train loss %.4f (seg %.4f, vae %.4f, tlvr %s), val loss %.4f, pseudo-Dice %s, "
                     "EMA %.4f%s, lr %.5f, %.1f s", epoch, means.get("total", float("nan")),
                     means.get("seg", float("nan")), means.get("vae", float("nan")),
@@ -378,9 +418,9 @@ class SmoothSegTrainer(Trainer):
         logger.info("TLVR weight %g", self.config.tlvr_weight)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """The data seed of one epoch, from the run's seed and the epoch number only."""
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+def _epoch_seed(seed: int, epoch: int, *rank: int) -> int:
+    """The data seed of one epoch, from the run's seed, the epoch number and (in a torchrun job) the rank only."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), *map(int, rank)]).generate_state(1)[0])
 
 
 def train(config: TrainingConfig, device: torch.device | None = None) -> Path:

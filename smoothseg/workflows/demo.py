@@ -114,6 +114,8 @@ class DemoResult:
     paths: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float | None] = field(default_factory=dict)
     table: str = ""
+    #: The data-root variables under which other commands and the Python API find this run's data and models.
+    roots: dict[str, str] = field(default_factory=dict)
 
     @property
     def meets_quality_bar(self) -> bool:
@@ -122,7 +124,8 @@ class DemoResult:
     def to_dict(self) -> dict[str, Any]:
         return {"workdir": str(self.workdir), "mode": self.mode, "device": self.device, "seed": self.seed,
                 "settings": asdict(self.settings), "seconds": self.seconds, "paths": self.paths,
-                "metrics": self.metrics, "quality_bar": QUALITY_BAR, "meets_quality_bar": self.meets_quality_bar}
+                "metrics": self.metrics, "quality_bar": QUALITY_BAR, "meets_quality_bar": self.meets_quality_bar,
+                "roots": self.roots}
 
 
 def _trained_with(final: Path, config: TrainingConfig) -> bool:
@@ -209,11 +212,16 @@ def _run(workdir: Path, mode: str, resolved: torch.device, quick: bool, settings
                   f"patch {'x'.join(map(str, plan.patch_size))}, {plan.network.init_filters} filters")
         result.paths[f"{task}_model"] = str(_train(task, settings, resolved, num_workers, say, seed))
         timed(f"train_{task}", t0)
+        if task == "liver" and result.seconds["train_liver"] > 30:  # trained now, not reused: its speed is known
+            per_iteration = result.seconds["train_liver"] / settings.iterations("liver")
+            left = per_iteration * settings.iterations("tumor") * 1.15 + 90  # + validation, prediction, evaluation
+            say(f"    {(time.perf_counter() - start) / 60:.1f} min so far; about {left / 60:.0f} min left "
+                "(estimated from the liver model's speed)")
 
     t0 = time.perf_counter()
     predictions = run_dir / "predictions"
     announce(5, total_steps, f"predict the test cases with the cascade -> {predictions}")
-    options = CohortOptions(overwrite=True, clinical_csv=raw / "clinical.csv",
+    options = CohortOptions(clinical_csv=raw / "clinical.csv",
                             num_processes_preprocessing=num_processes, num_processes_postprocessing=num_processes)
     summary = predict(raw / "imagesTs", predictions, dataset=str(DEMO_DATASET_ID), folds=[FOLD], trainer=TRAINER,
                       models=ModelOptions(device=resolved), options=options)
@@ -237,6 +245,8 @@ def _run(workdir: Path, mode: str, resolved: torch.device, quick: bool, settings
         "n_test_cases": metrics["n_cases"],
     }
     paths = output_paths(evaluation)
+    result.roots = {"SMOOTHSEG_RAW": str(workdir / "raw"), "SMOOTHSEG_PREPROCESSED": str(workdir / "preprocessed"),
+                    "SMOOTHSEG_RESULTS": str(run_dir / "results")}
     result.paths.update({
         "dataset": str(raw), "plans": str(planned.folder / "plans.json"), "predictions": str(predictions),
         "evaluation": str(paths.summary_json), "table": str(paths.markdown), "per_case": str(paths.cases_csv),

@@ -16,6 +16,7 @@ import torch
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.cascade import ModelOptions
 from smoothseg.training.config import TrainingConfig
+from smoothseg.training.distributed import from_environment
 from smoothseg.training.trainer import get_trainer_class, train
 from smoothseg.workflows.validation import validate_fold
 
@@ -49,8 +50,8 @@ def fold_validation(config: TrainingConfig, output: Path, device: torch.device) 
 def train_and_validate(config: TrainingConfig, device: torch.device) -> Path:
     """Train ``config`` on ``device``; then, with ``config.validate``, validate the fold when it is complete."""
     output = train(config, device)
-    if config.validate:
-        fold_validation(config, output, device)
+    if config.validate and from_environment().is_main:  # in a torchrun job, rank 0 validates alone
+        fold_validation(config, output, torch.device("cuda", 0) if device.type == "cuda" else device)
     return output
 
 

@@ -52,7 +52,7 @@ def validation_cases(dataset: str | int, fold: str) -> list[str]:
 
 def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TRAINER,
                   checkpoint: str = DEFAULT_CHECKPOINT, models: ModelOptions | None = None, *,
-                  num_processes: int = 1, overwrite: bool = True, progress: bool = True) -> Path:
+                  num_processes: int = 1, progress: bool = True) -> Path:
     """Predict fold ``fold``'s validation cases with that fold's liver and tumour models, and evaluate them.
 
     ``models`` says how the models predict; its minimum lesion volume is ignored (the validation predicts without
@@ -77,7 +77,7 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
     clinical = ClinicalTLVR(table, cascade.tumor.tlvr_models) if table is not None and cascade.tumor.tlvr_models \
         else None
     workers = num_processes if num_processes > 1 else 0
-    options = CohortOptions(overwrite=overwrite, num_processes_preprocessing=workers,
+    options = CohortOptions(num_processes_preprocessing=workers,
                             num_processes_postprocessing=workers, progress=progress)
     summary = run_cohort(cascade, cases, output, options, clinical=clinical)
     if summary.failed:
