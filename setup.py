@@ -49,6 +49,7 @@ setup(
             "smoothseg_install_model=smoothseg.cli.install_model:main",
             "smoothseg_evaluate=smoothseg.cli.evaluate:main",
             "smoothseg_plot_overlay=smoothseg.cli.plot_overlay:main",
+            "smoothseg_review=smoothseg.cli.review:main",
             "smoothseg_demo=smoothseg.cli.demo:main",
         ],
     },

@@ -16,7 +16,7 @@ COMMANDS = {
     "demo": "usage.md", "make_demo_dataset": "usage.md", "verify_dataset": "usage.md",
     "plan_and_preprocess": "usage.md", "train": "usage.md", "predict": "inference.md", "export_model": "inference.md",
     "install_model": "inference.md", "evaluate": "evaluation.md", "plot_overlay": "evaluation.md",
-    "convert_hcc_tace_seg": "hcc_tace_seg.md", "convert_msd": "hcc_tace_seg.md",
+    "convert_hcc_tace_seg": "hcc_tace_seg.md", "convert_msd": "hcc_tace_seg.md", "review": "inference.md",
 }
 COMMON = {"-h", "--help", "-v", "--verbose", "-q", "--quiet"}
 

@@ -34,7 +34,7 @@ def _report(result: DemoResult, quick: bool) -> None:
     labels = {"dataset": "synthetic dataset", "plans": "plans", "liver_model": "liver model",
               "tumor_model": "tumour model", "progress_plots": "progress plots", "predictions": "label maps + reports",
               "evaluation": "metrics (summary.json)", "table": "paper-style table", "per_case": "per-case metrics",
-              "overlays": "overlays (best/worst case)"}
+              "overlays": "overlays (best/worst case)", "review": "review page (open in a browser)"}
     for key, label in labels.items():
         for path in result.paths.get(key, "").split():
             print(f"  {label:27s} {path}")

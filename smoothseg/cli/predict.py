@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("smoothseg_predict", "Segment liver (label 1) and liver tumours (label 2) in CT images with "
                                               "the trained liver -> tumour cascade, and write a tumour report.")
     parser.add_argument("-i", required=True, type=Path,
-                        help="input folder of <case>_0000<ending> (nnU-Net naming) or <case><ending> images, "
+                        help="input folder of <case>_0000<ending> (nnU-Net naming) or <case><ending> images or of "
+                             "DICOM series sub-folders, "
                              "or one image file")
     parser.add_argument("-o", required=True, type=Path, help="output folder")
     parser.add_argument("-d", default=None, help="dataset id or name of the models; None: the only dataset under "
@@ -66,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="tumour components below this volume (ml) become liver; default: the volume chosen on "
                              "the models' validation folds (postprocessing.json), none without one; 0: keep all")
     parser.add_argument("--output-format", "--output_format", dest="output_format", default=None,
-                        help="file ending of the label maps (.nii.gz, .nii, .nrrd, .mha, ...); None: the input's")
+                        help="file ending of the label maps (.nii.gz, .nii, .nrrd, .mha, ...), seg.nrrd (3D Slicer "
+                             "segmentation) or dcm (DICOM SEG, for DICOM inputs); default: the input's (.nii.gz for "
+                             "DICOM)")
     parser.add_argument("--continue", "--continue_prediction", dest="continue_prediction", action="store_true",
                         help="skip cases whose outputs this same model already wrote (outputs of another model are "
                              "redone); without it every case is predicted, replacing existing outputs, as in nnU-Net")

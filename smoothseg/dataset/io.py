@@ -23,7 +23,9 @@ from smoothseg.atomic import atomic_path
 from smoothseg.errors import ImageReadError, ImageWriteError, SmoothSegError
 
 #: File endings smoothseg accepts for single-file images, longest first so ``.nii.gz`` wins over ``.gz``.
-IMAGE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: File endings of images (".seg.nrrd", 3D Slicer's segmentation file, is an NRRD; it comes before ".nrrd" so that a
+#: case id never ends in ".seg").
+IMAGE_ENDINGS: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,22 @@ def read_image(path: str | Path, *, series_uid: str | None = None, check_finite:
 
 #: Fewer voxels than this along an axis: the image is a few slices, not a volume.
 MIN_SLICES = 8
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder whose files look like DICOM (the ``DICM`` marker at byte 128 of the first one)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    for entry in sorted(path.iterdir()):
+        if entry.is_file() and not entry.name.startswith("."):
+            try:
+                with open(entry, "rb") as f:
+                    f.seek(128)
+                    return f.read(4) == b"DICM"
+            except OSError:
+                return False
+    return False
 
 
 def ct_input_warnings(array: np.ndarray) -> list[str]:

@@ -29,7 +29,13 @@ from smoothseg.inference.cohort_workers import (
     finish_case,
     load_case,
 )
-from smoothseg.inference.inputs import InputCase, find_input_cases, normalise_ending, select_part
+from smoothseg.inference.inputs import (
+    InputCase,
+    check_output_format,
+    find_input_cases,
+    normalise_ending,
+    select_part,
+)
 from smoothseg.inference.report import read_case_reports, write_cohort_report
 from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
 from smoothseg.logging_setup import progress_bar
@@ -146,6 +152,7 @@ def cases_to_predict(cases: Sequence[InputCase], output_dir: Path, ending: str |
                      current_model_id: str | None) -> tuple[list[InputCase], list[InputCase]]:
     """``(todo, skipped)``: every case, unless ``options.continue_prediction`` skips those whose outputs this very
     model (``current_model_id``) wrote; outputs of another model are redone."""
+    check_output_format(cases, ending)
     todo, skipped, stale = [], [], []
     for case in cases:
         output, report = output_paths(output_dir, case, ending)
@@ -303,6 +310,7 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
     if input_path.is_dir() and output_dir.resolve() == input_path.resolve():
         raise SmoothSegError(f"{output_dir}: the output folder must differ from the input folder")
     cases = select_part(find_input_cases(input_path), options.num_parts, options.part_id)
+    check_output_format(cases, normalise_ending(options.output_format))
     ensure_writable_folder(output_dir)  # before the models load and any case is computed
     pair = select_models(dataset, list(folds) if folds else None, checkpoint or DEFAULT_CHECKPOINT,
                          trainer or DEFAULT_TRAINER)

@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from smoothseg.dataset.io import Geometry, ct_input_warnings, read_image, write_image
+from smoothseg.dataset.io import Geometry, ct_input_warnings, read_image
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.inputs import InputCase
 from smoothseg.inference.lesion_filter import remove_small_lesions
 from smoothseg.inference.postprocessing import refine_and_compose
 from smoothseg.inference.report import case_report, write_case_report
+from smoothseg.inference.writers import write_label_map
 from smoothseg.parallel import process_pool
 from smoothseg.planning.plans import ActiveContourPlan
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor
@@ -84,7 +85,7 @@ def finish_case(job: FinishJob) -> Outcome:
         labels, removed = remove_small_lesions(labels, job.geometry.spacing_zyx, job.min_lesion_volume_ml)
         t1 = time.perf_counter()
         liver_found = bool(job.labels.any())
-        write_image(labels, job.geometry, job.output)
+        write_label_map(labels, job.geometry, job.output, source=job.case.path)
         report = case_report(job.case.case_id, job.image, labels, job.geometry, liver_found=liver_found,
                              clinical_tlvr=job.clinical_tlvr,
                              extra={**job.report_extra, "small_lesions_removed": removed})

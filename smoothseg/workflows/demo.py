@@ -11,6 +11,7 @@ Layout under the work folder::
     <mode>/results/                    trained models (fold 0), progress.png, training logs
     <mode>/predictions/                label maps and tumour reports of the test cases
     <mode>/evaluation/                 summary.json, per-case CSV, paper-style table, overlays/
+    <mode>/review.html                 the review page of the test cases (smoothseg_review)
     <mode>/demo.json                   settings, timings and headline metrics of the last run
 
 ``<mode>`` is ``cpu``, ``cpu-quick``, ``cuda`` or ``cuda-quick``. A re-run reuses the dataset and the preprocessed
@@ -33,6 +34,7 @@ import torch
 from smoothseg.atomic import write_json
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.evaluate import evaluate, output_paths
+from smoothseg.evaluation.review import write_review
 from smoothseg.evaluation.strata import paper_table_markdown
 from smoothseg.inference.cascade import ModelOptions
 from smoothseg.inference.cohort import CohortOptions, predict
@@ -234,6 +236,8 @@ def _run(workdir: Path, mode: str, resolved: torch.device, quick: bool, settings
     announce(6, total_steps, f"evaluate against the reference labels -> {evaluation.parent}")
     metrics = evaluate(raw / "labelsTs", predictions, evaluation, dataset=str(DEMO_DATASET_ID),
                        num_processes=num_processes, png=True, images_dir=raw / "imagesTs")
+    review = write_review(raw / "imagesTs", predictions, run_dir / "review.html", references_dir=raw / "labelsTs",
+                          dataset=str(DEMO_DATASET_ID), title=f"smoothseg demo ({mode}): test cases")
     timed("evaluate", t0)
     result.seconds["total"] = round(time.perf_counter() - start, 1)
 
@@ -250,7 +254,7 @@ def _run(workdir: Path, mode: str, resolved: torch.device, quick: bool, settings
     result.paths.update({
         "dataset": str(raw), "plans": str(planned.folder / "plans.json"), "predictions": str(predictions),
         "evaluation": str(paths.summary_json), "table": str(paths.markdown), "per_case": str(paths.cases_csv),
-        "overlays": str(paths.overlays),
+        "overlays": str(paths.overlays), "review": str(review),
         "progress_plots": " ".join(str(Path(result.paths[f"{t}_model"]) / "progress.png") for t in ("liver", "tumor")),
     })
     write_json(result.to_dict(), run_dir / "demo.json")

@@ -1,0 +1,124 @@
+"""DICOM in, DICOM SEG and 3D Slicer segmentations out: exact geometry, the same voxels as the label map, the
+source series referenced, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from dicom_builders import hd, make_ct_series, write_datasets
+from inference_helpers import make_constant, make_model_pair
+
+from smoothseg.dataset.io import Geometry, read_image, write_image
+from smoothseg.errors import SmoothSegError
+from smoothseg.inference.cascade import ModelOptions
+from smoothseg.inference.cohort import CohortOptions, predict
+from smoothseg.inference.inputs import find_input_cases
+from smoothseg.paths import using_roots
+
+FAST = ModelOptions(device=torch.device("cpu"), step_size=1.0)
+INLINE = dict(num_processes_preprocessing=0, num_processes_postprocessing=0, progress=False)
+
+
+def _hu(shape=(12, 40, 36), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    hu = np.full(shape, -900, np.int16)
+    hu[2:10, 8:32, 6:30] = 110
+    hu[4:7, 12:18, 10:16] = 40
+    return (hu + rng.normal(0, 5, shape)).astype(np.int16)
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    results = tmp_path / "home" / "results"
+    pair = make_model_pair(results)
+    for checkpoint in pair.checkpoints("liver"):
+        make_constant(checkpoint, [-5.0, 5.0])  # liver everywhere: the tumour stage sees the whole image
+    return results
+
+
+@pytest.fixture
+def dicom_inputs(tmp_path: Path) -> tuple[Path, list]:
+    """Two DICOM CT series in sub-folders (one with a tilted slice order on disk) and their datasets."""
+    inputs = tmp_path / "in"
+    series = {}
+    for i, name in enumerate(("caseA", "caseB")):
+        datasets = make_ct_series(name, _hu(seed=i), origin=(-20.0, 30.0, 100.0 + 10 * i), pixel_spacing=(0.9, 0.8),
+                                  slice_step=2.5)
+        write_datasets(datasets, inputs / name, order=list(range(len(datasets)))[::-1])
+        series[name] = datasets
+    return inputs, series
+
+
+def test_dicom_series_folders_are_cases_with_exact_geometry(dicom_inputs, models: Path, tmp_path: Path) -> None:
+    inputs, series = dicom_inputs
+    cases = find_input_cases(inputs)
+    assert [(c.case_id, c.is_dicom, c.ending) for c in cases] == [("caseA", True, ".nii.gz"),
+                                                                  ("caseB", True, ".nii.gz")]
+    with using_roots(results=models):
+        summary = predict(inputs, tmp_path / "out", models=FAST, options=CohortOptions(**INLINE))
+    assert summary.ok
+    first = series["caseA"][0]
+    labels, geometry = read_image(tmp_path / "out" / "caseA.nii.gz")
+    assert labels.shape == (12, 40, 36) and set(np.unique(labels).tolist()) <= {0, 1, 2}
+    np.testing.assert_allclose(geometry.origin, first.ImagePositionPatient, atol=1e-4)
+    np.testing.assert_allclose(geometry.spacing, (0.8, 0.9, 2.5), atol=1e-4)  # x: column spacing; z: from positions
+
+
+def test_dicom_seg_holds_the_label_map_and_references_its_series(dicom_inputs, models: Path, tmp_path: Path) -> None:
+    inputs, series = dicom_inputs
+    with using_roots(results=models):
+        assert predict(inputs, tmp_path / "nifti", models=FAST, options=CohortOptions(**INLINE)).ok
+        assert predict(inputs, tmp_path / "seg", models=FAST, options=CohortOptions(output_format="dcm", **INLINE)).ok
+    for name, datasets in series.items():
+        labels, _ = read_image(tmp_path / "nifti" / f"{name}.nii.gz")
+        seg = hd.seg.segread(tmp_path / "seg" / f"{name}.dcm")
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == datasets[0].SeriesInstanceUID
+        assert [d.SegmentLabel for d in seg.SegmentSequence] == ["Liver", "Liver tumor"]
+        assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+        assert seg.SegmentSequence[1].AnatomicRegionSequence[0].CodeValue == "10200004"
+        assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "smoothseg"
+        # frame by frame, on the source slices ordered along the slice normal as the label map is
+        order = sorted(datasets, key=lambda d: float(d.ImagePositionPatient[2]))
+        pixels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in order], segment_numbers=[1, 2])
+        np.testing.assert_array_equal(pixels[..., 0], labels == 1)
+        np.testing.assert_array_equal(pixels[..., 1], labels == 2)
+        assert (labels == 1).any() and (labels == 2).any()
+
+
+def test_slicer_segmentation_names_and_colours_its_segments(dicom_inputs, models: Path, tmp_path: Path) -> None:
+    inputs, _ = dicom_inputs
+    with using_roots(results=models):
+        assert predict(inputs, tmp_path / "nifti", models=FAST, options=CohortOptions(**INLINE)).ok
+        assert predict(inputs, tmp_path / "slicer", models=FAST,
+                       options=CohortOptions(output_format="seg.nrrd", **INLINE)).ok
+    image = sitk.ReadImage(str(tmp_path / "slicer" / "caseA.seg.nrrd"))
+    assert image.GetMetaData("Segment0_Name") == "Liver" and image.GetMetaData("Segment1_Name") == "Liver tumor"
+    assert image.GetMetaData("Segment1_LabelValue") == "2" and len(image.GetMetaData("Segment0_Color").split()) == 3
+    slicer, _ = read_image(tmp_path / "slicer" / "caseA.seg.nrrd")
+    nifti, _ = read_image(tmp_path / "nifti" / "caseA.nii.gz")
+    np.testing.assert_array_equal(slicer, nifti)
+    report = json.loads((tmp_path / "slicer" / "caseA_report.json").read_text())
+    assert report["case_id"] == "caseA"  # the case id does not end in ".seg"
+
+
+def test_dicom_seg_from_a_nifti_input_is_refused_before_any_work(models: Path, tmp_path: Path) -> None:
+    write_image(_hu(), Geometry((0.8, 0.9, 2.5), (0.0, 0.0, 0.0)), tmp_path / "in" / "ct_0000.nii.gz")
+    with using_roots(results=models), pytest.raises(SmoothSegError, match="not DICOM series.*ct_0000.nii.gz"):
+        predict(tmp_path / "in", tmp_path / "out", models=FAST, options=CohortOptions(output_format="dcm", **INLINE))
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_a_folder_with_two_series_fails_naming_them(models: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    for seed in (0, 1):
+        write_datasets(make_ct_series("mixed", _hu(seed=seed), origin=(0.0, 0.0, 5.0 * seed), pixel_spacing=(1, 1),
+                                      slice_step=2.0), inputs / "mixed", prefix=f"{seed}-")
+    with using_roots(results=models):
+        summary = predict(inputs, tmp_path / "out", models=FAST, options=CohortOptions(**INLINE))
+    (outcome,) = summary.cases
+    assert outcome.status == "failed" and "2 DICOM series" in outcome.message and "mixed" in outcome.message
