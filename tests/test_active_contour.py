@@ -246,3 +246,27 @@ def test_working_grid_is_capped_for_large_boxes(case) -> None:
     np.testing.assert_array_equal(capped, refine_tumours(image, truth, liver, SPACING, max_upsampling=1))
     assert not np.array_equal(capped, refine_tumours(image, truth, liver, SPACING))
     assert dice(capped, truth) >= 0.85 and n_lesions(capped) == 3
+
+
+def test_a_lesion_that_a_naive_contour_splits_stays_whole() -> None:
+    """Two lobes joined by a thin bridge of parenchyma-like intensity: plain Chan-Vese cuts the bridge and makes two
+    lesions; the refinement keeps one (here: the original, since the cut is its only change)."""
+    from skimage.segmentation import morphological_chan_vese
+
+    shape, spacing = (24, 48, 64), (1.0, 1.0, 1.0)
+    z, y, x = np.ogrid[:24, :48, :64]
+    lobe_a = (z - 12) ** 2 + (y - 24) ** 2 + (x - 18) ** 2 <= 7 ** 2
+    lobe_b = (z - 12) ** 2 + (y - 24) ** 2 + (x - 46) ** 2 <= 7 ** 2
+    bridge = (np.abs(z - 12) <= 1) & (np.abs(y - 24) <= 1) & (x >= 18) & (x <= 46)
+    lesion = lobe_a | lobe_b | bridge
+    liver = np.ones(shape, bool)
+    image = np.full(shape, 110.0)
+    image[lobe_a | lobe_b] = 40.0  # the bridge keeps the parenchyma's intensity
+    image += np.random.default_rng(0).normal(0, 3, shape)
+    params = ActiveContourPlan(window=(-100.0, 250.0), margin_mm=4.0, iterations=5, presmooth_mm=0.0, max_upsampling=1)
+    window = (np.clip(image, -100, 250) + 100) / 350
+    naive = morphological_chan_vese(window, params.iterations, init_level_set=lesion, smoothing=1)
+    assert ndimage.label(naive.astype(bool), structure=np.ones((3, 3, 3)))[1] == 2  # the naive contour splits it
+    refined = refine_tumours(image, lesion, liver, spacing, params=params)
+    assert ndimage.label(refined, structure=np.ones((3, 3, 3)))[1] == 1
+    np.testing.assert_array_equal(refined, lesion)

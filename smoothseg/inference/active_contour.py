@@ -19,9 +19,17 @@ not liver), the contour here runs **locally**:
 5. the result is restricted to the box and to the liver (tumour voxels count as liver), kept only where it is
    connected to the original lesion (no new lesions appear from other structures), and kept away from the other
    lesions (it never takes their voxels and never touches them, so neighbouring lesions do not merge);
+   when what remains connected to the lesion falls into several parts, the contour has cut the lesion apart (a thin
+   bridge of parenchyma-like intensity is the usual cause, and real multi-lobed lesions are common on CT), and the
+   original lesion is kept;
 6. safety: when the lesion has no usable contrast against the parenchyma, when the refined lesion vanishes, shrinks
    below ``min_keep_fraction`` of its volume or grows beyond ``(1 + max_grow_fraction)`` times it, the original
-   lesion is kept unchanged. Lesions are therefore never deleted, and multifocal disease keeps all its lesions.
+   lesion is kept unchanged.
+
+Guarantees: a lesion is never deleted and never split (each refined lesion is one 26-connected component that
+overlaps the original); lesions never merge and no new lesion appears, so the lesion count is unchanged; every refined
+lesion stays inside its box (the lesion's bounding box plus ``margin_mm``) and inside the liver; its volume stays
+within [``min_keep_fraction``, ``1 + max_grow_fraction``] times the original.
 
 Lesions are processed in label order (C order of their first voxel), so the result is deterministic.
 
@@ -274,7 +282,11 @@ def _refine_one(image_box: np.ndarray, lesion: np.ndarray, liver: np.ndarray, ot
     components, n = ndimage.label(refined, structure=_FULL_3D if refined.ndim == 3 else None)
     if n:
         touching = np.unique(components[lesion & refined])
-        refined = np.isin(components, touching[touching > 0])
+        touching = touching[touching > 0]
+        if len(touching) > 1:  # the contour cut the lesion apart: one lesion must stay one lesion
+            logger.debug("%s: the contour split it into %d parts; kept unchanged", name, len(touching))
+            return None
+        refined = np.isin(components, touching)
     original_voxels = int(np.count_nonzero(lesion))
     refined_voxels = int(np.count_nonzero(refined))
     if refined_voxels == 0:
