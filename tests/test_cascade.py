@@ -221,10 +221,11 @@ def test_the_cascade_takes_active_contour_settings_from_the_checkpoint(tmp_path:
     models = write_untrained_models(plans, tmp_path / "results" / "Dataset998_AC")
     # a plans.json on disk that says otherwise is not a second source of truth
     (models.task_folder("tumor") / "plans.json").write_text(json.dumps(_plans_with_active_contour({"iterations": 9})))
-    cascade = CascadePredictor.from_models(models, FAST_MODELS)
+    cascade = CascadePredictor.from_models(models, replace(FAST_MODELS, active_contour="on"))
     assert cascade.active_contour_params.iterations == 3
     off = CascadePredictor.from_models(models, replace(FAST_MODELS, active_contour=False))
     assert off.active_contour_params is None
+    assert CascadePredictor.from_models(models, FAST_MODELS).active_contour_params is None  # auto, no validation
 
 
 def test_cascade_active_contours_started_from_the_truth_keep_it() -> None:
@@ -465,3 +466,26 @@ def test_a_dying_worker_fails_only_its_case() -> None:
     outcomes = {job.case.case_id: outcome for job, outcome in done}
     assert outcomes["a"].ok and outcomes["c"].ok and outcomes["c"].value == "c"
     assert not outcomes["bad"].ok and "bad.nii.gz: a worker process died" in outcomes["bad"].message
+
+
+def test_active_contours_run_as_the_fold_validation_chose(tmp_path: Path) -> None:
+    from smoothseg.inference.contour_choice import OFF, candidates, choose, section
+
+    assert choose({"a": {"off": 0.8, "plan": 0.8}, "b": {"off": 0.5, "plan": 1.0}})[0] == "plan"
+    assert choose({"a": {"off": None, "plan": 0.0}})[0] == OFF  # a tumour-free case left clean counts 1
+    assert choose({"a": {"off": 0.8, "plan": 0.8}})[0] == OFF  # a tie keeps them off
+    models = make_model_pair(tmp_path / "results", folds=("0", "1"))
+    settings = candidates(active_contour_plan(tiny_plans()["tumor"]))
+    tables = {"0": {"c1": {"off": 0.70, "plan": 0.72, "more_iterations": 0.80}},
+              "1": {"c2": {"off": 0.90, "plan": 0.88, "more_iterations": 0.86}}}
+    for fold, rows in tables.items():
+        data = {"per_case": {}, "active_contour": section(rows, settings)}
+        (models.task_folder("tumor") / f"fold_{fold}" / "postprocessing.json").write_text(json.dumps(data))
+    cascade = CascadePredictor.from_models(models, FAST_MODELS)  # pooled: more_iterations 0.83 beats off 0.80
+    assert cascade.active_contour_params.iterations == 2 * settings["plan"].iterations
+    assert "more_iterations chosen on 2 validation case(s)" in cascade.model_info["active_contour_source"]
+    fold_1 = replace(models, folds={"liver": ("1",), "tumor": ("1",)})
+    only_fold_1 = CascadePredictor.from_models(fold_1, FAST_MODELS)
+    assert only_fold_1.active_contour_params is None  # fold 1 alone: off wins
+    switched_off = CascadePredictor.from_models(models, replace(FAST_MODELS, active_contour="off"))
+    assert switched_off.active_contour_params is None

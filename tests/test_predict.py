@@ -256,6 +256,12 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
     # the minimum lesion volume is chosen on these predictions (made without it) and used by smoothseg_predict
     post = json.loads((folder.parent / "postprocessing.json").read_text())
     assert sorted(post["per_case"]) == sorted(val_ids)
+    contours = post["active_contour"]  # tried off and on, chosen on the same predictions
+    assert set(contours["mean_tumor_dice"]) == set(contours["settings"]) and "off" in contours["settings"]
+    assert sorted(contours["per_case"]) == sorted(val_ids)
+    best_contour = max(contours["mean_tumor_dice"].values())
+    assert contours["mean_tumor_dice"][contours["chosen"]] == pytest.approx(best_contour)
+    assert contours["chosen"] == "off" or contours["mean_tumor_dice"]["off"] < best_contour - 1e-9
     chosen, means = post["min_lesion_volume_ml"], post["mean_tumor_dice"]
     assert chosen in post["candidates_ml"] and set(means) == {f"{c:g}" for c in post["candidates_ml"]}
     best = max(means.values())

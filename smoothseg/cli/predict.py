@@ -24,7 +24,8 @@ def _non_negative(text: str) -> float:
 def _body(args: argparse.Namespace) -> int:
     models = ModelOptions(
         device=resolve_device(args.device), step_size=args.step_size,
-        tta=False if args.disable_tta else (True if args.tta else None), active_contour=not args.no_active_contour,
+        tta=False if args.disable_tta else (True if args.tta else None),
+        active_contour="off" if args.no_active_contour else args.active_contour,
         min_lesion_volume_ml=args.min_lesion_ml)
     options = CohortOptions(
         output_format=args.output_format, continue_prediction=args.continue_prediction,
@@ -61,8 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tta.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
                      help="no mirroring test-time augmentation (the default on CPU)")
     tta.add_argument("--tta", action="store_true", help="mirroring test-time augmentation also on CPU (8x slower)")
+    parser.add_argument("--active-contour", "--active_contour", dest="active_contour", choices=("auto", "on", "off"),
+                        default="auto", help="per-lesion active contours: auto runs what the fold validation chose "
+                                             "(postprocessing.json; none without a validation), on the plan's "
+                                             "settings, off none")
     parser.add_argument("--no-active-contour", "--no_active_contour", dest="no_active_contour", action="store_true",
-                        help="skip the per-lesion active-contour refinement")
+                        help="the same as --active-contour off")
     parser.add_argument("--min-lesion-ml", "--min_lesion_ml", dest="min_lesion_ml", type=_non_negative, default=None,
                         help="tumour components below this volume (ml) become liver; default: the volume chosen on "
                              "the models' validation folds (postprocessing.json), none without one; 0: keep all")

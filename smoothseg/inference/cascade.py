@@ -40,6 +40,7 @@ import torch
 from smoothseg.dataset.io import Geometry
 from smoothseg.device import resolve_device
 from smoothseg.errors import SmoothSegError
+from smoothseg.inference.contour_choice import choice_from_folders
 from smoothseg.inference.lesion_filter import min_lesion_volume_from_folders, remove_small_lesions
 from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
 from smoothseg.inference.predictor import StagePredictor
@@ -53,6 +54,7 @@ __all__ = ["CascadePredictor", "CascadeResult", "ModelOptions", "Predictor", "ac
 
 logger = logging.getLogger(__name__)
 
+ACTIVE_CONTOUR_MODES = ("auto", "on", "off")
 #: The tumour stage's liver refinement is used only when it keeps at least this fraction of the liver stage's mask.
 MIN_REFINED_LIVER_FRACTION = 0.5
 
@@ -63,15 +65,24 @@ class ModelOptions:
     :class:`~smoothseg.inference.cohort.CohortOptions`.
 
     ``device`` None: resolved from ``auto`` once, when the models are loaded. ``tta`` None: on for CUDA only.
+    ``active_contour``: ``auto`` runs what the fold validation chose (:mod:`smoothseg.inference.contour_choice`;
+    none without a validation), ``on`` the plan's settings, ``off`` none (``True``/``False`` mean on/off).
     ``min_lesion_volume_ml`` None: the volume chosen on the models' validation (``postprocessing.json``).
     """
 
     device: torch.device | None = None
     step_size: float = 0.5
     tta: bool | None = None
-    active_contour: bool = True
+    active_contour: str | bool = "auto"
     min_lesion_volume_ml: float | None = None
     progress: bool = False  # a progress bar over the sliding-window tiles
+
+    def __post_init__(self) -> None:
+        mode = {True: "on", False: "off"}.get(self.active_contour, self.active_contour)
+        if mode not in ACTIVE_CONTOUR_MODES:
+            raise SmoothSegError(f"active contours: choose {', '.join(ACTIVE_CONTOUR_MODES)}, "
+                                 f"got {self.active_contour!r}")
+        self.active_contour = mode
 
 
 def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
@@ -82,7 +93,8 @@ def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-    relevant = {k: settings.get(k) for k in ("active_contour", "tta", "step_size", "min_lesion_volume_ml")}
+    relevant = {k: settings.get(k) for k in ("active_contour", "active_contour_settings", "tta", "step_size",
+                                             "min_lesion_volume_ml")}
     digest.update(json.dumps(relevant, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -97,11 +109,24 @@ def describe_models(pair: ModelPair, options: ModelOptions) -> dict[str, Any]:
         min_ml, source = min_lesion_volume_from_folders(p.parent for p in pair.checkpoints("tumor"))
     else:
         source = "given"
-    info = {**pair.to_dict(), "active_contour": bool(options.active_contour),
+    chosen, why = _chosen_contours(pair, options.active_contour)
+    info = {**pair.to_dict(), "active_contour": options.active_contour != "off" and chosen != "none",
+            "active_contour_mode": options.active_contour, "active_contour_settings": chosen,
+            "active_contour_source": why,
             "tta": bool(options.tta) if options.tta is not None else device.type == "cuda",
             "step_size": options.step_size, "min_lesion_volume_ml": min_ml, "min_lesion_volume_source": source}
     info["model_id"] = model_id([*pair.checkpoints("liver"), *pair.checkpoints("tumor")], info)
     return info
+
+
+def _chosen_contours(pair: ModelPair, mode: str) -> tuple[dict[str, Any] | str, str]:
+    """``(settings, why)``: the validation's chosen settings as a dict (``auto``), ``"plan"`` (``on``) or ``"none"``."""
+    if mode == "off":
+        return "none", "switched off"
+    if mode == "on":
+        return "plan", "switched on: the plan's settings"
+    settings, why, _ = choice_from_folders(p.parent for p in pair.checkpoints("tumor"))
+    return ("none" if settings is None else settings.to_dict()), why
 
 
 def active_contour_plan(plan: ConfigurationPlan) -> ActiveContourPlan:
@@ -148,9 +173,11 @@ class CascadePredictor:
         info = describe_models(pair, replace(options, device=device))
         stages = {task: StagePredictor(pair.checkpoints(task), device=device, step_size=options.step_size,
                                        tta=options.tta, progress=options.progress) for task in ("liver", "tumor")}
-        params = active_contour_plan(stages["tumor"].plan) if options.active_contour else None
-        if params is not None:
-            logger.info("active contours on: %s", params.to_dict())
+        chosen = info["active_contour_settings"]
+        params = None if chosen == "none" else active_contour_plan(stages["tumor"].plan) if chosen == "plan" else \
+            ActiveContourPlan.from_dict(chosen)
+        logger.info("active contours %s (%s)", "on: " + json.dumps(params.to_dict()) if params else "off",
+                    info["active_contour_source"])
         logger.info("minimum lesion volume %g ml (%s)", info["min_lesion_volume_ml"], info["min_lesion_volume_source"])
         return cls(stages["liver"], stages["tumor"], params, info, min_lesion_volume_ml=info["min_lesion_volume_ml"])
 

@@ -105,11 +105,12 @@ def choose_min_lesion_volume(per_case: Mapping[str, Mapping[str, float | None]])
 
 
 def write_postprocessing(fold_folder: Path, per_case: Mapping[str, Mapping[str, float | None]],
-                         source: str) -> float:
-    """Choose on ``per_case`` and write ``postprocessing.json`` into ``fold_folder``; returns the chosen volume."""
+                         source: str, extra: Mapping[str, Any] | None = None) -> float:
+    """Choose on ``per_case`` and write ``postprocessing.json`` into ``fold_folder`` (with the ``extra`` sections);
+    returns the chosen volume."""
     chosen, means = choose_min_lesion_volume(per_case)
     write_json({"min_lesion_volume_ml": chosen, "candidates_ml": list(CANDIDATES_ML), "mean_tumor_dice": means,
-                "n_cases": len(per_case), "source": source, "per_case": dict(per_case)},
+                "n_cases": len(per_case), "source": source, "per_case": dict(per_case), **(extra or {})},
                Path(fold_folder) / POSTPROCESSING_NAME)
     logger.info("minimum lesion volume %.2f ml chosen on %d validation case(s): mean tumour Dice %s", chosen,
                 len(per_case), ", ".join(f"{k} ml {v:.4f}" for k, v in means.items()))

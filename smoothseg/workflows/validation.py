@@ -7,8 +7,9 @@ Outputs go to ``<results>/DatasetXXX/<Trainer>__tumor/fold_k/validation/``:
 
 * ``<case><ending>`` label maps (0 background, 1 liver, 2 tumour), ``<case>_report.json``, ``report.csv`` and
   ``summary.json`` (per-case status), exactly as ``smoothseg_predict`` writes them;
-* ``../postprocessing.json`` (in ``fold_k``): the minimum lesion volume chosen on these predictions, which are made
-  without it (:mod:`smoothseg.inference.lesion_filter`);
+* ``../postprocessing.json`` (in ``fold_k``): the post-processing chosen on these predictions, which are made without
+  any: whether and how active contours run (:mod:`smoothseg.inference.contour_choice`), then the minimum lesion volume
+  (:mod:`smoothseg.inference.lesion_filter`), each with every candidate's validation score;
 * ``metrics.json``: the evaluation against the reference labels (before that filter), by
   :func:`smoothseg.evaluation.evaluate.evaluate_folders` (per-case metrics, their means and pooled overlap metrics).
 """
@@ -29,13 +30,16 @@ from smoothseg.dataset.io import read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.evaluate import evaluate_folders
-from smoothseg.inference.cascade import CascadePredictor, ModelOptions
+from smoothseg.inference.cascade import CascadePredictor, ModelOptions, active_contour_plan
 from smoothseg.inference.cohort import CohortOptions, run_cohort
+from smoothseg.inference.contour_choice import candidate_scores, candidates, section
 from smoothseg.inference.inputs import InputCase
 from smoothseg.inference.lesion_filter import candidate_dice, write_postprocessing
+from smoothseg.inference.postprocessing import refine_and_compose
 from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
 from smoothseg.models.store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
 from smoothseg.paths import find_dataset, preprocessed_root
+from smoothseg.planning.plans import ActiveContourPlan
 from smoothseg.planning.splits import load_fold
 
 __all__ = ["choose_postprocessing", "evaluate_predictions", "validate_fold", "validation_cases"]
@@ -71,7 +75,8 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
     output = pair.task_folder("tumor") / f"fold_{fold}" / "validation"
     logger.info("validating %s fold %s on %d case(s) with the predicted liver -> %s", pair.dataset, fold, len(cases),
                 output)
-    models = replace(models or ModelOptions(), min_lesion_volume_ml=0.0, progress=False)
+    # predicted without post-processing, which is then chosen on these predictions
+    models = replace(models or ModelOptions(), min_lesion_volume_ml=0.0, active_contour="off", progress=False)
     cascade = CascadePredictor.from_models(pair, models)
     table = raw.clinical()
     clinical = ClinicalTLVR(table, cascade.tumor.tlvr_models) if table is not None and cascade.tumor.tlvr_models \
@@ -86,20 +91,33 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
     done = [c for c, o in zip(cases, summary.cases, strict=True) if o.status != "failed"]
     references = {c.case_id: by_id[c.case_id].label for c in done}
     evaluate_predictions(raw, references, output, num_processes)
-    choose_postprocessing(raw, references, output, output.parent, f"validation of fold {fold} (predicted liver)")
+    images = {c.case_id: c.path for c in done}
+    choose_postprocessing(raw, references, images, output, output.parent, active_contour_plan(cascade.tumor.plan),
+                          f"validation of fold {fold} (predicted liver)")
     return output
 
 
-def choose_postprocessing(raw: RawDataset, references: dict[str, Path], prediction_dir: Path, fold_folder: Path,
-                          source: str) -> float:
-    """Choose the minimum lesion volume on the predictions of ``references``' cases; writes ``postprocessing.json``."""
-    per_case = {}
+def choose_postprocessing(raw: RawDataset, references: dict[str, Path], images: dict[str, Path], prediction_dir: Path,
+                          fold_folder: Path, plan_contours: ActiveContourPlan, source: str) -> float:
+    """Choose the post-processing on the predictions of ``references``' cases (made without any): first the active
+    contours (:mod:`smoothseg.inference.contour_choice`), then the minimum lesion volume on top of the chosen contours
+    (:mod:`smoothseg.inference.lesion_filter`). Writes ``postprocessing.json``; returns the minimum lesion volume."""
+    settings = candidates(plan_contours)
+    loaded, contour_rows = {}, {}
     for case_id, label_path in sorted(references.items()):
-        reference, geometry = read_image(label_path)
+        reference, _ = read_image(label_path)
+        image, geometry = read_image(images[case_id])
         prediction, _ = read_image(prediction_dir / f"{case_id}{raw.spec.file_ending}")
-        per_case[case_id] = candidate_dice(prediction, np.isin(reference, list(raw.spec.task_regions.tumor)),
-                                           geometry.spacing_zyx)
-    return write_postprocessing(fold_folder, per_case, source)
+        tumour = np.isin(reference, list(raw.spec.task_regions.tumor))
+        contour_rows[case_id] = candidate_scores(image, geometry, prediction, tumour, settings)
+        loaded[case_id] = (image, geometry, prediction, tumour)
+    contours = section(contour_rows, settings)
+    chosen = settings[contours["chosen"]]
+    per_case = {}
+    for case_id, (image, geometry, prediction, tumour) in loaded.items():
+        labels = refine_and_compose(image, geometry, prediction, chosen) if chosen is not None else prediction
+        per_case[case_id] = candidate_dice(labels, tumour, geometry.spacing_zyx)
+    return write_postprocessing(fold_folder, per_case, source, extra={"active_contour": contours})
 
 
 def evaluate_predictions(raw: RawDataset, references: dict[str, Path], prediction_dir: Path,
