@@ -113,7 +113,10 @@ def test_predict_cli_writes_label_maps_with_the_input_geometry_and_reports(home:
         assert set(np.unique(labels)) <= {0, 1, 2}
         report = json.loads((out / f"{case_id}_report.json").read_text())
         assert report["case_id"] == case_id and report["lesion_count"] == len(report["lesions"])
-        assert report["model"]["folds"] == {"liver": ["0"], "tumor": ["0"]} and report["model"]["active_contour"]
+        assert report["model"]["folds"] == {"liver": ["0"], "tumor": ["0"]}
+        model = report["model"]  # auto without a fold validation: no contours, and the report says why
+        assert model["active_contour_mode"] == "auto" and not model["active_contour"]
+        assert "no fold validation has tried them yet" in model["active_contour_source"]
         assert report["small_lesions_removed"] >= 0 and report["model"]["min_lesion_volume_source"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_ok"] == 3 and summary["n_failed"] == 0
@@ -212,7 +215,7 @@ def test_parts_write_each_case_once_and_reruns_skip_finished_cases(home: Path, i
     assert [(c.case_id, c.status) for c in forced.cases] == [("SynLiver_005", "ok")]  # the default predicts again
     # outputs of another model (other settings here; a retrained model changes the checkpoints' hash) are redone
     first_id = json.loads((out / "flipped_report.json").read_text())["model"]["model_id"]
-    other = predict(inputs, out, models=replace(FAST_MODELS, active_contour=False), options=again)
+    other = predict(inputs, out, models=replace(FAST_MODELS, active_contour="on"), options=again)
     assert [c.status for c in other.cases] == ["ok"] * 3
     ids = {json.loads((out / f"{c.case_id}_report.json").read_text())["model"]["model_id"] for c in other.cases}
     assert len(ids) == 1 and first_id not in ids
