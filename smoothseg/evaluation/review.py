@@ -196,10 +196,10 @@ def render_page(cases: Sequence[ReviewCase], title: str, with_reference: bool) -
         sections.append(
             f'<div class="case" id="case-{cid}"><h2>{cid}</h2>'
             f'<p class="key">axial{side}; <span class="liver">liver</span>, <span class="tumor">tumour</span> '
-            f'outlines; superior first</p><div class="views"><div>'
-            f'<img id="img-{cid}" src="{case.axial[0]}" alt="axial slices of {cid}"><br>'
-            f'<input type="range" min="0" max="{n - 1}" value="0" oninput="show(\'{cid}\', this.value)"> '
-            f'<span id="pos-{cid}">1 / {n}</span></div>'
+            f'outlines; slide from superior (left end) to inferior</p><div class="views"><div>'
+            f'<img id="img-{cid}" src="{case.axial[n // 2]}" alt="axial slices of {cid}"><br>'
+            f'<input type="range" min="0" max="{n - 1}" value="{n // 2}" oninput="show(\'{cid}\', this.value)"> '
+            f'<span id="pos-{cid}">{n // 2 + 1} / {n}</span></div>'
             f'<div><img src="{case.coronal}" alt="coronal view of {cid}"><br><span class="key">coronal, through the '
             f'liver</span></div></div></div>')
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
