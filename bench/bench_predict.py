@@ -108,7 +108,7 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
     import torch
 
     from smoothseg.dataset.io import read_image
-    from smoothseg.inference.cascade import CascadePredictor
+    from smoothseg.inference.cascade import CascadePredictor, ModelOptions
     from smoothseg.inference.postprocessing import compose_labels, refine_and_compose
     from smoothseg.inference.report import case_report, write_case_report
     from smoothseg.models.store import select_models
@@ -117,7 +117,8 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
         torch.set_num_threads(threads)
     times: dict[str, float] = {}
     peaks: dict[str, float] = {}
-    cascade = CascadePredictor.from_models(select_models("900"), device="cpu", tta=tta)
+    cascade = CascadePredictor.from_models(select_models("900"), ModelOptions(device=torch.device("cpu"), tta=tta,
+                                                                               active_contour="on"))
     t0 = time.perf_counter()
     model_mb = sum(p.numel() * p.element_size() for stage in (cascade.liver, cascade.tumor)
                    for net in stage.networks for p in net.parameters()) / 2**20
