@@ -43,7 +43,8 @@ __all__ = ["DaskSettings", "predict_on_dask"]
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install -e ".[cluster]" (dask[distributed])'
-#: A worker that died this many times while holding a case gives the case up (Dask's ``allowed-failures``).
+#: A worker that died this many times while holding a case gives the case up (Dask's ``allowed-failures``; set for the
+#: local cluster this module starts, while a running scheduler keeps its own setting).
 ALLOWED_FAILURES = 1
 
 
@@ -99,14 +100,14 @@ def _client(settings: DaskSettings):
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise SmoothSegError(f"--dask-workers/--dask-scheduler need Dask: {INSTALL_HINT}") from None
-    dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
     if settings.scheduler is not None:
         try:
             return Client(settings.scheduler, timeout="30s")
         except OSError as exc:
             raise SmoothSegError(f"cannot reach the Dask scheduler at {settings.scheduler} ({exc})") from None
-    cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")  # any free port: never clashes with a running cluster
     return Client(cluster)
 
 
