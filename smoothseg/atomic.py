@@ -26,7 +26,8 @@ from smoothseg.errors import SmoothSegError
 TMP_PREFIX = ".tmp-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this machine (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +52,7 @@ def remove_stale_temp(folder: str | Path) -> int:
             continue
         owner = entry.name[len(TMP_PREFIX):].split("-", 1)[0]
         if owner.isdigit() and "-" in entry.name[len(TMP_PREFIX):]:
-            stale = not _pid_alive(int(owner))
+            stale = not pid_alive(int(owner))
         else:
             stale = time.time() - entry.stat().st_mtime > 86_400
         if stale:

@@ -39,6 +39,7 @@ from smoothseg.evaluation.overlay_files import find_case_image
 from smoothseg.inference.report import case_report
 from smoothseg.labels import LIVER, TUMOR
 from smoothseg.logging_setup import progress_bar
+from smoothseg.masks.measures import binary_dice
 
 __all__ = ["ReviewCase", "write_review"]
 
@@ -100,11 +101,6 @@ def _data_uri(image: Image.Image, quality: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
-    total = int(prediction.sum()) + int(reference.sum())
-    return None if total == 0 else 2.0 * float((prediction & reference).sum()) / total
-
-
 def review_case(case_id: str, image: np.ndarray, geometry: Geometry, prediction: np.ndarray,
                 reference: np.ndarray | None, *, max_slices: int = 16, max_size: int = 192,
                 quality: int = 60) -> ReviewCase:
@@ -112,7 +108,8 @@ def review_case(case_id: str, image: np.ndarray, geometry: Geometry, prediction:
     report = case_report(case_id, image, prediction, geometry)
     dice = {}
     if reference is not None:
-        dice = {"liver": _dice(prediction > 0, reference > 0), "tumor": _dice(prediction == TUMOR, reference == TUMOR)}
+        dice = {"liver": binary_dice(prediction > 0, reference > 0),
+                "tumor": binary_dice(prediction == TUMOR, reference == TUMOR)}
     orient = Orientation.from_direction(geometry.direction)
     ct, pred = orient.to_canonical(image), orient.to_canonical(prediction)
     ref = orient.to_canonical(reference) if reference is not None else None

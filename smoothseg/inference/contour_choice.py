@@ -32,6 +32,7 @@ from smoothseg.dataset.io import Geometry
 from smoothseg.inference.lesion_filter import POSTPROCESSING_NAME
 from smoothseg.inference.postprocessing import refine_and_compose
 from smoothseg.labels import TUMOR
+from smoothseg.masks.measures import binary_dice
 from smoothseg.planning.plans import ActiveContourPlan
 
 __all__ = ["OFF", "candidate_scores", "candidates", "choice_from_folders", "choose", "section"]
@@ -53,16 +54,11 @@ def candidates(plan_settings: ActiveContourPlan) -> dict[str, ActiveContourPlan 
     }
 
 
-def _dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
-    total = int(prediction.sum()) + int(reference.sum())
-    return None if total == 0 else 2.0 * float(np.count_nonzero(prediction & reference)) / total
-
-
 def candidate_scores(image: np.ndarray, geometry: Geometry, prediction: np.ndarray, reference_tumour: np.ndarray,
                      settings: Mapping[str, ActiveContourPlan | None]) -> dict[str, float | None]:
     """The case's tumour Dice after each candidate (``prediction`` made without contours; None: both empty)."""
     reference_tumour = np.asarray(reference_tumour, dtype=bool)
-    return {name: _dice(refine_and_compose(image, geometry, prediction, params) == TUMOR, reference_tumour)
+    return {name: binary_dice(refine_and_compose(image, geometry, prediction, params) == TUMOR, reference_tumour)
             for name, params in settings.items()}
 
 

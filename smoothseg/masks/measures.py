@@ -17,7 +17,7 @@ from scipy.spatial.distance import cdist
 
 from smoothseg.masks.box import bounding_box
 
-__all__ = ["check_spacing", "max_diameter_mm", "surface_voxels", "voxel_volume_ml", "volume_ml"]
+__all__ = ["binary_dice", "check_spacing", "max_diameter_mm", "surface_voxels", "voxel_volume_ml", "volume_ml"]
 
 
 def check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
@@ -90,3 +90,10 @@ def max_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
     if len(coords) < 2:
         return 0.0
     return _max_pairwise_distance(_hull_vertices(coords))
+
+
+def binary_dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
+    """Dice of two binary masks; None when both are empty (undefined; callers decide how to count it)."""
+    prediction, reference = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
+    total = int(np.count_nonzero(prediction)) + int(np.count_nonzero(reference))
+    return None if total == 0 else 2.0 * float(np.count_nonzero(prediction & reference)) / total

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from smoothseg.atomic import ensure_writable_folder, remove_stale_temp
+from smoothseg.atomic import ensure_writable_folder, pid_alive, remove_stale_temp
 from smoothseg.errors import SmoothSegError
 
 logger = logging.getLogger(__name__)
@@ -42,16 +42,6 @@ def check_not_finished(fold: Path, continue_training: bool, overwrite: bool) -> 
                              "the finished model)")
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_lock(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -72,7 +62,7 @@ def fold_lock(fold: Path) -> Iterator[None]:
         except FileExistsError:
             holder = _read_lock(path)
             same_host = holder.get("host") == me["host"]
-            if same_host and isinstance(holder.get("pid"), int) and not _pid_running(holder["pid"]):
+            if same_host and isinstance(holder.get("pid"), int) and not pid_alive(holder["pid"]):
                 logger.warning("%s: taking over the lock of PID %s, which is no longer running", fold, holder["pid"])
                 path.unlink(missing_ok=True)
                 continue
