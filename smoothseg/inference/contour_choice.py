@@ -19,7 +19,6 @@ it; ``on`` runs the plan's settings, ``off`` none.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from smoothseg.dataset.io import Geometry
-from smoothseg.inference.lesion_filter import POSTPROCESSING_NAME
+from smoothseg.inference.lesion_filter import read_fold_choices
 from smoothseg.inference.postprocessing import refine_and_compose
 from smoothseg.labels import TUMOR
 from smoothseg.masks.measures import binary_dice
@@ -92,17 +91,14 @@ def choice_from_folders(fold_folders: Iterable[Path]) -> tuple[ActiveContourPlan
     per_case: dict[str, Mapping[str, float | None]] = {}
     settings: dict[str, Any] = {}
     used = []
-    for folder in fold_folders:
-        path = Path(folder) / POSTPROCESSING_NAME
-        if not path.is_file():
+    for fold, data in read_fold_choices(fold_folders):
+        try:  # postprocessing.json written before the contours were chosen has no such section
+            section_ = data["active_contour"]
+            per_case.update({f"{fold}/{c}": dict(row) for c, row in section_["per_case"].items()})
+            settings.update(section_["settings"])
+        except (KeyError, TypeError, AttributeError, ValueError):
             continue
-        try:
-            data = json.loads(path.read_text())["active_contour"]
-            per_case.update({f"{Path(folder).name}/{c}": dict(row) for c, row in data["per_case"].items()})
-            settings.update(data["settings"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-        used.append(Path(folder).name)
+        used.append(fold)
     if not per_case:
         return None, "no fold validation has tried them yet: off", False
     chosen, means = choose(per_case)

@@ -34,7 +34,7 @@ from smoothseg.labels import LIVER, TUMOR
 from smoothseg.masks.components import connected_lesions
 
 __all__ = ["CANDIDATES_ML", "POSTPROCESSING_NAME", "candidate_dice", "choose_min_lesion_volume",
-           "min_lesion_volume_from_folders", "remove_small_lesions", "write_postprocessing"]
+           "min_lesion_volume_from_folders", "read_fold_choices", "remove_small_lesions", "write_postprocessing"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,22 +117,36 @@ def write_postprocessing(fold_folder: Path, per_case: Mapping[str, Mapping[str, 
     return chosen
 
 
-def min_lesion_volume_from_folders(fold_folders: Iterable[Path]) -> tuple[float, str]:
-    """The pooled choice over the ``postprocessing.json`` of the given tumour fold folders; (0, why) if none."""
-    per_case: dict[str, Mapping[str, float | None]] = {}
-    used = []
+def read_fold_choices(fold_folders: Iterable[Path]) -> list[tuple[str, dict[str, Any]]]:
+    """``(fold folder name, parsed postprocessing.json)`` of every given tumour fold folder that has a readable one
+    (an unreadable one is skipped with a warning). The pooled choices below read their sections from here."""
+    found = []
     for folder in fold_folders:
         path = Path(folder) / POSTPROCESSING_NAME
         if not path.is_file():
             continue
         try:
-            data: dict[str, Any] = json.loads(path.read_text())
-            rows = {f"{folder.name}/{case}": dict(row) for case, row in data["per_case"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
             logger.warning("%s is unreadable (%s); ignoring it", path, exc)
             continue
+        if isinstance(data, dict):
+            found.append((Path(folder).name, data))
+    return found
+
+
+def min_lesion_volume_from_folders(fold_folders: Iterable[Path]) -> tuple[float, str]:
+    """The pooled choice over the ``postprocessing.json`` of the given tumour fold folders; (0, why) if none."""
+    per_case: dict[str, Mapping[str, float | None]] = {}
+    used = []
+    for fold, data in read_fold_choices(fold_folders):
+        try:
+            rows = {f"{fold}/{case}": dict(row) for case, row in data["per_case"].items()}
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            logger.warning("%s/%s lacks a usable per-case table (%s); ignoring it", fold, POSTPROCESSING_NAME, exc)
+            continue
         per_case.update(rows)
-        used.append(folder.name)
+        used.append(fold)
     if not per_case:
         return 0.0, "no postprocessing.json (no full validation yet): no lesion is removed"
     chosen, _ = choose_min_lesion_volume(per_case)
