@@ -55,3 +55,17 @@ def die_on_bad(job: LoadJob) -> Outcome:
     if job.case.case_id == "bad":
         os._exit(1)
     return Outcome(True, job.case.case_id)
+
+
+def shrink_plans(preprocessed_folder: Path) -> Path:
+    """Edit a planned dataset's ``plans.json`` down to a 4-filter network on 16 x 32 x 32 patches, batch 2, for both
+    configurations (as a user may edit it by hand); returns the folder."""
+    import json
+
+    plans_path = Path(preprocessed_folder) / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    for cfg in plans["configurations"].values():
+        cfg.update(patch_size=[16, 32, 32], batch_size=2)
+        cfg["network"].update(init_filters=4, vae_nz=16)
+    plans_path.write_text(json.dumps(plans))
+    return Path(preprocessed_folder)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import run_cli
-from inference_helpers import make_model_pair
+from inference_helpers import make_model_pair, shrink_plans
 
 from smoothseg import errors
 from smoothseg.atomic import TMP_PREFIX, ensure_writable_folder, remove_stale_temp
@@ -92,13 +92,7 @@ def test_planning_reports_every_bad_label_at_once_and_writes_nothing(demo_datase
 
 @pytest.fixture
 def tiny_plans(demo_dataset: Path, data_home: Path) -> Path:
-    folder = plan_and_preprocess(900).folder
-    plans = json.loads((folder / "plans.json").read_text())
-    for cfg in plans["configurations"].values():
-        cfg.update(patch_size=[16, 32, 32], batch_size=2)
-        cfg["network"].update(init_filters=4, vae_nz=16)
-    (folder / "plans.json").write_text(json.dumps(plans))
-    return folder
+    return shrink_plans(plan_and_preprocess(900).folder)
 
 
 def _config(**kw) -> TrainingConfig:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from distributed_helpers import fixed_batch, gradient_worker, loss_fn, tiny_network, trainer_worker
+from inference_helpers import shrink_plans
 
 from smoothseg.training.distributed import DistributedContext, from_environment
 from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
@@ -54,12 +55,7 @@ def test_torchrun_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_two_processes_train_one_model(demo_dataset: Path, data_home: Path, tmp_path: Path) -> None:
-    folder = plan_and_preprocess(900).folder
-    plans = json.loads((folder / "plans.json").read_text())
-    for cfg in plans["configurations"].values():
-        cfg.update(patch_size=[16, 32, 32], batch_size=2)
-        cfg["network"].update(init_filters=4, vae_nz=16)
-    (folder / "plans.json").write_text(json.dumps(plans))
+    shrink_plans(plan_and_preprocess(900).folder)
     out = tmp_path / "ranks"
     out.mkdir()
     mp.spawn(trainer_worker, args=(2, _free_port(), str(data_home), str(out)), nprocs=2, join=True)

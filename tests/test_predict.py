@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import run_cli
+from inference_helpers import shrink_plans
 
 from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.errors import SmoothSegError
@@ -51,12 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_dataset_pristine: Pat
         mp.setenv("SMOOTHSEG_HOME", str(home))
         torch.set_num_threads(1)  # tiny networks: threads cost more than they give
         try:
-            plans_path = plan_and_preprocess(900).folder / "plans.json"
-            plans = json.loads(plans_path.read_text())
-            for cfg in plans["configurations"].values():
-                cfg.update(patch_size=[16, 32, 32], batch_size=2)
-                cfg["network"].update(init_filters=4, vae_nz=16)
-            plans_path.write_text(json.dumps(plans))
+            shrink_plans(plan_and_preprocess(900).folder)
             for task in ("liver", "tumor"):
                 train(TrainingConfig(dataset="900", task=task, fold="0", device="cpu", epochs=1, iters_per_epoch=2,
                                      val_iters=1, num_workers=0))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import run_cli
+from inference_helpers import shrink_plans
 
 from smoothseg.dataset.io import read_image
 from smoothseg.errors import SmoothSegError
@@ -32,16 +33,7 @@ TINY_PATCH = {"liver": [16, 32, 32], "tumor": [16, 32, 32]}
 @pytest.fixture
 def tiny(demo_dataset: Path, data_home: Path) -> Path:
     """The demo dataset planned and preprocessed, with plans edited down to a tiny network."""
-    result = plan_and_preprocess(900)
-    plans_path = result.folder / "plans.json"
-    plans = json.loads(plans_path.read_text())
-    for task, cfg in plans["configurations"].items():
-        cfg["patch_size"] = TINY_PATCH[task]
-        cfg["batch_size"] = 2
-        cfg["network"]["init_filters"] = 4
-        cfg["network"]["vae_nz"] = 16
-    plans_path.write_text(json.dumps(plans))
-    return result.folder
+    return shrink_plans(plan_and_preprocess(900).folder)
 
 
 def _config(task: str, **kw) -> TrainingConfig:

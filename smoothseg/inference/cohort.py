@@ -39,7 +39,7 @@ from smoothseg.inference.inputs import (
 from smoothseg.inference.report import read_case_reports, write_cohort_report
 from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
 from smoothseg.logging_setup import progress_bar
-from smoothseg.models.store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
+from smoothseg.models.store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, ModelPair, select_models
 
 __all__ = ["CaseOutcome", "CohortOptions", "PredictionSummary", "predict", "run_cohort"]
 
@@ -295,6 +295,23 @@ def _options_dict(options: CohortOptions) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
 
 
+def prepare_run(input_path: str | Path, output_dir: str | Path, options: CohortOptions, *,
+                dataset: str | int | None = None, folds: Sequence[str] | None = None, checkpoint: str | None = None,
+                trainer: str | None = None) -> tuple[list[InputCase], ModelPair]:
+    """What every cohort runner checks before a model loads: the cases of ``input_path`` (this part of them), an
+    output format they allow, an output folder apart from the input and writable; then the model pair."""
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    ending = normalise_ending(options.output_format)
+    if input_path.is_dir() and output_dir.resolve() == input_path.resolve():
+        raise SmoothSegError(f"{output_dir}: the output folder must differ from the input folder")
+    cases = select_part(find_input_cases(input_path), options.num_parts, options.part_id)
+    check_output_format(cases, ending)
+    ensure_writable_folder(output_dir)  # before the models load and any case is computed
+    pair = select_models(dataset, list(folds) if folds else None, checkpoint or DEFAULT_CHECKPOINT,
+                         trainer or DEFAULT_TRAINER)
+    return cases, pair
+
+
 def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | int | None = None,
             folds: Sequence[str] | None = None, checkpoint: str | None = None, trainer: str | None = None,
             models: ModelOptions | None = None, options: CohortOptions | None = None) -> PredictionSummary:
@@ -305,20 +322,13 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
     written as ``summary_part<K>of<N>.json``.
     """
     options = options or CohortOptions()
-    input_path, output_dir = Path(input_path), Path(output_dir)
-    normalise_ending(options.output_format)
-    if input_path.is_dir() and output_dir.resolve() == input_path.resolve():
-        raise SmoothSegError(f"{output_dir}: the output folder must differ from the input folder")
-    cases = select_part(find_input_cases(input_path), options.num_parts, options.part_id)
-    check_output_format(cases, normalise_ending(options.output_format))
-    ensure_writable_folder(output_dir)  # before the models load and any case is computed
-    pair = select_models(dataset, list(folds) if folds else None, checkpoint or DEFAULT_CHECKPOINT,
-                         trainer or DEFAULT_TRAINER)
+    cases, pair = prepare_run(input_path, output_dir, options, dataset=dataset, folds=folds, checkpoint=checkpoint,
+                              trainer=trainer)
     cascade = CascadePredictor.from_models(pair, models)
     clinical = None
     if options.clinical_csv is not None:
         clinical = ClinicalTLVR(options.clinical_csv, cascade.tumor.tlvr_models)
-    summary_name = summary_name_for(options)
     logger.info("predicting %d case(s) from %s into %s%s", len(cases), input_path, output_dir,
                 f" (part {options.part_id} of {options.num_parts})" if options.num_parts > 1 else "")
-    return run_cohort(cascade, cases, output_dir, options, clinical=clinical, summary_name=summary_name)
+    return run_cohort(cascade, cases, Path(output_dir), options, clinical=clinical,
+                      summary_name=summary_name_for(options))

@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from smoothseg.atomic import ensure_writable_folder
 from smoothseg.device import resolve_device
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.cascade import CascadePredictor, ModelOptions, describe_models
@@ -29,14 +28,15 @@ from smoothseg.inference.cohort import (
     PredictionSummary,
     cases_to_predict,
     predict_case_files,
+    prepare_run,
     skipped_outcome,
     summary_name_for,
     write_summary,
 )
-from smoothseg.inference.inputs import InputCase, find_input_cases, normalise_ending, select_part
+from smoothseg.inference.inputs import InputCase, normalise_ending
 from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
 from smoothseg.logging_setup import progress_bar
-from smoothseg.models.store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, ModelPair, select_models
+from smoothseg.models.store import ModelPair
 
 __all__ = ["DaskSettings", "predict_on_dask"]
 
@@ -158,13 +158,8 @@ def predict_on_dask(input_path: str | Path, output_dir: str | Path, settings: Da
     models = models or ModelOptions()
     models = replace(models, device=models.device if models.device is not None else resolve_device("auto"),
                      progress=False)
-    input_path, output_dir = Path(input_path), Path(output_dir)
-    if input_path.is_dir() and output_dir.resolve() == input_path.resolve():
-        raise SmoothSegError(f"{output_dir}: the output folder must differ from the input folder")
-    cases = select_part(find_input_cases(input_path), options.num_parts, options.part_id)
-    ensure_writable_folder(output_dir)
-    pair = select_models(dataset, list(folds) if folds else None, checkpoint or DEFAULT_CHECKPOINT,
-                         trainer or DEFAULT_TRAINER)
+    cases, pair = prepare_run(input_path, output_dir, options, dataset=dataset, folds=folds, checkpoint=checkpoint,
+                              trainer=trainer)
     info = describe_models(pair, models)
     job = _ModelJob(pair, models, info["model_id"], str(options.clinical_csv) if options.clinical_csv else None)
-    return run_on_dask(cases, output_dir, job, info, options, settings)
+    return run_on_dask(cases, Path(output_dir), job, info, options, settings)
