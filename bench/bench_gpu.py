@@ -123,7 +123,7 @@ def measure_inference(cfg, device, tta: bool) -> dict:
     torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     sliding_window_predict(network, image, cfg.patch_size, cfg.num_classes, batch_size=cfg.batch_size,
-                           mirror_axes=mirror, device=device)
+                           mirror_axes=mirror, device=device, autocast_dtype=torch.float16)
     torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     result = {"shape": shape, "tta_axes": list(mirror), "seconds": seconds,

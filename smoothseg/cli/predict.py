@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smoothseg.cli.common import make_parser, nnunet_only, run
-from smoothseg.device import resolve_device
+from smoothseg.device import PRECISION_CHOICES, resolve_device
 from smoothseg.inference.cascade import ModelOptions
 from smoothseg.inference.cohort import CohortOptions, predict
 from smoothseg.inference.dask_cohort import DaskSettings, predict_on_dask
@@ -24,7 +24,7 @@ def _non_negative(text: str) -> float:
 def _body(args: argparse.Namespace) -> int:
     models = ModelOptions(
         device=resolve_device(args.device), step_size=args.step_size,
-        tta=False if args.disable_tta else (True if args.tta else None),
+        tta=False if args.disable_tta else (True if args.tta else None), precision=args.precision,
         active_contour="off" if args.no_active_contour else args.active_contour,
         min_lesion_volume_ml=args.min_lesion_ml)
     options = CohortOptions(
@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-device", default="auto", help="auto, cuda, cpu or mps")
     parser.add_argument("--step-size", "--step_size", "-step_size", dest="step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="network arithmetic: auto = fp16 on CUDA, bf16 on a CPU with bfloat16 units, else fp32")
     tta = parser.add_mutually_exclusive_group()
     tta.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
                      help="no mirroring test-time augmentation (the default on CPU)")

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, nnunet_only, run
-from smoothseg.device import resolve_device
+from smoothseg.device import PRECISION_CHOICES, resolve_device
 from smoothseg.planning.plans import TASKS
 from smoothseg.training.config import DEFAULT_LR, TrainingConfig
 from smoothseg.training.distributed import from_environment
@@ -21,7 +21,8 @@ def _body(args: argparse.Namespace) -> int:
         dataset=args.dataset, task=args.configuration, fold=args.fold, trainer=args.tr, device=args.device,
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, optimizer=args.optimizer,
         initial_lr=args.lr, batch_dice=not args.sample_dice,
-        tlvr_weight=args.tlvr_weight, patience=args.patience, compile=args.compile, num_workers=args.num_workers,
+        tlvr_weight=args.tlvr_weight, patience=args.patience, compile=args.compile, precision=args.precision,
+        num_workers=args.num_workers,
         seed=args.seed, continue_training=args.c, overwrite=args.overwrite, validate=not args.no_val)
     device = resolve_device(args.device)
     ctx = from_environment()
@@ -60,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="weight of the TLVR term (tumor task); 0 ablates it")
     parser.add_argument("--patience", type=int, default=None, help="stop after N epochs without EMA improvement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="autocast: auto = fp16 on CUDA, bf16 on a CPU with bfloat16 units, else fp32")
     parser.add_argument("--num-workers", dest="num_workers", type=int, default=None,
                         help="augmentation worker processes (default: CPU count - 1, or $SMOOTHSEG_NUM_WORKERS)")
     parser.add_argument("--seed", type=int, default=0)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from smoothseg.dataset.io import Geometry
-from smoothseg.device import resolve_device
+from smoothseg.device import autocast_dtype, precision_name, resolve_device
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.contour_choice import choice_from_folders
 from smoothseg.inference.lesion_filter import min_lesion_volume_from_folders, remove_small_lesions
@@ -68,11 +68,14 @@ class ModelOptions:
     ``active_contour``: ``auto`` runs what the fold validation chose (:mod:`smoothseg.inference.contour_choice`;
     none without a validation), ``on`` the plan's settings, ``off`` none (``True``/``False`` mean on/off).
     ``min_lesion_volume_ml`` None: the volume chosen on the models' validation (``postprocessing.json``).
+    ``precision``: the networks' arithmetic (:func:`smoothseg.device.autocast_dtype`; ``auto``: fp16 on CUDA, bf16 on
+    a CPU with bfloat16 units, else fp32).
     """
 
     device: torch.device | None = None
     step_size: float = 0.5
     tta: bool | None = None
+    precision: str = "auto"
     active_contour: str | bool = "auto"
     min_lesion_volume_ml: float | None = None
     progress: bool = False  # a progress bar over the sliding-window tiles
@@ -94,7 +97,7 @@ def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     relevant = {k: settings.get(k) for k in ("active_contour", "active_contour_settings", "tta", "step_size",
-                                             "min_lesion_volume_ml")}
+                                             "min_lesion_volume_ml", "precision")}
     digest.update(json.dumps(relevant, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -114,7 +117,8 @@ def describe_models(pair: ModelPair, options: ModelOptions) -> dict[str, Any]:
             "active_contour_mode": options.active_contour, "active_contour_settings": chosen,
             "active_contour_source": why,
             "tta": bool(options.tta) if options.tta is not None else device.type == "cuda",
-            "step_size": options.step_size, "min_lesion_volume_ml": min_ml, "min_lesion_volume_source": source}
+            "step_size": options.step_size, "precision": precision_name(autocast_dtype(device, options.precision)),
+            "min_lesion_volume_ml": min_ml, "min_lesion_volume_source": source}
     info["model_id"] = model_id([*pair.checkpoints("liver"), *pair.checkpoints("tumor")], info)
     return info
 
@@ -172,7 +176,8 @@ class CascadePredictor:
         device = options.device if options.device is not None else resolve_device("auto")
         info = describe_models(pair, replace(options, device=device))
         stages = {task: StagePredictor(pair.checkpoints(task), device=device, step_size=options.step_size,
-                                       tta=options.tta, progress=options.progress) for task in ("liver", "tumor")}
+                                       tta=options.tta, precision=options.precision, progress=options.progress)
+                  for task in ("liver", "tumor")}
         chosen = info["active_contour_settings"]
         params = None if chosen == "none" else active_contour_plan(stages["tumor"].plan) if chosen == "plan" else \
             ActiveContourPlan.from_dict(chosen)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from smoothseg.device import autocast as device_autocast
 from smoothseg.logging_setup import progress_bar
 
 __all__ = ["compute_tile_starts", "gaussian_importance_map", "sliding_window_predict"]
@@ -226,7 +227,8 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
                            num_classes: int, *, step_size: float = 0.5, batch_size: int = 2,
                            mirror_axes: Sequence[int] | None = None, device: torch.device | str = "cpu",
                            gaussian: bool = True, accumulate_device: torch.device | str | None = None,
-                           progress: bool = False, pad_value: float = 0.0) -> torch.Tensor:
+                           progress: bool = False, pad_value: float = 0.0, autocast_dtype: torch.dtype | None = None,
+                           channels_last: bool = False) -> torch.Tensor:
     """Predict per-class probabilities for a whole image, patch by patch.
 
     Parameters
@@ -248,7 +250,7 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
         Spatial axes (0 = first spatial axis, e.g. Z) to mirror for test-time augmentation. The probabilities are
         averaged over all ``2**len(mirror_axes)`` flip combinations (including no flip); ``None``/empty: no TTA.
     device:
-        Where the network runs. On CUDA the forward pass runs under ``torch.autocast(device_type="cuda")``.
+        Where the network runs.
     gaussian:
         Weight tiles with :func:`gaussian_importance_map` (default) or uniformly.
     accumulate_device:
@@ -258,6 +260,13 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
         Show a tqdm progress bar over the batches of tiles.
     pad_value:
         Constant used to pad images smaller than the patch (0, the mean of a z-scored image).
+    autocast_dtype:
+        Run the network under ``torch.autocast`` with this dtype (``None``: float32;
+        :func:`smoothseg.device.autocast_dtype` gives the right one for a device). The softmax and the sums are
+        float32 either way.
+    channels_last:
+        Give the network its tiles in channels-last memory order (for a network converted with
+        ``.to(memory_format=torch.channels_last_3d)``; faster with oneDNN on a CPU).
 
     Returns
     -------
@@ -294,7 +303,7 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
     weight = (gaussian_importance_map(patch_size, device=device) if gaussian
               else torch.ones(tuple(int(p) for p in patch_size), device=device))
     def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device_type="cuda") if device.type == "cuda" else contextlib.nullcontext()
+        return device_autocast(device, autocast_dtype)
 
     was_training = isinstance(network, torch.nn.Module) and network.training
     if was_training:
@@ -306,6 +315,8 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
             for first in progress_bar(batches, desc="sliding window", unit="batch", disable=not progress):
                 regions = tiles[first:first + batch_size]
                 batch = torch.stack([padded[(slice(None), *region)] for region in regions]).to(device)
+                if channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last_3d)
                 probabilities = _predict_probabilities(network, batch, num_classes, flip_combinations, autocast)
                 for region, tile_probabilities in zip(regions, probabilities, strict=True):
                     accumulator.add(region, tile_probabilities, weight)

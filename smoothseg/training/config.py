@@ -32,6 +32,7 @@ class TrainingConfig:
     mask_jitter_mm: float = 5.0
     patience: int | None = None
     compile: bool = False
+    precision: str = "auto"  # autocast dtype (smoothseg.device.autocast_dtype): fp16 on CUDA, bf16 on capable CPUs
     num_workers: int | None = None
     seed: int = 0
     continue_training: bool = False

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 
 from smoothseg.atomic import write_json
 from smoothseg.dataset.raw_dataset import RawDataset
-from smoothseg.device import resolve_device
+from smoothseg.device import autocast, autocast_dtype, precision_name, resolve_device
 from smoothseg.errors import SmoothSegError
 from smoothseg.knowledge.weak_labels import fold_weak_labels
 from smoothseg.logging_setup import progress_bar
@@ -90,11 +89,12 @@ class Trainer:
                                  f"-d {config.dataset} -c {config.task}")
         self.output = self.output_folder(config)
         self.device = start_distributed(self.dist, device if device is not None else resolve_device(config.device))
-        self.amp = self.device.type == "cuda"
+        # Mixed precision: float16 with a gradient scaler on CUDA, bfloat16 on a CPU that has it (no scaler needed).
+        self.amp_dtype = autocast_dtype(self.device, config.precision)
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
         self.network = build_network(self.plan).to(self.device)
         self.optimizer = build_optimizer(self.network.parameters(), config)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = ProgressLog()
         self.start_epoch = 0
         self.ema_dice: float | None = None
@@ -197,7 +197,7 @@ class Trainer:
         return poly_lr(self.config, epoch)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        return autocast(self.device, self.amp_dtype)
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, ...]:
         data = torch.as_tensor(np.asarray(batch["data"]), dtype=torch.float32).to(self.device, non_blocking=True)
@@ -279,11 +279,12 @@ class Trainer:
         if self.dist.is_main:
             write_json({"config": asdict(cfg), "trainer": self.name, "plan": self.plans.to_dict()["configurations"][
                 cfg.task], "train_cases": self.train_ids, "val_cases": self.val_ids, "device": str(self.device),
-                "amp": self.amp, "world_size": world, "tlvr_scores": self.tlvr_scores, "git_hash": git_hash()},
+                "precision": precision_name(self.amp_dtype),
+                "world_size": world, "tlvr_scores": self.tlvr_scores, "git_hash": git_hash()},
                 self.output / "run_config.json")
-        logger.info("%s on %s fold %s: %d training / %d validation cases, device %s%s, epochs %d-%d%s", self.name,
+        logger.info("%s on %s fold %s: %d training / %d validation cases, device %s, %s, epochs %d-%d%s", self.name,
                     cfg.task, cfg.fold, len(self.train_ids), len(self.val_ids), self.device,
-                    " + AMP" if self.amp else "", self.start_epoch, cfg.epochs - 1,
+                    precision_name(self.amp_dtype), self.start_epoch, cfg.epochs - 1,
                     f"; {world} processes, batch {self.plan.batch_size} per process = {world * self.plan.batch_size} "
                     "per step" if world > 1 else "")
         model = wrap_distributed(self.network, self.dist, self.device)
