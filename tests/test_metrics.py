@@ -361,3 +361,29 @@ def test_evaluate_case_rejects_bad_input():
 
 def test_counts_dataclass_is_hashable_value():
     assert OverlapCounts(1, 2, 3, 4, 0.1, 0.2) == OverlapCounts(1, 2, 3, 4, 0.1, 0.2)
+
+
+def test_lesion_detection_by_size_and_false_positives_per_tumour_free_liver(tmp_path):
+    """Three reference lesions of 0.5, 5 and 15 ml (1 mm voxels): the prediction finds the two larger ones and adds a
+    false positive; a second, tumour-free case gets two predicted lesions. The summary's bins and FP rate follow."""
+    from smoothseg.evaluation.evaluate import _lesion_detection
+
+    shape = (40, 60, 60)
+    ref = np.zeros(shape, bool)
+    ref[2:10, 2:10, 2:10] = True  # 512 voxels = 0.512 ml
+    ref[15:25, 2:22, 2:27] = True  # 5000 voxels = 5 ml
+    ref[5:25, 30:55, 30:70] = True  # 20 x 25 x 30 = 15000 voxels = 15 ml
+    pred = ref.copy()
+    pred[2:10, 2:10, 2:10] = False
+    pred[30:34, 40:44, 2:6] = True  # a false positive
+    case = evaluate_case(ref.astype(np.uint8) * 2, pred.astype(np.uint8) * 2, (1.0, 1.0, 1.0))
+    assert [case[f"tumor_lesions_ref_{k}"] for k in ("lt1ml", "1to10ml", "ge10ml")] == [1, 1, 1]
+    assert [case[f"tumor_lesions_detected_{k}"] for k in ("lt1ml", "1to10ml", "ge10ml")] == [0, 1, 1]
+    empty_pred = np.zeros(shape, np.uint8)
+    empty_pred[1:5, 1:5, 1:5] = 2
+    empty_pred[20:24, 20:24, 20:24] = 2
+    free = evaluate_case(np.zeros(shape, np.uint8), empty_pred, (1.0, 1.0, 1.0))
+    summary = _lesion_detection([case, free])
+    assert summary["by_size"]["lt1ml"]["sensitivity"] == 0.0
+    assert summary["by_size"]["1to10ml"]["sensitivity"] == 1.0 and summary["by_size"]["ge10ml"]["n_reference"] == 1
+    assert summary["n_tumour_free_cases"] == 1 and summary["fp_lesions_per_tumour_free_case"] == 2.0

@@ -289,3 +289,18 @@ def test_init_kwargs_rebuild_the_same_model() -> None:
     clone = SegResNetVAE(**model.init_kwargs)
     clone.load_state_dict(model.state_dict())
     assert count_parameters(clone) == count_parameters(model)
+
+
+def test_instance_norm_is_instance_normalisation() -> None:
+    """The 'instance' norm (a GroupNorm with one channel per group) normalises each channel of each sample by its own
+    statistics, exactly as an affine InstanceNorm3d with the same parameters."""
+    from smoothseg.network.segresnet_vae import _make_norm
+
+    norm = _make_norm("instance", 8, 4)
+    reference = torch.nn.InstanceNorm3d(8, affine=True)
+    with torch.no_grad():
+        reference.weight.normal_()
+        reference.bias.normal_()
+    norm.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 8, 6, 10, 12) * 3 + 5
+    torch.testing.assert_close(norm(x), reference(x), atol=1e-5, rtol=1e-5)

@@ -46,6 +46,7 @@ from smoothseg.evaluation.matching import (
 )
 from smoothseg.evaluation.metrics import (
     DEFAULT_LESION_MIN_DICE,
+    LESION_SIZE_BINS,
     counts_from_case,
     evaluate_case,
     pooled_overlap_metrics,
@@ -87,7 +88,9 @@ AGGREGATION_NOTES: dict[str, str] = {
     "global": "<structure>_<metric>_global: pooled over all voxels of all cases (LiTS 'Dice global'), i.e. the "
               "voxel counts TP/FP/FN/TN are summed over cases before the ratio is taken; larger cases weigh more",
     "lesion_detection": "lesion TP/FP/FN summed over cases, then precision = TP/(TP+FP), recall = TP/(TP+FN), "
-                        "F1 = 2TP/(2TP+FP+FN)",
+                        "F1 = 2TP/(2TP+FP+FN); by_size: reference lesions per volume bin and the detected fraction; "
+                        "fp_lesions_per_tumour_free_case: predicted lesions in the cases whose reference has no "
+                        "tumour, per such case",
     "strata": "per-case aggregates of the paper's tumour metrics within each stratum, plus the stratum's pooled "
               "tumour Dice",
 }
@@ -174,9 +177,19 @@ def _lesion_detection(rows: Sequence[dict]) -> dict[str, Any]:
     def ratio(a: int, b: int) -> float:
         return a / b if b else math.nan
 
+    by_size = {}
+    for key, label, _, _ in LESION_SIZE_BINS:
+        n_ref = sum(int(r.get(f"tumor_lesions_ref_{key}", 0)) for r in rows)
+        found = sum(int(r.get(f"tumor_lesions_detected_{key}", 0)) for r in rows)
+        by_size[key] = {"label": label, "n_reference": n_ref, "n_detected": found, "sensitivity": ratio(found, n_ref)}
+    tumour_free = [r for r in rows if int(r["tumor_n_lesions_ref"]) == 0]
+    false_positives = sum(int(r["tumor_n_lesions_pred"]) for r in tumour_free)
     return {
         "tp": tp, "fp": fp, "fn": fn,
         "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "by_size": by_size,
+        "n_tumour_free_cases": len(tumour_free),
+        "fp_lesions_per_tumour_free_case": ratio(false_positives, len(tumour_free)),
         "criterion": f"a reference lesion (26-connected component) is detected when Dice with the union of the "
                      f"predicted components overlapping it >= {DEFAULT_LESION_MIN_DICE}; a predicted component "
                      f"overlapping no detected lesion is a false positive",
@@ -279,7 +292,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                      f"{_fmt(glob[f'{s}_sensitivity_global'])} | {_fmt(glob[f'{s}_precision_global'])} |")
     lines += ["", "## Lesion detection (pooled over cases)", "",
               f"TP {det['tp']}, FP {det['fp']}, FN {det['fn']}: precision {_fmt(det['precision'])}, "
-              f"recall {_fmt(det['recall'])}, F1 {_fmt(det['f1'])}. Criterion: {det['criterion']}.", ""]
+              f"recall {_fmt(det['recall'])}, F1 {_fmt(det['f1'])}. Criterion: {det['criterion']}.", "",
+              "| reference lesion volume | lesions | detected | sensitivity |", "|---|---:|---:|---:|"]
+    for entry in det["by_size"].values():
+        lines.append(f"| {entry['label']} | {entry['n_reference']} | {entry['n_detected']} | "
+                     f"{_fmt(entry['sensitivity'])} |")
+    lines += ["", f"False-positive lesions per tumour-free liver: {_fmt(det['fp_lesions_per_tumour_free_case'], 2)} "
+              f"({det['n_tumour_free_cases']} case(s) whose reference has no tumour).", ""]
     return "\n".join(lines)
 
 

@@ -41,7 +41,8 @@ from smoothseg.masks.measures import check_spacing, max_diameter_mm, surface_vox
 __all__ = [
     "Lesion", "LesionDetection", "OverlapCounts", "SurfaceDistances",
     "accuracy", "assd", "connected_lesions", "counts_from_case", "dice", "evaluate_case", "hd95", "iou",
-    "lesion_detection", "max_diameter_mm", "overlap_counts", "overlap_metrics", "pool_counts",
+    "LESION_SIZE_BINS", "lesion_detection", "lesions_by_size", "max_diameter_mm", "overlap_counts",
+    "overlap_metrics", "pool_counts",
     "pooled_overlap_metrics", "precision", "sensitivity", "specificity", "surface_distances", "surface_voxels",
     "volume_ml",
 ]
@@ -393,8 +394,25 @@ def _largest_diameter(lesions: Sequence[Lesion]) -> float:
     return max((lesion.max_diameter_mm for lesion in lesions), default=math.nan)
 
 
+#: Lesion size bins of the detection-by-size summary: (key, label, lower ml inclusive, upper ml exclusive).
+LESION_SIZE_BINS = (("lt1ml", "< 1 ml", 0.0, 1.0), ("1to10ml", "1-10 ml", 1.0, 10.0),
+                    ("ge10ml", ">= 10 ml", 10.0, math.inf))
+
+
+def lesions_by_size(lesions: Sequence[Lesion]) -> dict[str, int]:
+    """Reference lesions and detected ones per size bin: ``tumor_lesions_ref_<bin>``, ``tumor_lesions_detected_<bin>``
+    for each bin of :data:`LESION_SIZE_BINS`."""
+    out: dict[str, int] = {}
+    for key, _, low, high in LESION_SIZE_BINS:
+        members = [lesion for lesion in lesions if low <= lesion.volume_ml < high]
+        out[f"tumor_lesions_ref_{key}"] = len(members)
+        out[f"tumor_lesions_detected_{key}"] = sum(lesion.matched for lesion in members)
+    return out
+
+
 def _lesion_metrics(detection: LesionDetection) -> dict[str, float | int]:
     return {
+        **lesions_by_size(detection.reference_lesions),
         "tumor_lesion_tp": detection.tp, "tumor_lesion_fp": detection.fp, "tumor_lesion_fn": detection.fn,
         "tumor_lesion_precision": detection.precision, "tumor_lesion_recall": detection.recall,
         "tumor_lesion_f1": detection.f1,

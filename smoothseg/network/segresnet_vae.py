@@ -64,7 +64,10 @@ def _make_norm(kind: str, channels: int, num_groups: int) -> nn.Module:
             raise ValueError(f"GroupNorm: {channels} channels cannot be split into {groups} groups; "
                              f"choose init_filters as a multiple of num_groups={num_groups}")
         return nn.GroupNorm(groups, channels)
-    return nn.InstanceNorm3d(channels, affine=True)
+    # Affine instance norm as a GroupNorm of one channel per group: the same statistics and parameters (``weight``,
+    # ``bias``; state dicts of either load into the other), but oneDNN runs it 1.4x faster on contiguous and 4x
+    # faster on channels-last tensors than InstanceNorm3d (32 channels x 32 x 144 x 160 on a 2-core CPU).
+    return nn.GroupNorm(channels, channels)
 
 
 def _conv3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> nn.Conv3d:
