@@ -51,6 +51,7 @@ setup(
             "smoothseg_plot_overlay=smoothseg.cli.plot_overlay:main",
             "smoothseg_review=smoothseg.cli.review:main",
             "smoothseg_demo=smoothseg.cli.demo:main",
+            "smoothseg_ablate=smoothseg.cli.ablate:main",
         ],
     },
 )

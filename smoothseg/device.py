@@ -53,19 +53,23 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+def autocast_dtype(device: torch.device, precision: str = "auto", *, training: bool = False) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``, or ``None`` for plain float32.
 
-    ``auto`` is float16 on CUDA (with a gradient scaler in training, as nnU-Net), bfloat16 on a CPU that computes it
-    natively (about 1.5x faster per training step and 2x per inference tile on a 2-core AVX512-BF16 VM,
-    documentation/benchmarks.md) and float32 elsewhere (MPS, CPUs without bfloat16 units).
+    ``auto`` is float16 on CUDA (with a gradient scaler in training, as nnU-Net). On a CPU that computes bfloat16
+    natively it is bfloat16 for prediction (2x faster per tile on a 2-core AVX512-BF16 VM, documentation/
+    benchmarks.md) but float32 for training: oneDNN's bfloat16 convolution backward (torch 2.13) returned NaN
+    weight gradients in 1 of 20 random trials of a 16-channel 3x3x3 convolution on 2 x 4 x 4 voxels, and a 4-filter
+    network's weights turned NaN within two epochs; ``bf16`` still asks for it explicitly. Elsewhere (MPS, CPUs
+    without bfloat16 units) float32.
     """
     if precision not in PRECISION_CHOICES:
         raise SmoothSegError(f"unknown precision '{precision}'; use {', '.join(PRECISION_CHOICES)}")
     if precision == "auto":
         if device.type == "cuda":
             return torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+        native = device.type == "cpu" and cpu_has_native_bf16()
+        return torch.bfloat16 if native and not training else None
     if precision == "fp32":
         return None
     if precision == "fp16" and device.type != "cuda":

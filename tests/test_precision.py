@@ -28,6 +28,10 @@ def test_auto_precision_per_device(monkeypatch: pytest.MonkeyPatch, native: bool
     assert autocast_dtype(CPU, "fp32") is None and autocast_dtype(CUDA, "fp32") is None
     assert autocast_dtype(CPU, "bf16") is torch.bfloat16
     assert precision_name(autocast_dtype(CUDA, "auto")) == "fp16"
+    # Training: fp16 on CUDA, but float32 on every CPU (oneDNN's bf16 convolution backward can return NaN).
+    assert autocast_dtype(CUDA, "auto", training=True) is torch.float16
+    assert autocast_dtype(CPU, "auto", training=True) is None
+    assert autocast_dtype(CPU, "bf16", training=True) is torch.bfloat16
 
 
 def test_impossible_precisions_are_refused_clearly() -> None:

@@ -272,3 +272,27 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
         tp, n = ((labels == 2) & (reference == 2)).sum(), (labels == 2).sum() + (reference == 2).sum()
         assert post["per_case"][case_id]["0"] == (pytest.approx(2 * tp / n) if n else None)
     assert not list(folder.parent.glob(".reference-*"))
+
+
+def test_save_probabilities_writes_the_tumour_probability_on_the_label_grid(home: Path, inputs: Path,
+                                                                           tmp_path: Path) -> None:
+    """``--save_probabilities``: one ``<case>.npz`` per case with the tumour probability on the label map's grid
+    and geometry, 0 outside the predicted liver, and at least 1/3 wherever the (unfiltered) label map says tumour
+    (the argmax of three linearly reverted class maps that sum to 1)."""
+    out = tmp_path / "out"
+    models = replace(FAST_MODELS, save_probabilities=True, active_contour="off", min_lesion_volume_ml=0.0)
+    summary = predict(inputs, out, models=models, options=FAST)
+    assert summary.count("ok") == 3
+    for image_path in sorted(inputs.iterdir()):
+        case_id = image_path.name.replace("_0000.nii.gz", "").replace(".nii.gz", "")
+        labels, geometry = read_image(out / f"{case_id}.nii.gz")
+        with np.load(out / f"{case_id}.npz") as saved:
+            probability = saved["tumor_probability"]
+            np.testing.assert_allclose(saved["spacing"], geometry.spacing)
+            np.testing.assert_allclose(saved["origin"], geometry.origin)
+            np.testing.assert_allclose(saved["direction"], geometry.direction)
+        assert probability.dtype == np.float16 and probability.shape == labels.shape
+        assert probability.min() >= 0 and probability.max() <= 1
+        assert not probability[labels == 0].any()
+        assert probability[labels > 0].max() > 0
+        assert (probability[labels == 2] >= 0.33).all()

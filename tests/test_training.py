@@ -199,6 +199,28 @@ def test_seed_alone_decides_the_initial_weights(tiny: Path) -> None:
     assert not all(torch.equal(a, c) for a, c in zip(first, other, strict=True))
 
 
+def test_a_non_finite_gradient_skips_the_step_and_keeps_the_weights(tiny: Path, caplog) -> None:
+    """CPU training runs in float32 by default (bf16 convolution backward can return NaN); should a gradient still be
+    non-finite, the step is skipped instead of writing NaN into every weight, and one good step after it trains."""
+    trainer = Trainer(_config("tumor"))
+    assert trainer.amp_dtype is None  # auto on a CPU trains in float32
+    trainer.model_for_training = trainer.network  # what run() sets up
+    loader = trainer._loader(trainer.train_ids, {}, seed=0, train=True)
+    batch = next(loader)
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    real_loss = trainer.loss_fn
+    trainer.loss_fn = lambda *a, **k: (lambda total, parts: (total * float("nan"), parts))(*real_loss(*a, **k))
+    trainer.train_step(batch)
+    assert trainer.skipped_steps == 1 and "optimiser step skipped" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.network.parameters(), strict=True))
+    trainer.loss_fn = real_loss
+    trainer.train_step(batch)
+    after = list(trainer.network.parameters())
+    assert all(torch.isfinite(p).all() for p in after) and not all(
+        torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert trainer.skipped_steps == 1
+
+
 @pytest.mark.parametrize("change, words", [
     ({"fold": "7"}, "fold 7 does not exist"),
     ({"trainer": "NoSuchTrainer"}, "available: SmoothSegTrainer, Trainer"),

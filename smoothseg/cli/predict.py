@@ -25,6 +25,7 @@ def _body(args: argparse.Namespace) -> int:
     models = ModelOptions(
         device=resolve_device(args.device), step_size=args.step_size,
         tta=False if args.disable_tta else (True if args.tta else None), precision=args.precision,
+        save_probabilities=args.save_probabilities,
         active_contour="off" if args.no_active_contour else args.active_contour,
         min_lesion_volume_ml=args.min_lesion_ml)
     options = CohortOptions(
@@ -58,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-device", default="auto", help="auto, cuda, cpu or mps")
     parser.add_argument("--step-size", "--step_size", "-step_size", dest="step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size")
+    parser.add_argument("--save_probabilities", "--save-probabilities", dest="save_probabilities",
+                        action="store_true",
+                        help="also write <case>.npz with the tumour probability map (float16; for calibration)")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                         help="network arithmetic: auto = fp16 on CUDA, bf16 on a CPU with bfloat16 units, else fp32")
     tta = parser.add_mutually_exclusive_group()

@@ -21,9 +21,9 @@ def _body(args: argparse.Namespace) -> int:
         dataset=args.dataset, task=args.configuration, fold=args.fold, trainer=args.tr, device=args.device,
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, optimizer=args.optimizer,
         initial_lr=args.lr, batch_dice=not args.sample_dice,
-        tlvr_weight=args.tlvr_weight, patience=args.patience, compile=args.compile, precision=args.precision,
-        num_workers=args.num_workers,
-        seed=args.seed, continue_training=args.c, overwrite=args.overwrite, validate=not args.no_val)
+        tlvr_weight=args.tlvr_weight, vae=not args.no_vae, patience=args.patience, compile=args.compile,
+        precision=args.precision, num_workers=args.num_workers, seed=args.seed, continue_training=args.c,
+        overwrite=args.overwrite, validate=not args.no_val)
     device = resolve_device(args.device)
     ctx = from_environment()
     if not ctx.is_main:  # in a torchrun job rank 0 speaks for all
@@ -59,10 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train a fold that already holds a finished model again from scratch (deletes it)")
     parser.add_argument("--tlvr-weight", dest="tlvr_weight", type=float, default=0.5,
                         help="weight of the TLVR term (tumor task); 0 ablates it")
+    parser.add_argument("--no-vae", dest="no_vae", action="store_true",
+                        help="train the network without its VAE branch (ablation)")
     parser.add_argument("--patience", type=int, default=None, help="stop after N epochs without EMA improvement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                        help="autocast: auto = fp16 on CUDA, bf16 on a CPU with bfloat16 units, else fp32")
+                        help="autocast: auto = fp16 on CUDA, fp32 elsewhere; bf16 on capable CPUs on request")
     parser.add_argument("--num-workers", dest="num_workers", type=int, default=None,
                         help="augmentation worker processes (default: CPU count - 1, or $SMOOTHSEG_NUM_WORKERS)")
     parser.add_argument("--seed", type=int, default=0)

@@ -49,8 +49,8 @@ from smoothseg.masks.components import keep_inside
 from smoothseg.models.store import ModelPair
 from smoothseg.planning.plans import ActiveContourPlan, ConfigurationPlan, default_active_contour
 
-__all__ = ["CascadePredictor", "CascadeResult", "ModelOptions", "Predictor", "active_contour_plan", "describe_models",
-           "model_id"]
+__all__ = ["CascadePredictor", "CascadeResult", "ModelOptions", "NetworkOutputs", "Predictor", "active_contour_plan",
+           "describe_models", "model_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class ModelOptions:
     step_size: float = 0.5
     tta: bool | None = None
     precision: str = "auto"
+    save_probabilities: bool = False  # also write <case>.npz with the tumour probability map
     active_contour: str | bool = "auto"
     min_lesion_volume_ml: float | None = None
     progress: bool = False  # a progress bar over the sliding-window tiles
@@ -147,6 +148,17 @@ class CascadeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class NetworkOutputs:
+    """The networks' part of one case (steps 1-4): the label map before post-processing, seconds per stage and, on
+    request, the tumour probability on the original grid: the tumour stage's softmax, reverted from its grid with
+    linear interpolation, inside the (refined) liver region, 0 elsewhere (float32)."""
+
+    labels: np.ndarray
+    timings: dict[str, float]
+    tumour_probability: np.ndarray | None = None
+
+
 class CascadePredictor:
     """Liver stage -> tumour stage on the predicted liver crop -> active contours, for images in memory.
 
@@ -155,13 +167,15 @@ class CascadePredictor:
 
     def __init__(self, liver: StagePredictor, tumor: StagePredictor,
                  active_contour_params: ActiveContourPlan | None = None, model_info: dict[str, Any] | None = None,
-                 refine_liver: bool = True, min_lesion_volume_ml: float = 0.0):
+                 refine_liver: bool = True, min_lesion_volume_ml: float = 0.0, save_probabilities: bool = False):
         if liver.task != "liver" or tumor.task != "tumor":
             raise SmoothSegError(f"a cascade needs a liver and a tumor stage, got {liver.task} and {tumor.task}")
         self.liver = liver
         self.tumor = tumor
         self.active_contour_params = active_contour_params
         self.refine_liver = refine_liver
+        #: Cohort runs also write each case's tumour probability map (``smoothseg_predict --save_probabilities``).
+        self.save_probabilities = save_probabilities
         if not (math.isfinite(min_lesion_volume_ml) and min_lesion_volume_ml >= 0):
             raise SmoothSegError(f"the minimum lesion volume must be a non-negative number of ml, got "
                                  f"{min_lesion_volume_ml}")
@@ -184,7 +198,8 @@ class CascadePredictor:
         logger.info("active contours %s (%s)", "on: " + json.dumps(params.to_dict()) if params else "off",
                     info["active_contour_source"])
         logger.info("minimum lesion volume %g ml (%s)", info["min_lesion_volume_ml"], info["min_lesion_volume_source"])
-        return cls(stages["liver"], stages["tumor"], params, info, min_lesion_volume_ml=info["min_lesion_volume_ml"])
+        return cls(stages["liver"], stages["tumor"], params, info, min_lesion_volume_ml=info["min_lesion_volume_ml"],
+                   save_probabilities=options.save_probabilities)
 
     # -- stages ------------------------------------------------------------------------------------------------------
     def liver_stage(self, image: np.ndarray, geometry: Geometry,
@@ -206,13 +221,21 @@ class CascadePredictor:
         and ``liver`` itself when ``refine_liver`` is off or the refinement would keep less than
         ``MIN_REFINED_LIVER_FRACTION`` of it); the tumour lies inside it. Both are empty when ``liver`` is.
         """
+        liver, tumour, _ = self._tumour_stage(image, geometry, liver, with_probability=False)
+        return liver, tumour
+
+    def _tumour_stage(self, image: np.ndarray, geometry: Geometry, liver: np.ndarray,
+                      with_probability: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         tumour = np.zeros(liver.shape, dtype=bool)
+        probability = np.zeros(liver.shape, dtype=np.float32) if with_probability else None
         if not liver.any():
-            return liver, tumour
+            return liver, tumour, probability
         data, properties = self.tumor.preprocess(image, geometry, liver)
         probabilities = self.tumor.predict_preprocessed(data)
         del data
         cropped, region = self.tumor.revert_labels_to_crop(probabilities, properties)
+        if probability is not None:
+            probability[region] = self.tumor.preprocessor.revert_class_map(probabilities[TUMOR], properties)
         del probabilities
         tumour[region] = cropped == TUMOR
         if self.refine_liver:
@@ -223,17 +246,27 @@ class CascadePredictor:
             # wholesale with the liver model (e.g. it is barely trained), and the liver stage's mask is kept.
             if np.count_nonzero(refined) >= MIN_REFINED_LIVER_FRACTION * np.count_nonzero(liver):
                 liver = refined
-        return liver, keep_inside(tumour, liver)
+        if probability is not None:
+            probability[~liver] = 0.0  # as the label map: tumour only inside the liver
+        return liver, keep_inside(tumour, liver), probability
 
     def network_stages(self, image: np.ndarray, geometry: Geometry, prepared: tuple[np.ndarray, dict[str, Any]]
                        | None = None) -> tuple[np.ndarray, dict[str, float]]:
         """Steps 1-4: the label map before active contours, and seconds per stage."""
+        outputs = self.network_outputs(image, geometry, prepared)
+        return outputs.labels, outputs.timings
+
+    def network_outputs(self, image: np.ndarray, geometry: Geometry,
+                        prepared: tuple[np.ndarray, dict[str, Any]] | None = None, *,
+                        tumour_probability: bool = False) -> NetworkOutputs:
+        """Steps 1-4 with, on request, the tumour probability map (see :class:`NetworkOutputs`)."""
         t0 = time.perf_counter()
         liver = self.liver_stage(image, geometry, prepared)
         t1 = time.perf_counter()
-        liver, tumour = self.tumour_stage(image, geometry, liver)
+        liver, tumour, probability = self._tumour_stage(image, geometry, liver, tumour_probability)
         t2 = time.perf_counter()
-        return compose_labels(liver, tumour), {"liver_stage": t1 - t0, "tumour_stage": t2 - t1}
+        return NetworkOutputs(compose_labels(liver, tumour), {"liver_stage": t1 - t0, "tumour_stage": t2 - t1},
+                              probability)
 
     def predict(self, image: np.ndarray, geometry: Geometry) -> CascadeResult:
         """The whole cascade for one image in memory (HU, ``(z, y, x)``) with its geometry."""

@@ -37,6 +37,7 @@ from smoothseg.inference.inputs import (
     select_part,
 )
 from smoothseg.inference.report import read_case_reports, write_cohort_report
+from smoothseg.inference.writers import write_tumour_probability
 from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
 from smoothseg.logging_setup import progress_bar
 from smoothseg.models.store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, ModelPair, select_models
@@ -119,7 +120,10 @@ def network_job(cascade: CascadePredictor, clinical: ClinicalTLVR | None, case: 
     image, geometry, prepared, load_seconds, warnings = loaded
     for warning in warnings:
         logger.warning("%s: %s", case.path, warning)
-    labels, timings = cascade.network_stages(image, geometry, prepared)
+    outputs = cascade.network_outputs(image, geometry, prepared, tumour_probability=cascade.save_probabilities)
+    labels, timings = outputs.labels, outputs.timings
+    if outputs.tumour_probability is not None:
+        write_tumour_probability(outputs.tumour_probability, geometry, output.parent / f"{case.case_id}.npz")
     tlvr = clinical.predict(case.case_id) if clinical is not None else None
     extra = {"input": str(case.path), "output": str(output), "model": cascade.model_info, "input_warnings": warnings}
     return (FinishJob(case, image, geometry, labels, cascade.active_contour_params, output, report_path, tlvr, extra,

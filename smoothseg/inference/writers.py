@@ -25,7 +25,7 @@ from smoothseg.dataset.io import IMAGE_ENDINGS, Geometry, to_sitk, write_image, 
 from smoothseg.errors import ImageWriteError, SmoothSegError
 from smoothseg.labels import LIVER, TUMOR
 
-__all__ = ["DICOM_SEG", "OUTPUT_ENDINGS", "SLICER_SEG", "write_label_map"]
+__all__ = ["DICOM_SEG", "OUTPUT_ENDINGS", "SLICER_SEG", "write_label_map", "write_tumour_probability"]
 
 DICOM_SEG = ".dcm"
 SLICER_SEG = ".seg.nrrd"
@@ -121,4 +121,15 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source: Path, path: 
             seg.save_as(tmp)
     except OSError as exc:
         raise ImageWriteError(path, exc.strerror or str(exc)) from None
+    return path
+
+
+def write_tumour_probability(probability: np.ndarray, geometry: Geometry, path: Path) -> Path:
+    """``--save_probabilities``: the tumour probability map of one case as a compressed ``.npz`` (atomically):
+    ``tumor_probability`` (float16, the label map's ``(z, y, x)`` array order and grid) and the grid's ``spacing``,
+    ``origin`` and ``direction`` (SimpleITK's x, y, z convention)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, tumor_probability=np.asarray(probability, dtype=np.float16),
+                            spacing=np.asarray(geometry.spacing), origin=np.asarray(geometry.origin),
+                            direction=np.asarray(geometry.direction))
     return path

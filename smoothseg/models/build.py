@@ -22,12 +22,12 @@ from smoothseg.planning.plans import TASKS, ConfigurationPlan, Plans
 __all__ = ["build_network", "network_from_checkpoint", "write_untrained_models"]
 
 
-def build_network(plan: ConfigurationPlan) -> SegResNetVAE:
-    """The SegResNetVAE (VAE branch on) that ``plan`` describes."""
+def build_network(plan: ConfigurationPlan, vae: bool = True) -> SegResNetVAE:
+    """The SegResNetVAE that ``plan`` describes (``vae=False``: without its VAE branch, for the ablation)."""
     net = plan.network
     return SegResNetVAE(in_channels=1, out_channels=plan.num_classes, input_image_size=plan.patch_size,
                         init_filters=net.init_filters, blocks_down=net.blocks_down, blocks_up=net.blocks_up,
-                        norm=net.norm, dropout=net.dropout, vae=True, vae_nz=net.vae_nz,
+                        norm=net.norm, dropout=net.dropout, vae=vae, vae_nz=net.vae_nz,
                         vae_estimate_std=net.vae_estimate_std)
 
 

@@ -173,6 +173,13 @@ class TaskPreprocessor:
         return _to_original(paste_box(labels, _canonical_box(properties), _canonical_shape(properties)),
                             properties)
 
+    def revert_class_map(self, class_map: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+        """One class's probability map on the preprocessed grid -> on the crop box of the original grid (float32,
+        linear interpolation, as :meth:`revert_probabilities` does for every class)."""
+        cropped = resample_array(class_map.astype(np.float32, copy=False), properties["cropped_shape"], order=1,
+                                 separate_z=properties["separate_z"], z_order=self.plan.resampling.z_order)
+        return _to_original(np.asarray(cropped, dtype=np.float32), properties)
+
     def revert_labels(self, seg: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
         """A task label map on the preprocessed grid -> on the original grid."""
         cropped = resample_labels(seg, properties["cropped_shape"], order=self.plan.resampling.label_order,

@@ -27,6 +27,7 @@ class TrainingConfig:
     batch_dice: bool = True
     grad_clip: float = 12.0
     vae_weight: float = 0.1
+    vae: bool = True  # False: the network without its VAE branch (the ablation's no_vae)
     tlvr_weight: float = 0.5
     oversample_foreground: float = 0.33
     mask_jitter_mm: float = 5.0

@@ -89,10 +89,11 @@ class Trainer:
                                  f"-d {config.dataset} -c {config.task}")
         self.output = self.output_folder(config)
         self.device = start_distributed(self.dist, device if device is not None else resolve_device(config.device))
-        # Mixed precision: float16 with a gradient scaler on CUDA, bfloat16 on a CPU that has it (no scaler needed).
-        self.amp_dtype = autocast_dtype(self.device, config.precision)
+        # Mixed precision: float16 with a gradient scaler on CUDA; float32 on a CPU unless bf16 is asked for.
+        self.amp_dtype = autocast_dtype(self.device, config.precision, training=True)
+        self.skipped_steps = 0
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
-        self.network = build_network(self.plan).to(self.device)
+        self.network = build_network(self.plan, vae=config.vae).to(self.device)
         self.optimizer = build_optimizer(self.network.parameters(), config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = ProgressLog()
@@ -215,8 +216,14 @@ class Trainer:
                                     liver_coverage=coverage, case_tlvr=case_tlvr)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
-        self.scaler.step(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        if self.scaler.is_enabled() or torch.isfinite(norm):
+            self.scaler.step(self.optimizer)  # the fp16 scaler skips non-finite steps itself (and rescales)
+        else:
+            # One NaN step would turn every weight into NaN for good: skip it, as the fp16 scaler does.
+            self.skipped_steps += 1
+            logger.warning("non-finite gradient (norm %s): optimiser step skipped (%d so far)", float(norm),
+                           self.skipped_steps)
         self.scaler.update()
         return parts
 

@@ -1,0 +1,495 @@
+"""The ablation of SmoothSegNet's components (``smoothseg_ablate``): which of them help, on this dataset, by how much.
+
+Variants (:data:`VARIANTS`), each the full method with one component taken away:
+
+* ``full``: liver model and tumour model with the VAE branch, the TLVR term on the tumour model, active contours on
+  (the tumour plan's settings);
+* ``no_tlvr``: the tumour model trained without the TLVR term (``tlvr_weight`` 0); the liver model is ``full``'s;
+* ``no_vae``: both models without the VAE branch (the segmentation network alone);
+* ``no_active_contour``: ``full``'s models, active contours off;
+* ``single_stage``: no cascade: one 3-class model (background, liver, tumour) on the whole CT at the liver stage's
+  planning (spacing, patch, window, width), its liver reduced to the largest component with holes filled and the
+  tumour kept inside it, active contours on. It has no TLVR term (the term is defined on the liver crop).
+
+Post-processing is otherwise the same for all: no minimum lesion volume (so that it cannot hide a difference).
+
+What runs: every model a chosen variant needs, once per seed and fold (variants that differ only in
+post-processing share models, and ``no_tlvr`` shares ``full``'s liver model), trained with the given length under
+``<results>/<dataset>/ablation/models/seed_<s>/<model>/``; a model whose final checkpoint exists is reused, one with
+only a latest checkpoint is continued (so an interrupted ablation resumes where it stopped). Then each variant
+predicts the validation cases of each fold with that fold's models (one network pass per case and model pair;
+variants that differ only in post-processing are scored on the same pass), and the per-case results are cached under
+``ablation/cases/``.
+
+What is written, under ``<results>/<dataset>/ablation/``:
+
+* ``ablation.json``: per variant and seed the per-case metrics (:func:`~smoothseg.evaluation.metrics.evaluate_case`
+  against the reference), and per variant the summary: mean ± sd over seeds of the per-seed values, the paired
+  per-case differences to ``full`` and their Wilcoxon signed-rank test;
+* ``ablation.md``: the same as tables in the paper's layout;
+* ``reliability.png``: the reliability diagram of the tumour probability, ``full`` against ``no_tlvr``.
+
+Per seed: tumour Dice is the mean over cases with a defined value (a tumour-free case predicted tumour-free has none;
+with a false positive it scores 0), split at a reference maximal lesion diameter of 10 cm; lesion F1 pools the
+lesion counts of all cases; detection by size pools the reference lesions per volume bin; calibration pools the
+voxels of the reference liver region: expected calibration error of P(tumour) over :data:`ECE_BINS` equal-width
+bins (sum over bins of the voxel fraction times |observed tumour fraction - mean probability|) and the Brier score
+(mean squared difference of P(tumour) and the tumour indicator). The tumour probability is the tumour stage's
+softmax before post-processing (``single_stage``: the single model's), 0 outside the predicted liver.
+
+Paired test: per case, each variant's tumour Dice is averaged over the seeds (the case is the unit, not the
+case-seed pair, which would count a case several times), and the differences to ``full`` are tested with
+``scipy.stats.wilcoxon`` (two-sided; cases without a defined Dice in either are left out). With n cases the
+smallest attainable p is 2 / 2**n (0.0625 for 5 cases): a few validation cases cannot show significance, which the
+table states.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoothseg.atomic import json_safe, write_json, write_text
+from smoothseg.dataset.io import Geometry, read_image
+from smoothseg.dataset.raw_dataset import RawDataset
+from smoothseg.errors import SmoothSegError
+from smoothseg.evaluation.matching import to_task_labels
+from smoothseg.evaluation.metrics import LESION_SIZE_BINS, evaluate_case
+from smoothseg.evaluation.strata import format_mean_std
+from smoothseg.inference.cascade import CascadePredictor, active_contour_plan
+from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
+from smoothseg.inference.predictor import StagePredictor
+from smoothseg.labels import TUMOR
+from smoothseg.masks.components import keep_inside
+from smoothseg.paths import find_dataset, preprocessed_root, results_root, using_roots
+from smoothseg.planning.plans import ActiveContourPlan, Plans
+from smoothseg.planning.splits import load_fold
+from smoothseg.preprocessing.dataset_preprocessing import preprocess_task
+from smoothseg.training.config import TrainingConfig
+from smoothseg.training.trainer import train
+
+__all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablation"]
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("full", "no_tlvr", "no_vae", "no_active_contour", "single_stage")
+ECE_BINS = 10
+FINAL = "checkpoint_final.pth"
+LATEST = "checkpoint_latest.pth"
+TRAINER = "SmoothSegTrainer"
+LARGE_TUMOUR_MM = 100.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to train: ``task`` liver, tumor or single (the 3-class whole-CT model), with or without the VAE
+    branch and the TLVR term."""
+
+    task: str
+    vae: bool = True
+    tlvr: bool = True
+
+    @property
+    def key(self) -> str:
+        return self.task + ("" if self.vae else "_novae") + ("_notlvr" if self.task == "tumor" and not self.tlvr
+                                                             else "")
+
+
+#: The models of each variant: (liver, tumour) for the cascade, (single,) without one.
+VARIANT_MODELS: dict[str, tuple[ModelSpec, ...]] = {
+    "full": (ModelSpec("liver"), ModelSpec("tumor")),
+    "no_tlvr": (ModelSpec("liver"), ModelSpec("tumor", tlvr=False)),
+    "no_vae": (ModelSpec("liver", vae=False), ModelSpec("tumor", vae=False)),
+    "no_active_contour": (ModelSpec("liver"), ModelSpec("tumor")),
+    "single_stage": (ModelSpec("single"),),
+}
+ACTIVE_CONTOURS = {variant: variant != "no_active_contour" for variant in VARIANTS}
+
+
+@dataclass
+class AblationSettings:
+    """What to ablate and how long to train (the flags of ``smoothseg_ablate``)."""
+
+    dataset: str | int
+    folds: tuple[str, ...] = ("0",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    variants: tuple[str, ...] = VARIANTS
+    liver_epochs: int = 1000
+    tumor_epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "auto"
+    num_workers: int | None = None
+    num_processes: int = 1
+    step_size: float = 0.5
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise SmoothSegError(f"unknown ablation variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        if not self.seeds or not self.folds:
+            raise SmoothSegError("the ablation needs at least one seed and one fold")
+        self.folds = tuple(str(f) for f in self.folds)
+        if "all" in self.folds:
+            raise SmoothSegError("fold 'all' has no validation cases to compare the variants on")
+        self.variants = tuple(dict.fromkeys(("full", *self.variants)))  # the reference is always there
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------------------------
+
+def _single_stage_preprocessed(dataset_folder: Path, raw: RawDataset, root: Path, num_processes: int) -> Path:
+    """A preprocessed root whose ``liver`` configuration predicts three classes (the single-stage model); the liver
+    stage's spacing, patch and window, the same splits."""
+    target = root / dataset_folder.name
+    plans = Plans.load(dataset_folder / "plans.json")
+    liver = plans["liver"]
+    single = replace(liver, num_classes=3, class_names=("background", "liver", "tumor"))
+    plans = replace(plans, configurations={**plans.configurations, "liver": single})
+    target.mkdir(parents=True, exist_ok=True)
+    plans.save(target / "plans.json")
+    for name in ("splits.json", "fingerprint.json"):
+        if (dataset_folder / name).exists():
+            shutil.copy2(dataset_folder / name, target / name)
+    cases = [c for c in raw.training_cases if c.label is not None]
+    preprocess_task(cases, plans, "liver", target / "liver", num_processes)
+    return root
+
+
+def _train(spec: ModelSpec, seed: int, fold: str, settings: AblationSettings, folder: Path,
+           single_root: Callable[[], Path]) -> Path:
+    """The final checkpoint of ``spec`` for ``seed`` and ``fold``: trained now, continued, or found."""
+    results = folder / "models" / f"seed_{seed}" / spec.key
+    task = "tumor" if spec.task == "tumor" else "liver"
+    dataset_name = find_dataset(settings.dataset, preprocessed_root()).name
+    fold_folder = results / dataset_name / f"{TRAINER}__{task}" / f"fold_{fold}"
+    if (fold_folder / FINAL).exists():
+        return fold_folder / FINAL
+    config = TrainingConfig(
+        dataset=str(settings.dataset), task=task, fold=fold, trainer=TRAINER,
+        epochs=settings.liver_epochs if task == "liver" else settings.tumor_epochs,
+        iters_per_epoch=settings.iters_per_epoch, val_iters=settings.val_iters, seed=seed, vae=spec.vae,
+        tlvr_weight=0.5 if spec.tlvr else 0.0, num_workers=settings.num_workers, precision=settings.precision,
+        continue_training=(fold_folder / LATEST).exists(), validate=False)
+    logger.info("ablation: training %s (seed %d, fold %s) -> %s", spec.key, seed, fold, fold_folder)
+    preprocessed = single_root() if spec.task == "single" else None
+    with using_roots(results=results, preprocessed=preprocessed):
+        train(config, settings.device)
+    return fold_folder / FINAL
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Prediction and scoring
+# ------------------------------------------------------------------------------------------------------------------
+
+def calibration(probability: np.ndarray, truth: np.ndarray, bins: int = ECE_BINS) -> dict[str, list[float] | float]:
+    """Sufficient statistics of P(tumour) against the tumour indicator over some voxels: per equal-width bin the
+    voxel count, the sum of probabilities and the number of tumour voxels, and the sum of squared errors (Brier)."""
+    p = np.asarray(probability, dtype=np.float64).ravel()
+    y = np.asarray(truth, dtype=bool).ravel()
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    return {"count": np.bincount(index, minlength=bins).astype(float).tolist(),
+            "sum_p": np.bincount(index, weights=p, minlength=bins).tolist(),
+            "sum_y": np.bincount(index, weights=y.astype(np.float64), minlength=bins).tolist(),
+            "sum_sq": float(np.sum((p - y) ** 2)), "n": int(p.size)}
+
+
+def calibration_scores(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """ECE, Brier score and the reliability curve of pooled :func:`calibration` statistics."""
+    count = np.sum([c["count"] for c in parts], axis=0)
+    sum_p = np.sum([c["sum_p"] for c in parts], axis=0)
+    sum_y = np.sum([c["sum_y"] for c in parts], axis=0)
+    n = float(sum(c["n"] for c in parts))
+    if n == 0:
+        return {"ece": math.nan, "brier": math.nan, "confidence": [], "frequency": [], "count": []}
+    filled = count > 0
+    confidence = np.where(filled, sum_p / np.maximum(count, 1), np.nan)
+    frequency = np.where(filled, sum_y / np.maximum(count, 1), np.nan)
+    ece = float(np.sum(count[filled] / n * np.abs(frequency[filled] - confidence[filled])))
+    return {"ece": ece, "brier": sum(c["sum_sq"] for c in parts) / n, "confidence": confidence.tolist(),
+            "frequency": frequency.tolist(), "count": count.tolist()}
+
+
+def _score(labels: np.ndarray, probability: np.ndarray, reference: np.ndarray, geometry: Geometry) -> dict[str, Any]:
+    row = evaluate_case(reference, labels, geometry.spacing_zyx)
+    liver = reference > 0
+    row["calibration"] = calibration(probability[liver], reference[liver] == TUMOR)
+    return row
+
+
+class _Pair:
+    """The networks of one variant group for one seed and fold: a cascade, or the single-stage model."""
+
+    def __init__(self, checkpoints: dict[str, Path], settings: AblationSettings, contours: ActiveContourPlan):
+        options = {"device": settings.device, "step_size": settings.step_size, "tta": False,
+                   "precision": settings.precision}
+        self.contours = contours
+        if "single" in checkpoints:
+            self.single: StagePredictor | None = StagePredictor([checkpoints["single"]], **options)
+            self.cascade = None
+        else:
+            self.single = None
+            self.cascade = CascadePredictor(StagePredictor([checkpoints["liver"]], **options),
+                                            StagePredictor([checkpoints["tumor"]], **options))
+
+    def networks(self, image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+        """The label map before active contours and P(tumour) on the original grid."""
+        if self.cascade is not None:
+            outputs = self.cascade.network_outputs(image, geometry, tumour_probability=True)
+            return outputs.labels, outputs.tumour_probability
+        assert self.single is not None
+        probabilities = self.single.predict_probabilities(image, geometry)
+        labels = np.argmax(probabilities, axis=0)
+        liver = postprocess_liver(labels > 0)
+        probability = np.where(liver, probabilities[TUMOR], 0.0).astype(np.float32)
+        return compose_labels(liver, keep_inside(labels == TUMOR, liver)), probability
+
+
+def _validation_cases(dataset: str | int, fold: str) -> list[str]:
+    return sorted(load_fold(find_dataset(dataset, preprocessed_root()) / "splits.json", fold)[1])
+
+
+def _predict_group(variants: list[str], pair: _Pair, raw: RawDataset, fold: str,
+                   settings: AblationSettings) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per variant (of one model group) and validation case of ``fold``: the scored prediction."""
+    by_id = {c.case_id: c for c in raw.training_cases}
+    out: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in variants}
+    for case_id in _validation_cases(settings.dataset, fold):
+        case = by_id[case_id]
+        image, geometry = read_image(case.image(0))
+        reference_raw, _ = read_image(case.label)
+        reference = to_task_labels(reference_raw, raw.spec.task_regions)
+        labels, probability = pair.networks(image, geometry)
+        for variant in variants:
+            final = refine_and_compose(image, geometry, labels, pair.contours) if ACTIVE_CONTOURS[variant] else labels
+            out[variant][case_id] = _score(final, probability, reference, geometry)
+        logger.info("ablation: fold %s case %s: %s", fold, case_id, ", ".join(
+            f"{v} tumour Dice {out[v][case_id]['tumor_dice']:.3f}" for v in variants))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Aggregation
+# ------------------------------------------------------------------------------------------------------------------
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def seed_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One variant and seed: the numbers of the table, from its per-case rows (all folds)."""
+    cases = list(rows.values())
+    large = [r for r in cases if r["tumor_n_lesions_ref"] > 0 and r["tumor_max_diameter_ref_mm"] >= LARGE_TUMOUR_MM]
+    small = [r for r in cases if r["tumor_n_lesions_ref"] > 0 and r["tumor_max_diameter_ref_mm"] < LARGE_TUMOUR_MM]
+    tp, fp, fn = (sum(int(r[f"tumor_lesion_{k}"]) for r in cases) for k in ("tp", "fp", "fn"))
+    out: dict[str, Any] = {
+        "tumor_dice": _mean([r["tumor_dice"] for r in cases]),
+        "tumor_dice_ge_10cm": _mean([r["tumor_dice"] for r in large]),
+        "tumor_dice_lt_10cm": _mean([r["tumor_dice"] for r in small]),
+        "liver_dice": _mean([r["liver_dice"] for r in cases]),
+        "lesion_f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else math.nan,
+        "n_cases": len(cases), "n_ge_10cm": len(large), "n_lt_10cm": len(small),
+    }
+    for key, _, _, _ in LESION_SIZE_BINS:
+        n_ref = sum(int(r[f"tumor_lesions_ref_{key}"]) for r in cases)
+        found = sum(int(r[f"tumor_lesions_detected_{key}"]) for r in cases)
+        out[f"sensitivity_{key}"] = found / n_ref if n_ref else math.nan
+        out[f"n_lesions_{key}"] = n_ref
+    free = [r for r in cases if r["tumor_n_lesions_ref"] == 0]
+    out["fp_per_tumour_free_liver"] = (sum(int(r["tumor_n_lesions_pred"]) for r in free) / len(free)
+                                       if free else math.nan)
+    scores = calibration_scores([r["calibration"] for r in cases])
+    out.update({"ece": scores["ece"], "brier": scores["brier"]})
+    return out
+
+
+SUMMARY_KEYS = ("tumor_dice", "tumor_dice_ge_10cm", "tumor_dice_lt_10cm", "liver_dice", "lesion_f1", "ece", "brier",
+                *(f"sensitivity_{k}" for k, _, _, _ in LESION_SIZE_BINS), "fp_per_tumour_free_liver")
+
+
+def _over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key in SUMMARY_KEYS:
+        values = np.array([s[key] for s in per_seed], dtype=float)
+        finite = values[np.isfinite(values)]
+        out[key] = {"mean": float(finite.mean()) if finite.size else math.nan,
+                    "sd": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
+                    "per_seed": values.tolist()}
+    return out
+
+
+def paired_test(variant: dict[int, dict[str, dict[str, Any]]], full: dict[int, dict[str, dict[str, Any]]],
+                metric: str = "tumor_dice") -> dict[str, Any]:
+    """Per case the seed-mean of ``metric`` for the variant and for ``full``; their differences and the Wilcoxon
+    signed-rank test (two-sided) over the cases where both are defined."""
+    from scipy.stats import wilcoxon
+
+    seeds = sorted(set(variant) & set(full))
+    cases = sorted(set.intersection(*(set(variant[s]) & set(full[s]) for s in seeds))) if seeds else []
+    differences = {}
+    for case in cases:
+        a = _mean([variant[s][case][metric] for s in seeds])
+        b = _mean([full[s][case][metric] for s in seeds])
+        if math.isfinite(a) and math.isfinite(b):
+            differences[case] = a - b
+    diffs = np.array(list(differences.values()))
+    if diffs.size == 0 or not np.any(diffs):
+        p = math.nan if diffs.size == 0 else 1.0
+    else:
+        p = float(wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue)
+    return {"metric": metric, "n_cases": int(diffs.size), "mean_difference": float(diffs.mean()) if diffs.size
+            else math.nan, "per_case_difference": differences, "wilcoxon_p": p,
+            "smallest_attainable_p": 2.0 / 2 ** diffs.size if diffs.size else math.nan}
+
+
+def summarise(results: dict[str, dict[int, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
+    """Per variant: per-seed numbers, mean ± sd over seeds, the paired test against ``full`` and the pooled
+    reliability curve."""
+    out = {}
+    for variant, per_seed in results.items():
+        seeds = {seed: seed_summary(rows) for seed, rows in sorted(per_seed.items())}
+        entry: dict[str, Any] = {"per_seed": seeds, "over_seeds": _over_seeds(list(seeds.values())),
+                                 "reliability": calibration_scores([r["calibration"] for rows in per_seed.values()
+                                                                    for r in rows.values()])}
+        if variant != "full":
+            entry["vs_full"] = paired_test(per_seed, results["full"])
+        out[variant] = entry
+    return out
+
+
+def _cell(stat: dict[str, float], digits: int = 3) -> str:
+    return format_mean_std(stat["mean"], stat["sd"] if math.isfinite(stat["sd"]) else None, digits)
+
+
+def ablation_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
+    """The tables of ``ablation.md``."""
+    seeds, folds = settings["seeds"], settings["folds"]
+    lines = ["# Ablation", "",
+             f"Dataset {settings['dataset']}, fold(s) {', '.join(folds)} (their validation cases), seeds "
+             f"{', '.join(str(s) for s in seeds)}; training {settings['liver_epochs']} liver / "
+             f"{settings['tumor_epochs']} tumour epochs x {settings['iters_per_epoch']} iterations. Mean ± sd over "
+             "seeds of each seed's value. Δ: per case, the variant's tumour Dice minus full's (seed means), mean "
+             "over cases; p: Wilcoxon signed-rank, two-sided.", "",
+             "| variant | tumour Dice | ≥ 10 cm | < 10 cm | liver Dice | lesion F1 | ECE | Brier | Δ tumour Dice | p |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant, entry in summary.items():
+        s = entry["over_seeds"]
+        vs = entry.get("vs_full")
+        delta = f"{vs['mean_difference']:+.3f} (n={vs['n_cases']})" if vs else "–"
+        p = f"{vs['wilcoxon_p']:.3g}" if vs and math.isfinite(vs["wilcoxon_p"]) else "–"
+        lines.append(f"| {variant} | {_cell(s['tumor_dice'])} | {_cell(s['tumor_dice_ge_10cm'])} | "
+                     f"{_cell(s['tumor_dice_lt_10cm'])} | {_cell(s['liver_dice'])} | {_cell(s['lesion_f1'])} | "
+                     f"{_cell(s['ece'], 4)} | {_cell(s['brier'], 4)} | {delta} | {p} |")
+    first = next(iter(summary.values()))
+    n_cases = first["per_seed"][next(iter(first["per_seed"]))]
+    bins = " | ".join(label for _, label, _, _ in LESION_SIZE_BINS)
+    lines += ["", f"Cases per seed: {n_cases['n_cases']} ({n_cases['n_ge_10cm']} with a lesion ≥ 10 cm, "
+              f"{n_cases['n_lt_10cm']} with lesions < 10 cm only). With n cases the smallest attainable p is "
+              "2/2^n.", "", "## Lesion detection by size (sensitivity; false-positive lesions per tumour-free liver)",
+              "", f"| variant | {bins} | FP / tumour-free liver |", "|---|" + "---|" * (len(LESION_SIZE_BINS) + 1)]
+    for variant, entry in summary.items():
+        s = entry["over_seeds"]
+        cells = [_cell(s[f"sensitivity_{k}"], 2) for k, _, _, _ in LESION_SIZE_BINS]
+        lines.append(f"| {variant} | {' | '.join(cells)} | {_cell(s['fp_per_tumour_free_liver'], 2)} |")
+    lines += ["", "Reference lesions per seed: " + ", ".join(
+        f"{label} {n_cases[f'n_lesions_{k}']}" for k, label, _, _ in LESION_SIZE_BINS) + ".", ""]
+    return "\n".join(lines)
+
+
+def reliability_diagram(summary: dict[str, Any], path: Path, variants: Sequence[str] = ("full", "no_tlvr")) -> Path:
+    """The pooled reliability curves of ``variants`` (observed tumour fraction against mean P(tumour) per bin)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    for variant in variants:
+        if variant not in summary:
+            continue
+        curve = summary[variant]["reliability"]
+        conf, freq = np.array(curve["confidence"], float), np.array(curve["frequency"], float)
+        keep = np.isfinite(conf) & np.isfinite(freq)
+        ax.plot(conf[keep], freq[keep], marker="o", label=f"{variant} (ECE {curve['ece']:.4f})")
+    ax.set_xlabel("mean P(tumour) in bin")
+    ax.set_ylabel("observed tumour fraction")
+    ax.set_title("Tumour probability in the liver region", fontsize=10)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------------------------------
+
+def run_ablation(settings: AblationSettings) -> Path:
+    """Train what the variants need, predict the folds' validation cases, write ``ablation.json`` / ``.md`` and the
+    reliability diagram; returns the ablation folder. Safe to call again: finished models and scored predictions
+    are reused."""
+    preprocessed = find_dataset(settings.dataset, preprocessed_root())
+    raw = RawDataset.find(settings.dataset)
+    folder = results_root() / preprocessed.name / "ablation"
+    folder.mkdir(parents=True, exist_ok=True)
+    single_root: dict[str, Path] = {}
+
+    def single() -> Path:
+        if "root" not in single_root:
+            single_root["root"] = _single_stage_preprocessed(preprocessed, raw, folder / "single_stage_preprocessed",
+                                                             settings.num_processes)
+        return single_root["root"]
+
+    contours = active_contour_plan(Plans.load(preprocessed / "plans.json")["tumor"])
+    groups: dict[tuple[ModelSpec, ...], list[str]] = {}
+    for variant in settings.variants:
+        groups.setdefault(VARIANT_MODELS[variant], []).append(variant)
+    results: dict[str, dict[int, dict[str, dict[str, Any]]]] = {v: {} for v in settings.variants}
+    for seed in settings.seeds:
+        for fold in settings.folds:
+            for specs, variants in groups.items():
+                cache = folder / "cases" / f"{'+'.join(s.key for s in specs)}_seed{seed}_fold{fold}.json"
+                scored = _load_cache(cache, variants)
+                if scored is None:
+                    checkpoints = {s.task: _train(s, seed, fold, settings, folder, single) for s in specs}
+                    scored = _predict_group(variants, _Pair(checkpoints, settings, contours), raw, fold, settings)
+                    write_json(json_safe(scored), cache)
+                for variant in variants:
+                    results[variant].setdefault(seed, {}).update(scored[variant])
+    summary = summarise(results)
+    recorded = {"dataset": preprocessed.name, "folds": list(settings.folds), "seeds": list(settings.seeds),
+                "variants": list(settings.variants), "liver_epochs": settings.liver_epochs,
+                "tumor_epochs": settings.tumor_epochs, "iters_per_epoch": settings.iters_per_epoch,
+                "val_iters": settings.val_iters, "device": str(settings.device), "precision": settings.precision,
+                "step_size": settings.step_size, "min_lesion_volume_ml": 0.0,
+                "active_contours": contours.to_dict()}
+    write_json(json_safe({"settings": recorded, "summary": summary, "cases": results}), folder / "ablation.json")
+    write_text(ablation_markdown(summary, recorded), folder / "ablation.md")
+    reliability_diagram(summary, folder / "reliability.png")
+    logger.info("ablation written to %s", folder)
+    return folder
+
+
+def _load_cache(path: Path, variants: list[str]) -> dict[str, dict[str, dict[str, Any]]] | None:
+    import json
+
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return data if all(v in data for v in variants) else None

@@ -1,0 +1,110 @@
+"""``smoothseg_ablate``: all five variants over two seeds on a tiny dataset, models shared where variants allow,
+resumption without retraining, and the statistics underneath (calibration, the paired test)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import run_cli
+from inference_helpers import shrink_plans
+from scipy.stats import wilcoxon
+
+from smoothseg.models.checkpoint import load_checkpoint
+from smoothseg.workflows.ablation import (
+    VARIANTS,
+    AblationSettings,
+    calibration,
+    calibration_scores,
+    paired_test,
+    run_ablation,
+)
+from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
+
+SHORT = {"liver_epochs": 1, "tumor_epochs": 1, "iters_per_epoch": 2, "val_iters": 1, "num_workers": 0,
+         "step_size": 1.0, "precision": "fp32"}
+
+
+def test_calibration_statistics_match_hand_computation() -> None:
+    """Two bins filled: p = 0.05 (4 voxels, 1 tumour) and p = 0.95 (2 voxels, both tumour)."""
+    p = np.array([0.05] * 4 + [0.95] * 2)
+    y = np.array([1, 0, 0, 0, 1, 1], bool)
+    scores = calibration_scores([calibration(p[:3], y[:3]), calibration(p[3:], y[3:])])  # pooled over two parts
+    expected_ece = 4 / 6 * abs(0.25 - 0.05) + 2 / 6 * abs(1.0 - 0.95)
+    assert scores["ece"] == pytest.approx(expected_ece)
+    assert scores["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert scores["count"][0] == 4 and scores["count"][9] == 2 and math.isnan(scores["frequency"][5])
+
+
+def test_paired_test_uses_case_means_over_seeds() -> None:
+    full = {s: {f"c{i}": {"tumor_dice": 0.5 + 0.01 * i} for i in range(6)} for s in (0, 1)}
+    variant = {s: {f"c{i}": {"tumor_dice": 0.5 + 0.01 * i - 0.02 * (i + 1) - 0.01 * s} for i in range(6)}
+               for s in (0, 1)}
+    variant[0]["c5"]["tumor_dice"] = math.nan  # undefined in one seed: the other seed's value stands for the case
+    result = paired_test(variant, full)
+    differences = [-0.02 * (i + 1) - 0.005 for i in range(5)] + [-0.02 * 6 - 0.01]
+    assert result["n_cases"] == 6
+    assert result["mean_difference"] == pytest.approx(np.mean(differences))
+    assert result["wilcoxon_p"] == pytest.approx(wilcoxon(differences).pvalue)
+    assert result["smallest_attainable_p"] == pytest.approx(2 / 64)
+    assert paired_test(full, full)["wilcoxon_p"] == 1.0
+
+
+@pytest.fixture
+def planned(demo_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield shrink_plans(plan_and_preprocess(900).folder)
+    torch.set_num_threads(threads)
+
+
+def test_ablation_runs_every_variant_over_two_seeds_and_resumes(planned: Path, data_home: Path) -> None:
+    settings = AblationSettings(dataset=900, folds=("0",), seeds=(0, 1), **SHORT)
+    folder = run_ablation(settings)
+    report = json.loads((folder / "ablation.json").read_text())
+    summary = report["summary"]
+    assert list(summary) == list(VARIANTS)
+    for variant, entry in summary.items():
+        assert sorted(entry["per_seed"]) == ["0", "1"]
+        for seed_values in entry["per_seed"].values():
+            assert seed_values["n_cases"] >= 1
+            assert 0 <= seed_values["ece"] <= 1 and 0 <= seed_values["brier"] <= 1
+            assert 0 <= seed_values["liver_dice"] <= 1
+        assert ("vs_full" in entry) == (variant != "full")
+    # Models are shared: 6 per seed (no_active_contour reuses full's, no_tlvr reuses full's liver).
+    models = folder / "models"
+    for seed in (0, 1):
+        assert sorted(p.name for p in (models / f"seed_{seed}").iterdir()) == [
+            "liver", "liver_novae", "single", "tumor", "tumor_notlvr", "tumor_novae"]
+    checkpoints = {p.relative_to(models).parts[1]: p for p in models.rglob("checkpoint_final.pth")
+                   if p.relative_to(models).parts[0] == "seed_0"}
+    assert not load_checkpoint(checkpoints["tumor_novae"])["network_kwargs"]["vae"]
+    assert not load_checkpoint(checkpoints["liver_novae"])["network_kwargs"]["vae"]
+    assert load_checkpoint(checkpoints["tumor"])["network_kwargs"]["vae"]
+    single = load_checkpoint(checkpoints["single"])
+    assert single["network_kwargs"]["out_channels"] == 3 and single["task"] == "liver"
+    run_config = json.loads((checkpoints["tumor_notlvr"].parent / "run_config.json").read_text())
+    assert run_config["config"]["tlvr_weight"] == 0.0 and run_config["config"]["seed"] == 0
+    seed_1 = json.loads((models / "seed_1" / "tumor" / planned.name / "SmoothSegTrainer__tumor" / "fold_0" /
+                         "run_config.json").read_text())
+    assert seed_1["config"]["seed"] == 1
+    markdown = (folder / "ablation.md").read_text()
+    for variant in VARIANTS:
+        assert f"| {variant} |" in markdown
+    assert "< 1 ml" in markdown and (folder / "reliability.png").stat().st_size > 1000
+    # Run again: nothing is retrained, the same numbers come back.
+    stamps = {p: p.stat().st_mtime_ns for p in models.rglob("checkpoint_final.pth")}
+    again = run_ablation(settings)
+    assert {p: p.stat().st_mtime_ns for p in models.rglob("checkpoint_final.pth")} == stamps
+    assert json.loads((again / "ablation.json").read_text())["summary"] == summary
+
+
+def test_ablate_cli_refuses_fold_all_clearly(planned: Path, data_home: Path) -> None:
+    result = run_cli("ablate", "-d", "900", "-f", "all", "--seeds", "1", home=data_home)
+    assert result.returncode == 2
+    assert "fold 'all' has no validation cases" in result.stderr
