@@ -73,9 +73,8 @@ class StagePredictor:
         (patch voxels x width up to ``SMALL_TILE_ELEMENTS``), else 1.
     precision:
         Arithmetic of the networks (:func:`smoothseg.device.autocast_dtype`): ``auto`` is fp16 on CUDA, bf16 on a CPU
-        with bfloat16 units (about 2x faster per tile; the class maps agree with fp32's to within a few boundary
-        voxels, documentation/benchmarks.md), else fp32. On a CPU the networks also run channels-last (a further
-        ~1.2x, same arithmetic).
+        with bfloat16 units (about 2x faster per tile, documentation/benchmarks.md), else fp32. On a CPU the
+        networks also run channels-last (a further ~1.4x, same arithmetic).
     progress:
         Show a progress bar over the tiles.
     """
