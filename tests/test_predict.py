@@ -220,18 +220,18 @@ def test_parts_write_each_case_once_and_reruns_skip_finished_cases(home: Path, i
 def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     livers: list[np.ndarray] = []
     given: list[np.ndarray] = []
-    liver_stage, tumour_stage = CascadePredictor.liver_stage, CascadePredictor.tumour_stage
+    liver_stage, tumour_stage = CascadePredictor.liver_stage, CascadePredictor._tumour_stage
 
     def record_liver(self, *args, **kwargs):
         livers.append(liver_stage(self, *args, **kwargs))
         return livers[-1]
 
-    def record_tumour(self, image, geometry, liver):
+    def record_tumour(self, image, geometry, liver, with_probability):
         given.append(liver)
-        return tumour_stage(self, image, geometry, liver)
+        return tumour_stage(self, image, geometry, liver, with_probability)
 
     monkeypatch.setattr(CascadePredictor, "liver_stage", record_liver)
-    monkeypatch.setattr(CascadePredictor, "tumour_stage", record_tumour)
+    monkeypatch.setattr(CascadePredictor, "_tumour_stage", record_tumour)  # what every cascade path calls
     folder = validate_fold("900", 0, models=FAST_MODELS, progress=False)
     assert folder == home / "results" / DATASET / "SmoothSegTrainer__tumor" / "fold_0" / "validation"
     val_ids = json.loads((home / "preprocessed" / DATASET / "splits.json").read_text())["splits"][0]["val"]
