@@ -34,7 +34,8 @@ less its warm-up pass and the reading of the reference label (work ``smoothseg_p
 child's peak RSS. Both include interpreter start-up, imports and model loading. nnU-Net's plan is printed (spacing,
 patch size) so that it is clear what was compared: one full-resolution network against smoothseg's two-stage cascade.
 
-Usage: ``python bench/bench_predict.py --size small`` (about a minute) or ``--size full`` (minutes per setting on a
+Usage (``--device cuda`` runs the smoothseg networks on a GPU):
+``python bench/bench_predict.py --size small`` (about a minute) or ``--size full`` (minutes per setting on a
 2-core CPU; ``--tta off`` skips the 8x slower TTA run); add ``--nnunet-venv /path/to/nnunet-venv`` for the nnU-Net v2
 yardstick (``--workdir DIR`` keeps the scratch folder, with nnU-Net's logs under ``DIR/nnunet/logs``).
 """
@@ -102,7 +103,8 @@ def _compare(nnunet: NnUNetWorkspace, image: Path, tta: str, wall: float, result
           f"peak memory {result['peak_mb'] / nn_mem:.2f}")
 
 
-def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, out_dir: Path) -> dict:
+def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, out_dir: Path,
+           device: str = "cpu") -> dict:
     """Run in a fresh process: load the models, time every stage of one case, report peak RSS."""
     import numpy as np
     import torch
@@ -117,7 +119,7 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
         torch.set_num_threads(threads)
     times: dict[str, float] = {}
     peaks: dict[str, float] = {}
-    cascade = CascadePredictor.from_models(select_models("900"), ModelOptions(device=torch.device("cpu"), tta=tta,
+    cascade = CascadePredictor.from_models(select_models("900"), ModelOptions(device=torch.device(device), tta=tta,
                                                                                active_contour="on"))
     t0 = time.perf_counter()
     model_mb = sum(p.numel() * p.element_size() for stage in (cascade.liver, cascade.tumor)
@@ -216,12 +218,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--workdir", help="scratch folder (default: a temporary folder)")
     parser.add_argument("--nnunet-venv", help="virtual environment with nnunetv2, for the side-by-side yardstick")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the networks run (smoothseg side)")
     parser.add_argument("--child", nargs=3, metavar=("IMAGE", "LABEL", "TTA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         image, label, tta = args.child
-        print(json.dumps(_child(Path(image), Path(label), tta == "on", args.threads, Path(args.workdir))))
+        print(json.dumps(_child(Path(image), Path(label), tta == "on", args.threads, Path(args.workdir),
+                                args.device)))
         return
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="smoothseg-bench-predict-"))
@@ -233,7 +237,8 @@ def main() -> None:
     nnunet = _prepare_nnunet(Path(args.nnunet_venv), work, image, args.gpu_memory_target) if args.nnunet_venv else None
     settings = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}[args.tta]
     for tta in settings:
-        cmd = [sys.executable, __file__, "--child", str(image), str(label), tta, "--workdir", str(work)]
+        cmd = [sys.executable, __file__, "--child", str(image), str(label), tta, "--workdir", str(work),
+               "--device", args.device]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         t0 = time.perf_counter()
