@@ -5,6 +5,8 @@ Library functions below the edge take a :class:`torch.device` and never resolve 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from smoothseg.errors import SmoothSegError
@@ -81,8 +83,6 @@ def autocast_dtype(device: torch.device, precision: str = "auto", *, training: b
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """The autocast context for ``dtype`` on ``device`` (a no-op context for float32)."""
-    import contextlib
-
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -366,7 +366,7 @@ def test_counts_dataclass_is_hashable_value():
 def test_lesion_detection_by_size_and_false_positives_per_tumour_free_liver(tmp_path):
     """Three reference lesions of 0.5, 5 and 15 ml (1 mm voxels): the prediction finds the two larger ones and adds a
     false positive; a second, tumour-free case gets two predicted lesions. The summary's bins and FP rate follow."""
-    from smoothseg.evaluation.evaluate import _lesion_detection
+    from smoothseg.evaluation.evaluate import lesion_detection_summary
 
     shape = (40, 60, 60)
     ref = np.zeros(shape, bool)
@@ -383,7 +383,7 @@ def test_lesion_detection_by_size_and_false_positives_per_tumour_free_liver(tmp_
     empty_pred[1:5, 1:5, 1:5] = 2
     empty_pred[20:24, 20:24, 20:24] = 2
     free = evaluate_case(np.zeros(shape, np.uint8), empty_pred, (1.0, 1.0, 1.0))
-    summary = _lesion_detection([case, free])
+    summary = lesion_detection_summary([case, free])
     assert summary["by_size"]["lt1ml"]["sensitivity"] == 0.0
     assert summary["by_size"]["1to10ml"]["sensitivity"] == 1.0 and summary["by_size"]["ge10ml"]["n_reference"] == 1
     assert summary["n_tumour_free_cases"] == 1 and summary["fp_lesions_per_tumour_free_case"] == 2.0

@@ -73,7 +73,8 @@ from smoothseg.parallel import map_cases
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SUMMARY_SCHEMA", "OutputPaths", "evaluate", "evaluate_folders", "output_paths", "summary_markdown"]
+__all__ = ["SUMMARY_SCHEMA", "OutputPaths", "evaluate", "evaluate_folders", "lesion_detection_summary", "output_paths",
+           "summary_markdown"]
 
 SUMMARY_SCHEMA = "smoothseg-evaluation-summary/1"
 STRUCTURES = ("liver", "tumor")
@@ -169,7 +170,9 @@ def _global_metrics(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
-def _lesion_detection(rows: Sequence[dict]) -> dict[str, Any]:
+def lesion_detection_summary(rows: Sequence[dict]) -> dict[str, Any]:
+    """Lesion detection pooled over per-case rows of ``evaluate_case``: counts, precision, recall, F1, detection
+    by reference lesion volume and false-positive lesions per tumour-free case (undefined ratios are NaN)."""
     tp = sum(int(r["tumor_lesion_tp"]) for r in rows)
     fp = sum(int(r["tumor_lesion_fp"]) for r in rows)
     fn = sum(int(r["tumor_lesion_fn"]) for r in rows)
@@ -239,7 +242,7 @@ def _summarize(rows: list[dict], *, reference_dir: Path, prediction_dir: Path, d
         "aggregation": AGGREGATION_NOTES,
         "metrics": {k: per_case_aggregate(r[k] for r in rows) for k in metric_keys},
         "global": _global_metrics(rows),
-        "lesion_detection": _lesion_detection(rows),
+        "lesion_detection": lesion_detection_summary(rows),
         "size_strata": _size_sources(rows, clinical_csv),
         "strata": _strata(rows),
         "cases": rows,

@@ -46,6 +46,7 @@ table states.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -61,9 +62,10 @@ from smoothseg.atomic import json_safe, write_json, write_text
 from smoothseg.dataset.io import Geometry, read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
+from smoothseg.evaluation.evaluate import lesion_detection_summary
 from smoothseg.evaluation.matching import to_task_labels
 from smoothseg.evaluation.metrics import LESION_SIZE_BINS, evaluate_case
-from smoothseg.evaluation.strata import format_mean_std
+from smoothseg.evaluation.strata import DIAMETER_STRATUM_COLUMN, assign_strata, format_mean_std
 from smoothseg.inference.cascade import CascadePredictor, active_contour_plan
 from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
 from smoothseg.inference.predictor import StagePredictor
@@ -71,10 +73,10 @@ from smoothseg.labels import TUMOR
 from smoothseg.masks.components import keep_inside
 from smoothseg.paths import find_dataset, preprocessed_root, results_root, using_roots
 from smoothseg.planning.plans import ActiveContourPlan, Plans
-from smoothseg.planning.splits import load_fold
 from smoothseg.preprocessing.dataset_preprocessing import preprocess_task
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.trainer import train
+from smoothseg.workflows.validation import validation_cases
 
 __all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablation"]
 
@@ -85,7 +87,6 @@ ECE_BINS = 10
 FINAL = "checkpoint_final.pth"
 LATEST = "checkpoint_latest.pth"
 TRAINER = "SmoothSegTrainer"
-LARGE_TUMOUR_MM = 100.0
 
 
 @dataclass(frozen=True)
@@ -255,16 +256,12 @@ class _Pair:
         return compose_labels(liver, keep_inside(labels == TUMOR, liver)), probability
 
 
-def _validation_cases(dataset: str | int, fold: str) -> list[str]:
-    return sorted(load_fold(find_dataset(dataset, preprocessed_root()) / "splits.json", fold)[1])
-
-
 def _predict_group(variants: list[str], pair: _Pair, raw: RawDataset, fold: str,
                    settings: AblationSettings) -> dict[str, dict[str, dict[str, Any]]]:
     """Per variant (of one model group) and validation case of ``fold``: the scored prediction."""
     by_id = {c.case_id: c for c in raw.training_cases}
     out: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in variants}
-    for case_id in _validation_cases(settings.dataset, fold):
+    for case_id in validation_cases(settings.dataset, fold):
         case = by_id[case_id]
         image, geometry = read_image(case.image(0))
         reference_raw, _ = read_image(case.label)
@@ -290,25 +287,23 @@ def _mean(values: Sequence[float]) -> float:
 def seed_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One variant and seed: the numbers of the table, from its per-case rows (all folds)."""
     cases = list(rows.values())
-    large = [r for r in cases if r["tumor_n_lesions_ref"] > 0 and r["tumor_max_diameter_ref_mm"] >= LARGE_TUMOUR_MM]
-    small = [r for r in cases if r["tumor_n_lesions_ref"] > 0 and r["tumor_max_diameter_ref_mm"] < LARGE_TUMOUR_MM]
-    tp, fp, fn = (sum(int(r[f"tumor_lesion_{k}"]) for r in cases) for k in ("tp", "fp", "fn"))
+    # Copies with their ids: the rows are stored as they were scored.
+    strata = assign_strata([{**row, "case_id": case_id} for case_id, row in rows.items()])
+    large = [r for r in strata if r[DIAMETER_STRATUM_COLUMN] == "diameter_ge_10cm"]
+    small = [r for r in strata if r[DIAMETER_STRATUM_COLUMN] == "diameter_lt_10cm"]
+    detection = lesion_detection_summary(cases)
     out: dict[str, Any] = {
         "tumor_dice": _mean([r["tumor_dice"] for r in cases]),
         "tumor_dice_ge_10cm": _mean([r["tumor_dice"] for r in large]),
         "tumor_dice_lt_10cm": _mean([r["tumor_dice"] for r in small]),
         "liver_dice": _mean([r["liver_dice"] for r in cases]),
-        "lesion_f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else math.nan,
+        "lesion_f1": detection["f1"],
         "n_cases": len(cases), "n_ge_10cm": len(large), "n_lt_10cm": len(small),
+        "fp_per_tumour_free_liver": detection["fp_lesions_per_tumour_free_case"],
     }
-    for key, _, _, _ in LESION_SIZE_BINS:
-        n_ref = sum(int(r[f"tumor_lesions_ref_{key}"]) for r in cases)
-        found = sum(int(r[f"tumor_lesions_detected_{key}"]) for r in cases)
-        out[f"sensitivity_{key}"] = found / n_ref if n_ref else math.nan
-        out[f"n_lesions_{key}"] = n_ref
-    free = [r for r in cases if r["tumor_n_lesions_ref"] == 0]
-    out["fp_per_tumour_free_liver"] = (sum(int(r["tumor_n_lesions_pred"]) for r in free) / len(free)
-                                       if free else math.nan)
+    for key, entry in detection["by_size"].items():
+        out[f"sensitivity_{key}"] = entry["sensitivity"]
+        out[f"n_lesions_{key}"] = entry["n_reference"]
     scores = calibration_scores([r["calibration"] for r in cases])
     out.update({"ece": scores["ece"], "brier": scores["brier"]})
     return out
@@ -487,8 +482,6 @@ def run_ablation(settings: AblationSettings) -> Path:
 
 
 def _load_cache(path: Path, variants: list[str]) -> dict[str, dict[str, dict[str, Any]]] | None:
-    import json
-
     if not path.exists():
         return None
     data = json.loads(path.read_text())
