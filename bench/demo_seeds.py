@@ -66,6 +66,9 @@ def main() -> None:
         demo = json.loads((args.workdir / "cpu" / "demo.json").read_text())
         shutil.copy(args.workdir / "cpu" / "demo.json", args.out.parent / f"seed{seed}_demo.json")
         tumour_fold = Path(demo["paths"]["tumor_model"])
+        # kept per seed: the per-case test metrics and the validation's post-processing choice
+        shutil.copy(Path(demo["paths"]["per_case"]), args.out.parent / f"seed{seed}_cases.csv")
+        shutil.copy(tumour_fold / "postprocessing.json", args.out.parent / f"seed{seed}_postprocessing.json")
         progress = load_checkpoint(tumour_fold / "checkpoint_final.pth", torch.device("cpu"))["progress"]
         validation = json.loads((tumour_fold / "validation" / "metrics.json").read_text())
         val_tumour = validation["metrics"]["tumor_dice"]["mean_per_case"]
