@@ -18,6 +18,7 @@ from inference_helpers import shrink_plans
 
 from smoothseg.dataset.io import read_image
 from smoothseg.errors import SmoothSegError
+from smoothseg.models.build import network_from_checkpoint
 from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.network.segresnet_vae import SegResNetVAE
 from smoothseg.training.augmentation import training_transforms
@@ -163,6 +164,20 @@ def test_training_writes_checkpoints_and_progress(tiny: Path, data_home: Path, t
     assert "epoch 1:" in log
 
 
+@pytest.mark.parametrize("interval, plotted_after", [(0.0, [0, 1, 2, 2]), (1e9, [0, 2])])
+def test_progress_plot_after_the_first_epoch_then_by_time_and_at_the_end(tiny: Path, interval: float,
+                                                                          plotted_after: list[int]) -> None:
+    trainer = Trainer(_config("liver", epochs=3, iters_per_epoch=1))
+    trainer.plot_interval_s = interval
+    plotted = []
+    real_plot = trainer.progress.plot
+    trainer.progress.plot = lambda path: (plotted.append(len(trainer.progress.series["train_loss"]) - 1),
+                                          real_plot(path))[1]
+    out = trainer.run()
+    assert plotted == plotted_after  # epochs done at each drawing; the last drawing shows the whole run
+    assert (out / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_tlvr_off_without_clinical_table(tiny: Path, demo_dataset: Path, caplog) -> None:
     spec = json.loads((demo_dataset / "dataset.json").read_text())
     del spec["clinical"]
@@ -197,6 +212,39 @@ def test_seed_alone_decides_the_initial_weights(tiny: Path) -> None:
     first, second, other = weights(0, 1), weights(0, 1000), weights(1, 1)
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert not all(torch.equal(a, c) for a, c in zip(first, other, strict=True))
+
+
+def test_cpu_training_is_channels_last_and_computes_what_a_contiguous_network_does(tiny: Path) -> None:
+    """On a CPU the network and its input are channels-last (faster oneDNN kernels). A step gives the loss of the same
+    network in the default layout and gradients pointing the same way (the channels-last GroupNorm is less exact, so
+    they are not equal to the last digit), and the weights load into a plain network that predicts the same. Without
+    the VAE branch, whose noise ``randn_like`` draws in the tensor's memory order."""
+    trainer = Trainer(_config("tumor", vae=False))
+    trainer.model_for_training = trainer.network
+    convs = [m.weight for m in trainer.network.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1
+             and m.kernel_size[0] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+                         for w in convs)
+    batch = next(trainer._loader(trainer.train_ids, {}, seed=0, train=True))
+    image = trainer._to_device(batch)[0]
+    assert image.is_contiguous(memory_format=torch.channels_last_3d)
+
+    plain = Trainer(_config("tumor", vae=False))
+    plain.memory_format = torch.contiguous_format
+    plain.network.to(memory_format=torch.contiguous_format)  # in place: the optimiser keeps its parameters
+    assert all(p.is_contiguous() for p in plain.network.parameters())
+    plain.model_for_training = plain.network
+    fast, slow = trainer.train_step(batch)["total"], plain.train_step(batch)["total"]
+    assert fast == pytest.approx(slow, rel=1e-4)
+    for a, b in zip(trainer.network.parameters(), plain.network.parameters(), strict=True):
+        assert float(torch.nn.functional.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0)) > 0.99
+
+    reloaded = network_from_checkpoint({"network_state": trainer.network.state_dict(),
+                                        "network_kwargs": trainer.network.init_kwargs}, tiny / "x.pth").eval()
+    assert all(p.is_contiguous() for p in reloaded.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(image.contiguous())[0], trainer.network.eval()(image)[0],
+                                   rtol=1e-3, atol=1e-3)
 
 
 def test_a_non_finite_gradient_skips_the_step_and_keeps_the_weights(tiny: Path, caplog) -> None:

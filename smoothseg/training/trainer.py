@@ -68,6 +68,8 @@ class Trainer:
     """Plain segmentation trainer: Dice + cross-entropy, plus the SegResNetVAE's VAE term (weight 0.1)."""
 
     uses_tlvr = False
+    #: seconds between progress.png refreshes (drawing it takes ~0.6 s on a 2-core CPU, 3% of a demo epoch)
+    plot_interval_s = 60.0
 
     def __init__(self, config: TrainingConfig, device: torch.device | None = None,
                  dist_ctx: DistributedContext | None = None):
@@ -92,8 +94,12 @@ class Trainer:
         # Mixed precision: float16 with a gradient scaler on CUDA; float32 on a CPU unless bf16 is asked for.
         self.amp_dtype = autocast_dtype(self.device, config.precision, training=True)
         self.skipped_steps = 0
+        self._last_plot = -math.inf  # progress.png: after the first epoch, then at most every plot_interval_s, and at the end
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
-        self.network = build_network(self.plan, vae=config.vae).to(self.device)
+        # Channels-last on a CPU: oneDNN's 3D convolutions run a training step ~10% faster; its GroupNorm kernel is
+        # less exact (relative ~5e-6 per layer), which moves gradients by ~0.3% (documentation/benchmarks.md)
+        self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
+        self.network = build_network(self.plan, vae=config.vae).to(self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.network.parameters(), config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = ProgressLog()
@@ -202,6 +208,7 @@ class Trainer:
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, ...]:
         data = torch.as_tensor(np.asarray(batch["data"]), dtype=torch.float32).to(self.device, non_blocking=True)
+        data = data.contiguous(memory_format=self.memory_format)
         seg = torch.as_tensor(np.asarray(batch["seg"]), dtype=torch.long).to(self.device, non_blocking=True)
         knowledge = [torch.as_tensor(np.asarray(batch[k]), dtype=torch.float32).to(self.device)
                      for k in ("clinical_tlvr", "liver_coverage", "case_tlvr")]
@@ -313,6 +320,7 @@ class Trainer:
         if self.dist.is_main:
             final = self._payload(len(self.progress.series.get("train_loss", [])) - 1)
             save_checkpoint(final, self.output / "checkpoint_final.pth")
+            self._plot_progress()
             logger.info("training done: %s (best EMA pseudo-Dice %.4f)", self.output / "checkpoint_final.pth",
                         self.best_ema)
         return self.output
@@ -326,6 +334,10 @@ class Trainer:
         self.train_tlvr, self.val_tlvr, self.tlvr_model, self.tlvr_scores, weight = shared
         if weight != self.loss_fn.tlvr_weight:
             self.loss_fn = SmoothSegLoss(self.loss_fn.seg_loss, vae_weight=self.config.vae_weight, tlvr_weight=weight)
+
+    def _plot_progress(self) -> None:
+        self.progress.plot(self.output / "progress.png")
+        self._last_plot = time.monotonic()
 
     def _epoch(self, epoch: int, train_aug, val_aug) -> bool:
         """One epoch of training and validation; returns True when early stopping triggers."""
@@ -379,7 +391,8 @@ class Trainer:
             save_checkpoint(payload, self.output / "checkpoint_latest.pth")
             if improved:
                 save_checkpoint(payload, self.output / "checkpoint_best.pth")
-            self.progress.plot(self.output / "progress.png")
+            if time.monotonic() - self._last_plot >= self.plot_interval_s:
+                self._plot_progress()
         logger.info("epoch %d: train loss %.4f (seg %.4f, vae %.4f, tlvr %s), val loss %.4f, pseudo-Dice %s, "
                     "EMA %.4f%s, lr %.5f, %.1f s", epoch, means.get("total", float("nan")),
                     means.get("seg", float("nan")), means.get("vae", float("nan")),

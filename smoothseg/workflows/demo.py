@@ -86,7 +86,7 @@ class DemoSettings:
 
 
 # Sized on a 2-core CPU (see documentation/benchmarks.md): under 15 min for the default run, ~3 min for --quick.
-_CPU = DemoSettings(n_cases=32, gpu_memory_target_gb=1.25, liver_epochs=12, tumor_epochs=27, iters_per_epoch=25,
+_CPU = DemoSettings(n_cases=32, gpu_memory_target_gb=1.25, liver_epochs=12, tumor_epochs=31, iters_per_epoch=25,
                     val_iters=3)
 _CPU_QUICK = DemoSettings(n_cases=32, gpu_memory_target_gb=1.0, liver_epochs=6, tumor_epochs=6, iters_per_epoch=20,
                           val_iters=2)
