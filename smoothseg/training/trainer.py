@@ -94,7 +94,7 @@ class Trainer:
         # Mixed precision: float16 with a gradient scaler on CUDA; float32 on a CPU unless bf16 is asked for.
         self.amp_dtype = autocast_dtype(self.device, config.precision, training=True)
         self.skipped_steps = 0
-        self._last_plot = -math.inf  # progress.png: after the first epoch, then at most every plot_interval_s, and at the end
+        self._last_plot = -math.inf  # progress.png: after epoch 0, then at most every plot_interval_s, and at the end
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
         # Channels-last on a CPU: oneDNN's 3D convolutions run a training step ~10% faster; its GroupNorm kernel is
         # less exact (relative ~5e-6 per layer), which moves gradients by ~0.3% (documentation/benchmarks.md)
