@@ -1,10 +1,11 @@
-"""One training step of a planned network on the CPU, in several variants: the default layout, channels-last,
-``torch.compile``, without the VAE branch.
+"""The trainer's training step on the CPU, in several variants: the default layout, channels-last (what the trainer
+uses on a CPU), ``torch.compile``, without the VAE branch.
 
-The step is the trainer's: AdamW, Dice + CE with the VAE and TLVR terms, gradient clipping, on random batches of the
-plan's batch and patch size. Prints the first step (compilation included) and the median of the steps after 4
-warm-up steps. Usage (each variant in its own process, nothing else running):
-``python bench/bench_cpu_step.py PLANS.json --task tumor --variant channels_last`` with ``--variant`` one of
+Runs ``Trainer.train_step`` itself (AdamW, Dice + CE with the VAE and TLVR terms, gradient clipping) on augmented
+batches of fold 0 of a preprocessed dataset, drawn before the clock starts, so only the step is timed. Prints the
+first step (compilation included) and the median of the steps after 4 warm-up steps. Usage (each variant in its own
+process, nothing else running; the roots as for ``smoothseg_train``, e.g. the demo's):
+``python bench/bench_cpu_step.py -d 900 --task tumor --variant channels_last`` with ``--variant`` one of
 ``default``, ``channels_last``, ``compile``, ``channels_last_no_vae``.
 """
 
@@ -16,49 +17,33 @@ import time
 
 import torch
 
-from smoothseg.models.build import build_network
-from smoothseg.planning.plans import Plans
 from smoothseg.training.config import TrainingConfig
-from smoothseg.training.losses import DiceCELoss, SmoothSegLoss
-from smoothseg.training.optim import build_optimizer
+from smoothseg.training.trainer import Trainer
 
 VARIANTS = ("default", "channels_last", "compile", "channels_last_no_vae")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("plans", help="plans.json (e.g. the demo's, <preprocessed>/Dataset900_SyntheticLiver/)")
+    parser.add_argument("-d", default="900", help="preprocessed dataset id or name (default: the demo's, 900)")
     parser.add_argument("--task", default="tumor", choices=("liver", "tumor"))
-    parser.add_argument("--variant", default="default", choices=VARIANTS)
+    parser.add_argument("--variant", default="channels_last", choices=VARIANTS)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
 
-    cfg = Plans.load(args.plans)[args.task]
-    channels_last = args.variant.startswith("channels_last")
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    torch.manual_seed(0)
-    network = build_network(cfg, vae=not args.variant.endswith("no_vae")).train().to(memory_format=fmt)
-    optimizer = build_optimizer(network.parameters(), TrainingConfig(dataset="900", task=args.task, fold="0"))
-    forward = torch.compile(network) if args.variant == "compile" else network
-    loss_fn = SmoothSegLoss(DiceCELoss(cfg.num_classes), vae_weight=0.1,
-                            tlvr_weight=0.5 if args.task == "tumor" else 0.0)
-    generator = torch.Generator().manual_seed(0)
+    config = TrainingConfig(dataset=args.d, task=args.task, fold="0", device="cpu", num_workers=0,
+                            vae=not args.variant.endswith("no_vae"))
+    trainer = Trainer(config)  # channels-last on the CPU
+    if not args.variant.startswith("channels_last"):
+        trainer.memory_format = torch.contiguous_format
+        trainer.network.to(memory_format=torch.contiguous_format)  # in place: the optimiser keeps its parameters
+    trainer.model_for_training = torch.compile(trainer.network) if args.variant == "compile" else trainer.network
+    loader = trainer._loader(trainer.train_ids, {}, seed=0, train=True)
+    batches = [next(loader) for _ in range(args.steps + 4)]
     times = []
-    for i in range(args.steps + 4):
-        data = torch.randn((cfg.batch_size, 1, *cfg.patch_size), generator=generator).contiguous(memory_format=fmt)
-        seg = torch.randint(0, cfg.num_classes, (cfg.batch_size, *cfg.patch_size), generator=generator)
-        tlvr = torch.full((cfg.batch_size,), 0.1)
-        coverage = torch.full((cfg.batch_size,), 0.5)
+    for i, batch in enumerate(batches):
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        output = forward(data)
-        logits, vae_loss = output if isinstance(output, tuple) else (output, None)
-        vae_loss = vae_loss if vae_loss is not None else torch.zeros(())
-        total, _ = loss_fn(logits, seg, vae_loss=vae_loss, clinical_tlvr=tlvr, liver_coverage=coverage,
-                           case_tlvr=tlvr.clone())
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-        optimizer.step()
+        trainer.train_step(batch)
         seconds = time.perf_counter() - t0
         if i == 0:
             print(f"{args.variant} {args.task}: first step {seconds:.2f} s", flush=True)

@@ -96,7 +96,7 @@ class Trainer:
         self.skipped_steps = 0
         self._last_plot = -math.inf  # progress.png: after epoch 0, then at most every plot_interval_s, and at the end
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
-        # Channels-last on a CPU: oneDNN's 3D convolutions run a training step 5-7% faster; its GroupNorm kernel is
+        # Channels-last on a CPU: oneDNN's 3D convolutions run a training step 1-2.5% faster; its GroupNorm kernel is
         # less exact (relative ~5e-6 per layer), which moves gradients by ~0.3% (documentation/benchmarks.md)
         self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
         self.network = build_network(self.plan, vae=config.vae).to(self.device, memory_format=self.memory_format)
