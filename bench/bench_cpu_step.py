@@ -6,7 +6,7 @@ batches of fold 0 of a preprocessed dataset, drawn before the clock starts, so o
 first step (compilation included) and the median of the steps after 4 warm-up steps. Usage (each variant in its own
 process, nothing else running; the roots as for ``smoothseg_train``, e.g. the demo's):
 ``python bench/bench_cpu_step.py -d 900 --task tumor --variant channels_last`` with ``--variant`` one of
-``default``, ``channels_last``, ``compile``, ``channels_last_no_vae``.
+``default``, ``channels_last``, ``compile``, ``channels_last_no_vae``, ``channels_last_bf16`` (bfloat16 autocast).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.trainer import Trainer
 
-VARIANTS = ("default", "channels_last", "compile", "channels_last_no_vae")
+VARIANTS = ("default", "channels_last", "compile", "channels_last_no_vae", "channels_last_bf16")
 
 
 def main() -> None:
@@ -32,7 +32,8 @@ def main() -> None:
     args = parser.parse_args()
 
     config = TrainingConfig(dataset=args.d, task=args.task, fold="0", device="cpu", num_workers=0,
-                            vae=not args.variant.endswith("no_vae"))
+                            vae=not args.variant.endswith("no_vae"),
+                            precision="bf16" if args.variant.endswith("bf16") else "auto")
     trainer = Trainer(config)  # channels-last on the CPU
     if not args.variant.startswith("channels_last"):
         trainer.memory_format = torch.contiguous_format
@@ -49,6 +50,7 @@ def main() -> None:
             print(f"{args.variant} {args.task}: first step {seconds:.2f} s", flush=True)
         if i >= 4:
             times.append(seconds)
+    print(f"{args.variant} {args.task}: {trainer.skipped_steps} of {len(batches)} steps skipped (gradient not finite)")
     print(f"{args.variant} {args.task}: median step {statistics.median(times):.3f} s over {len(times)} steps "
           f"({torch.get_num_threads()} threads)")
 

@@ -23,7 +23,7 @@ from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.network.segresnet_vae import SegResNetVAE
 from smoothseg.training.augmentation import training_transforms
 from smoothseg.training.config import TrainingConfig
-from smoothseg.training.data_loader import PatchLoader, SamplingConfig
+from smoothseg.training.data_loader import LEAK_FRACTION, PatchLoader, SamplingConfig
 from smoothseg.training.trainer import SmoothSegTrainer, Trainer, train
 from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
 from smoothseg.workflows.training import train_and_validate
@@ -80,30 +80,50 @@ def test_mask_jitter_changes_the_mask(tiny: Path) -> None:
     assert not np.array_equal(unmasked, labelled)  # dilated masks show intensities around the liver
 
 
-class _FixedDraw:
-    """Stands in for the loader's generator: every uniform draw returns ``value``."""
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-    def uniform(self, low: float, high: float) -> float:
-        return self.value
-
-
 def test_mask_jitter_does_not_erode_the_patch_faces(tmp_path: Path) -> None:
     """An eroded mask shrinks where the liver ends, not where the patch happens to end inside the liver."""
     cfg = SamplingConfig((8, 12, 12), 1, mask_outside_liver=True, mask_jitter_mm=2.0)
     loader = PatchLoader(tmp_path, ["case"], cfg)
-    loader.rng = _FixedDraw(-2.0)  # erode by 2 mm = 2 voxels at 1 mm spacing
     labels = np.zeros((20, 30, 30), dtype=np.int16)
     labels[2:18, 3:27, 3:27] = 1  # the liver; the patch below lies inside it except near its x end
-    mask = loader._jittered_mask(labels, np.array([6, 9, 17]), (1.0, 1.0, 1.0))
+    mask = loader._jittered_mask(labels, np.array([6, 9, 17]), (1.0, 1.0, 1.0), mm=-2.0)  # 2 voxels at 1 mm
     assert mask.shape == (8, 12, 12)
     assert mask[:, :, :8].all()  # patch faces inside the liver stay liver (x 17..24 are >= 2 voxels inside)
     assert not mask[:, :, 8:].any()  # x 25, 26 are within 2 voxels of the liver's end at 27, x 27..28 outside it
-    loader.rng = _FixedDraw(2.0)  # dilation reaches 2 voxels beyond the liver
-    dilated = loader._jittered_mask(labels, np.array([6, 9, 17]), (1.0, 1.0, 1.0))
+    dilated = loader._jittered_mask(labels, np.array([6, 9, 17]), (1.0, 1.0, 1.0), mm=2.0)
     assert dilated[:, :, :12].all() and dilated[:, :, 10].all()
+
+
+def test_mask_moves_by_euclidean_millimetres_on_anisotropic_voxels(tmp_path: Path) -> None:
+    """A dilation by d mm adds exactly the voxels within d mm of the liver, whatever the spacing."""
+    spacing = (5.0, 3.0, 3.0)
+    cfg = SamplingConfig((12, 24, 24), 1, mask_outside_liver=True, mask_jitter_mm=5.0, mask_leak_mm=15.0)
+    loader = PatchLoader(tmp_path, ["case"], cfg)
+    labels = np.zeros((12, 24, 24), dtype=np.int16)
+    labels[6, 12, 12] = 1  # a one-voxel liver: the dilated mask is a ball of radius d mm around it
+    zz, yy, xx = np.indices(labels.shape)
+    distance = np.sqrt(((zz - 6) * 5.0) ** 2 + ((yy - 12) * 3.0) ** 2 + ((xx - 12) * 3.0) ** 2)
+    for mm in (4.0, 9.5, 14.9):
+        mask = loader._jittered_mask(labels, np.zeros(3, dtype=int), spacing, mm=mm)
+        np.testing.assert_array_equal(mask, distance <= mm)
+    big = np.zeros((12, 24, 24), dtype=np.int16)
+    big[2:10, 4:20, 4:20] = 1
+    eroded = loader._jittered_mask(big, np.zeros(3, dtype=int), spacing, mm=-5.5)
+    # the faces: one slice (5 mm <= 5.5) in z, one row (3 mm) but not two (6 mm) in y and x
+    assert eroded[3:9, 5:19, 5:19].all() and eroded.sum() == 6 * 14 * 14
+
+
+def test_a_quarter_of_the_masks_leak_into_neighbouring_tissue(tmp_path: Path) -> None:
+    """The mask offsets: boundary jitter within +-mask_jitter_mm, and LEAK_FRACTION of them a dilation up to
+    mask_leak_mm; with mask_leak_mm 0 (or <= the jitter) no mask leaks."""
+    leaky = PatchLoader(tmp_path, ["case"], SamplingConfig((8, 8, 8), 1, mask_jitter_mm=5.0, mask_leak_mm=15.0), seed=4)
+    offsets = np.array([leaky._mask_offset_mm() for _ in range(4000)])
+    assert offsets.min() >= -5.0 and offsets.max() <= 15.0
+    assert abs(np.mean(offsets > 5.0) - LEAK_FRACTION) < 0.03
+    assert abs(np.mean(offsets < 0.0) - (1 - LEAK_FRACTION) / 2) < 0.03  # erosion as often as before
+    plain = PatchLoader(tmp_path, ["case"], SamplingConfig((8, 8, 8), 1, mask_jitter_mm=5.0, mask_leak_mm=0.0), seed=4)
+    offsets = np.array([plain._mask_offset_mm() for _ in range(1000)])
+    assert offsets.min() >= -5.0 and offsets.max() <= 5.0 and np.mean(offsets < 0) > 0.4
 
 
 def test_liver_coverage_is_counted_after_augmentation(tiny: Path) -> None:

@@ -21,7 +21,8 @@ def _body(args: argparse.Namespace) -> int:
         dataset=args.dataset, task=args.configuration, fold=args.fold, trainer=args.tr, device=args.device,
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, optimizer=args.optimizer,
         initial_lr=args.lr, batch_dice=not args.sample_dice,
-        tlvr_weight=args.tlvr_weight, vae=not args.no_vae, patience=args.patience, compile=args.compile,
+        tlvr_weight=args.tlvr_weight, vae=not args.no_vae, mask_leak_mm=args.mask_leak_mm, patience=args.patience,
+        compile=args.compile,
         precision=args.precision, num_workers=args.num_workers, seed=args.seed, continue_training=args.c,
         overwrite=args.overwrite, validate=not args.no_val)
     device = resolve_device(args.device)
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="weight of the TLVR term (tumor task); 0 ablates it")
     parser.add_argument("--no-vae", dest="no_vae", action="store_true",
                         help="train the network without its VAE branch (ablation)")
+    parser.add_argument("--mask-leak-mm", dest="mask_leak_mm", type=float, default=15.0,
+                        help="tumor task: a quarter of the training liver masks are dilated by 5 mm to this many mm, "
+                             "as by a liver stage leaking into neighbouring tissue (default 15; 0 switches it off)")
     parser.add_argument("--patience", type=int, default=None, help="stop after N epochs without EMA improvement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",

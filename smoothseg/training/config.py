@@ -31,6 +31,7 @@ class TrainingConfig:
     tlvr_weight: float = 0.5
     oversample_foreground: float = 0.33
     mask_jitter_mm: float = 5.0
+    mask_leak_mm: float = 15.0  # tumour task: a quarter of the liver masks dilated 5-15 mm (0: off)
     patience: int | None = None
     compile: bool = False
     precision: str = "auto"  # autocast dtype (smoothseg.device.autocast_dtype): fp16 on CUDA, bf16 on capable CPUs

@@ -5,8 +5,11 @@
   placed uniformly, so the tumour task also sees tumour-free patches. For the tumour task the
   foreground class is the tumour when the case has one, else the liver.
 * Tumour task: intensities outside the liver are masked as at inference. The mask is the
-  reference liver, randomly dilated or eroded by up to ``mask_jitter_mm`` (per axis in mm, from
-  the real spacing), so the model tolerates the liver stage's errors. The jitter is computed on the patch plus a
+  reference liver, randomly dilated or eroded by up to ``mask_jitter_mm`` (Euclidean distance in mm, from the real
+  spacing), so the model tolerates the liver stage's boundary errors; in a fraction ``LEAK_FRACTION`` of the patches
+  it is instead dilated by ``mask_jitter_mm`` to ``mask_leak_mm``, as when the liver stage lets neighbouring tissue
+  (spleen, stomach, heart) into its mask: the model learns to call that tissue background, so the cascade's liver
+  refinement trims it instead of the tumour model calling it tumour. The perturbation is computed on the patch plus a
   margin of its radius, so the patch's faces are not eroded as if the liver ended there. Labels outside the
   perturbed mask become 0, as the cascade discards tumour outside the predicted liver.
 * Per sample the batch carries, for the TLVR term, ``clinical_tlvr`` (NaN without clinical data), ``case_tlvr``
@@ -29,6 +32,9 @@ from scipy import ndimage
 from smoothseg.parallel import die_with_parent
 from smoothseg.preprocessing.dataset_preprocessing import load_case, load_locations
 
+#: Share of tumour-task patches whose liver mask is dilated as by a leaking liver stage (``mask_leak_mm``).
+LEAK_FRACTION = 0.25
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -37,6 +43,7 @@ class SamplingConfig:
     oversample_foreground: float = 0.33
     mask_outside_liver: bool = False
     mask_jitter_mm: float = 0.0
+    mask_leak_mm: float = 0.0  # > mask_jitter_mm: LEAK_FRACTION of the masks dilated by mask_jitter_mm..mask_leak_mm
     fill_value: float = 0.0  # normalised intensity written outside the liver mask
 
 
@@ -104,25 +111,33 @@ class PatchLoader(DataLoader):
         out[(..., *dst)] = array[(..., *src)]
         return out
 
-    def _jittered_mask(self, labels: np.ndarray, start: np.ndarray, spacing) -> np.ndarray:
-        """The patch's liver mask, dilated or eroded by a random radius; computed on the patch plus that radius of
-        the case around it (outside the case: no liver), so a face where the liver continues is not eroded."""
+    def _mask_offset_mm(self) -> float:
+        """How far this patch's liver mask moves: positive dilates, negative erodes (mm)."""
+        jitter, leak = self.config.mask_jitter_mm, self.config.mask_leak_mm
+        if leak > jitter and self.rng.random() < LEAK_FRACTION:
+            return float(self.rng.uniform(jitter, leak))
+        return float(self.rng.uniform(-jitter, jitter)) if jitter > 0 else 0.0
+
+    def _jittered_mask(self, labels: np.ndarray, start: np.ndarray, spacing, mm: float | None = None) -> np.ndarray:
+        """The patch's liver mask moved by ``mm`` (default: a random :meth:`_mask_offset_mm`): every voxel within
+        ``mm`` of the liver added (dilation) or every voxel within ``-mm`` of its outside removed (erosion), as
+        Euclidean distances in mm. Computed on the patch plus that distance of the case around it (outside the
+        case: no liver), so a face where the liver continues is not eroded."""
         patch = np.asarray(self.config.patch_size)
-        jitter = self.config.mask_jitter_mm
-        mm = self.rng.uniform(-jitter, jitter) if jitter > 0 else 0.0
-        radius = np.maximum(np.round(abs(mm) / np.asarray(spacing)).astype(int), 0)
+        mm = self._mask_offset_mm() if mm is None else float(mm)
+        spacing = np.asarray(spacing, dtype=float)
+        radius = np.ceil(abs(mm) / spacing - 1e-9).astype(int) if mm else np.zeros(3, dtype=int)
         if not radius.any():
             return self._crop(labels, start, 0) > 0
         wider = self._crop(labels, start - radius, 0, patch + 2 * radius) > 0
-        if not wider.any():
-            return wider[tuple(slice(r, r + p) for r, p in zip(radius, patch, strict=True))]
-        structure = np.zeros(2 * radius + 1, dtype=bool)
-        zz, yy, xx = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-        structure[((zz / max(radius[0], 1)) ** 2 + (yy / max(radius[1], 1)) ** 2
-                   + (xx / max(radius[2], 1)) ** 2) <= 1.0] = True
-        op = ndimage.binary_dilation if mm > 0 else ndimage.binary_erosion
-        moved = op(wider, structure=structure)
-        return moved[tuple(slice(r, r + p) for r, p in zip(radius, patch, strict=True))]
+        inner = tuple(slice(r, r + p) for r, p in zip(radius, patch, strict=True))
+        if not wider.any() or wider.all():
+            return wider[inner]
+        if mm > 0:
+            moved = ndimage.distance_transform_edt(~wider, sampling=spacing) <= mm
+        else:
+            moved = ndimage.distance_transform_edt(wider, sampling=spacing) > -mm
+        return moved[inner]
 
     def generate_train_batch(self) -> dict:
         cfg = self.config

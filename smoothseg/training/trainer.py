@@ -136,7 +136,8 @@ class Trainer:
         sampling = SamplingConfig(self.plan.patch_size, self.plan.batch_size,
                                   oversample_foreground=self.config.oversample_foreground,
                                   mask_outside_liver=self.plan.crop == "liver",
-                                  mask_jitter_mm=self.config.mask_jitter_mm if train else 0.0, fill_value=fill)
+                                  mask_jitter_mm=self.config.mask_jitter_mm if train else 0.0,
+                                  mask_leak_mm=self.config.mask_leak_mm if train else 0.0, fill_value=fill)
         workers = self.config.num_workers if self.config.num_workers is not None else default_num_workers()
         workers = workers if train else min(workers, 1)
         loader = PatchLoader(self.task_folder, ids, sampling, tlvr, seed=seed, num_threads=max(workers, 1))
