@@ -9,7 +9,9 @@ cascade ignores a refinement that would keep less than half of the mask it was g
 itself is not trimmed.)
 
 Run it once per tumour model to compare, e.g. one trained with ``--mask-leak-mm 0`` and one with the default, with
-the same liver model. Usage (the roots as for ``smoothseg_predict``; the demo's test cases):
+the same liver model: two results roots (``SMOOTHSEG_RESULTS``), the liver fold copied into both. The distance
+transform runs on the whole image (about 0.5 GB at 512 x 512 x 100). Usage (the roots as for ``smoothseg_predict``;
+the demo's test cases):
 ``python bench/bench_liver_leak.py -d 900 -i RAW/imagesTs -r RAW/labelsTs --leak-mm 0 5 10``.
 """
 
@@ -64,6 +66,8 @@ def main() -> None:
                    np.count_nonzero(tumour & ~liver_ref) * ml)
             totals[mm].append(row)
             print(f"| {case} | {mm:g} | {row[0]:.0f} | {row[1]:.0f} | {row[2]:.1f} |", flush=True)
+    if not any(totals.values()):
+        raise SystemExit(f"no images (<case>_0000.nii.gz) in {args.i}")
     for mm, rows in totals.items():
         mean = np.mean(rows, axis=0)
         print(f"| mean | {mm:g} | {mean[0]:.0f} | {mean[1]:.0f} | {mean[2]:.1f} |")

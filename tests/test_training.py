@@ -94,6 +94,33 @@ def test_mask_jitter_does_not_erode_the_patch_faces(tmp_path: Path) -> None:
     assert dilated[:, :, :12].all() and dilated[:, :, 10].all()
 
 
+@pytest.mark.parametrize("axis, spacing", [(2, (1.0, 1.0, 1.0)), (0, (5.0, 1.0, 1.0))])
+def test_mask_moves_from_a_liver_boundary_just_outside_the_patch(tmp_path: Path, axis: int, spacing) -> None:
+    """The perturbation sees the case beyond the patch: a boundary one voxel outside the patch erodes the patch's
+    first slice, and a liver ending one voxel before the patch dilates into it."""
+    patch = (8, 8, 8)
+    loader = PatchLoader(tmp_path, ["case"], SamplingConfig(patch, 1, mask_outside_liver=True, mask_jitter_mm=9.0))
+    step = spacing[axis]
+    start = np.array([16, 16, 16])  # far (16 voxels = 16 mm or more) from the case's other faces
+    start[axis] = 6
+    face = [slice(None)] * 3
+    face[axis] = 0
+    labels = np.zeros((40, 40, 40), dtype=np.int16)
+    region = [slice(0, 40)] * 3
+    region[axis] = slice(5, 40)  # the liver starts one voxel before the patch (index 6 along the axis)
+    labels[tuple(region)] = 1
+    eroded = loader._jittered_mask(labels, start, spacing, mm=-2.0 * step)
+    assert not eroded[tuple(face)].any()  # index 6 is 2 voxels from the outside (index 4): removed
+    nxt = list(face)
+    nxt[axis] = 1
+    assert eroded[tuple(nxt)].all()
+    labels[:] = 0
+    region[axis] = slice(0, 5)  # the liver ends one voxel before the patch
+    labels[tuple(region)] = 1
+    dilated = loader._jittered_mask(labels, start, spacing, mm=2.0 * step)
+    assert dilated[tuple(face)].all() and not dilated[tuple(nxt)].any()
+
+
 def test_mask_moves_by_euclidean_millimetres_on_anisotropic_voxels(tmp_path: Path) -> None:
     """A dilation by d mm adds exactly the voxels within d mm of the liver, whatever the spacing."""
     spacing = (5.0, 3.0, 3.0)
@@ -318,6 +345,27 @@ def test_optimizers_learning_rates_and_resume_with_another_optimizer(tiny: Path)
     train(_config("tumor", epochs=1))
     with pytest.raises(SmoothSegError, match="trained with --optimizer adamw"):
         train(_config("tumor", epochs=2, optimizer="sgd", continue_training=True))
+
+
+def test_mask_leak_reaches_the_training_loader_only_and_a_run_keeps_it(tiny: Path, monkeypatch) -> None:
+    """--mask-leak-mm goes from the command line to the training loader (never the validation loader); a run
+    continued with another value, or a negative value, is a clear error."""
+    import smoothseg.cli.train as cli_train
+
+    seen = {}
+    monkeypatch.setattr(cli_train, "train_and_validate", lambda config, device: seen.setdefault("config", config))
+    assert cli_train.main(["900", "tumor", "0", "-device", "cpu", "--mask-leak-mm", "0"]) == 0
+    assert seen["config"].mask_leak_mm == 0.0
+    ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
+    for leak in (0.0, 15.0):
+        trainer = SmoothSegTrainer(_config("tumor", mask_leak_mm=leak))
+        assert trainer._loader(ids, {}, seed=0, train=True).data_loader.config.mask_leak_mm == leak
+        assert trainer._loader(ids, {}, seed=0, train=False).data_loader.config.mask_leak_mm == 0.0
+    with pytest.raises(SmoothSegError, match="--mask-leak-mm must be a non-negative number"):
+        SmoothSegTrainer(_config("tumor", mask_leak_mm=-1.0))
+    train(_config("tumor", epochs=1))
+    with pytest.raises(SmoothSegError, match="trained with --mask-leak-mm 15; continue it with the same value"):
+        train(_config("tumor", epochs=2, mask_leak_mm=0.0, continue_training=True))
 
 
 def test_unknown_configuration_lists_the_existing_ones(tiny: Path, data_home: Path) -> None:

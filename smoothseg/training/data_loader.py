@@ -46,6 +46,12 @@ class SamplingConfig:
     mask_leak_mm: float = 0.0  # > mask_jitter_mm: LEAK_FRACTION of the masks dilated by mask_jitter_mm..mask_leak_mm
     fill_value: float = 0.0  # normalised intensity written outside the liver mask
 
+    def __post_init__(self) -> None:
+        for name in ("mask_jitter_mm", "mask_leak_mm"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number of mm, got {value}")
+
 
 class PatchLoader(DataLoader):
     """Infinite random patches from the cases ``case_ids`` of one preprocessed task folder."""

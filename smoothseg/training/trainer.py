@@ -82,6 +82,9 @@ class Trainer:
             raise SmoothSegError(f"no configuration '{config.task}' in {self.preprocessed / 'plans.json'}; "
                                  f"available: {', '.join(self.plans.configurations)}")
         self.plan = self.plans[config.task]
+        for flag, value in (("--mask-leak-mm", config.mask_leak_mm), ("mask_jitter_mm", config.mask_jitter_mm)):
+            if not (math.isfinite(value) and value >= 0):
+                raise SmoothSegError(f"{flag} must be a non-negative number of mm, got {value}")
         self.task_folder = self.preprocessed / config.task
         self.train_ids, self.val_ids = load_fold(self.preprocessed / "splits.json", config.fold)
         missing = [c for c in self.train_ids + self.val_ids if not (self.task_folder / f"{c}.json").exists()]
@@ -132,6 +135,7 @@ class Trainer:
         logger.info("%s: no TLVR term (plain segmentation trainer)", self.name)
 
     def _loader(self, ids: list[str], tlvr: dict[str, float], seed: int, train: bool):
+        """Patches of ``ids`` (augmented, with the mask perturbations, when ``train``), wrapped in an augmenter."""
         fill = outside_fill_value(self.plan)
         sampling = SamplingConfig(self.plan.patch_size, self.plan.batch_size,
                                   oversample_foreground=self.config.oversample_foreground,
@@ -184,6 +188,10 @@ class Trainer:
         if saved_optimizer != self.config.optimizer:
             raise SmoothSegError(f"{path} was trained with --optimizer {saved_optimizer}; continue it with the same "
                                  f"optimizer (got {self.config.optimizer})")
+        saved_leak = float(ckpt.get("config", {}).get("mask_leak_mm", 0.0))  # runs before the option had none
+        if self.config.task == "tumor" and saved_leak != self.config.mask_leak_mm:
+            raise SmoothSegError(f"{path} was trained with --mask-leak-mm {saved_leak:g}; continue it with the same "
+                                 f"value (got {self.config.mask_leak_mm:g})")
         self.network.load_state_dict(ckpt["network_state"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         self.scaler.load_state_dict(ckpt["scaler_state"])
