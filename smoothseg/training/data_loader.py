@@ -132,7 +132,7 @@ class PatchLoader(DataLoader):
         patch = np.asarray(self.config.patch_size)
         mm = self._mask_offset_mm() if mm is None else float(mm)
         spacing = np.asarray(spacing, dtype=float)
-        radius = np.ceil(abs(mm) / spacing - 1e-9).astype(int) if mm else np.zeros(3, dtype=int)
+        radius = np.ceil(abs(mm) / spacing - 1e-9).astype(int)  # 0 everywhere when mm is 0
         if not radius.any():
             return self._crop(labels, start, 0) > 0
         wider = self._crop(labels, start - radius, 0, patch + 2 * radius) > 0
