@@ -366,6 +366,31 @@ def test_mask_leak_reaches_the_training_loader_only_and_a_run_keeps_it(tiny: Pat
     train(_config("tumor", epochs=1))
     with pytest.raises(SmoothSegError, match="trained with --mask-leak-mm 15; continue it with the same value"):
         train(_config("tumor", epochs=2, mask_leak_mm=0.0, continue_training=True))
+    with pytest.raises(SmoothSegError, match="trained with --lesion-sampling 0.5; continue it with the same value"):
+        train(_config("tumor", epochs=2, lesion_sampling=0.0, continue_training=True))
+
+
+def test_lesion_sampling_and_clean_liver_reach_the_tumour_training_loader_only(tiny: Path, monkeypatch) -> None:
+    """The flags go from the command line to the tumour task's training loader; the validation loader and the liver
+    task sample as before; out-of-range values are clear errors."""
+    import smoothseg.cli.train as cli_train
+
+    seen = {}
+    monkeypatch.setattr(cli_train, "train_and_validate", lambda config, device: seen.setdefault("config", config))
+    assert cli_train.main(["900", "tumor", "0", "-device", "cpu", "--lesion-sampling", "0.8", "--lesion-alpha", "0.5",
+                           "--clean-liver", "0"]) == 0
+    assert (seen["config"].lesion_sampling, seen["config"].lesion_alpha, seen["config"].clean_liver) == (0.8, 0.5, 0)
+    ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
+    trainer = SmoothSegTrainer(_config("tumor", lesion_sampling=0.8, clean_liver=0.3))
+    train_cfg = trainer._loader(ids, {}, seed=0, train=True).data_loader.config
+    val_cfg = trainer._loader(ids, {}, seed=0, train=False).data_loader.config
+    assert (train_cfg.lesion_sampling, train_cfg.clean_liver) == (0.8, 0.3)
+    assert (val_cfg.lesion_sampling, val_cfg.clean_liver) == (0.0, 0.0)
+    liver = SmoothSegTrainer(_config("liver", lesion_sampling=0.8, clean_liver=0.3))
+    liver_cfg = liver._loader(ids, {}, seed=0, train=True).data_loader.config
+    assert (liver_cfg.lesion_sampling, liver_cfg.clean_liver) == (0.0, 0.0)
+    with pytest.raises(SmoothSegError, match="--clean-liver must be a share between 0 and 1"):
+        SmoothSegTrainer(_config("tumor", clean_liver=2.0))
 
 
 def test_unknown_configuration_lists_the_existing_ones(tiny: Path, data_home: Path) -> None:

@@ -22,6 +22,7 @@ def _body(args: argparse.Namespace) -> int:
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, optimizer=args.optimizer,
         initial_lr=args.lr, batch_dice=not args.sample_dice,
         tlvr_weight=args.tlvr_weight, vae=not args.no_vae, mask_leak_mm=args.mask_leak_mm, patience=args.patience,
+        lesion_sampling=args.lesion_sampling, lesion_alpha=args.lesion_alpha, clean_liver=args.clean_liver,
         compile=args.compile,
         precision=args.precision, num_workers=args.num_workers, seed=args.seed, continue_training=args.c,
         overwrite=args.overwrite, validate=not args.no_val)
@@ -65,6 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mask-leak-mm", dest="mask_leak_mm", type=float, default=15.0,
                         help="tumor task: a quarter of the training liver masks are dilated by 5 mm to this many mm, "
                              "as by a liver stage leaking into neighbouring tissue (default 15; 0 switches it off)")
+    parser.add_argument("--lesion-sampling", dest="lesion_sampling", type=float,
+                        default=TrainingConfig.lesion_sampling,
+                        help="tumor task: share of the foreground patches centred on a reference lesion drawn per "
+                             "lesion, so small lesions are seen as often as large ones (default %(default)s; 0: per "
+                             "tumour voxel only)")
+    parser.add_argument("--lesion-alpha", dest="lesion_alpha", type=float, default=TrainingConfig.lesion_alpha,
+                        help="a lesion's weight in that draw: voxels ** -alpha (default %(default)s: uniform)")
+    parser.add_argument("--clean-liver", dest="clean_liver", type=float, default=TrainingConfig.clean_liver,
+                        help="tumor task: share of the non-foreground patches centred in reference liver with no "
+                             "tumour in the patch, from tumour-free cases when there are any (default %(default)s; "
+                             "0: off)")
     parser.add_argument("--patience", type=int, default=None, help="stop after N epochs without EMA improvement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",

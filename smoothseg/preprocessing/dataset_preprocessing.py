@@ -5,12 +5,16 @@ Output per case in ``<preprocessed>/DatasetXXX/<task>/``:
 * ``<case>.npy``: float32 network input ``(1, z, y, x)`` (memory-mappable);
 * ``<case>_seg.npy``: uint8 task labels ``(z, y, x)``;
 * ``<case>_locations.npz``: up to ``MAX_LOCATIONS`` voxel coordinates per foreground class, for
-  foreground oversampling (loaded with ``allow_pickle=False``);
+  foreground oversampling, and, where the task has a tumour class, the reference lesions (26-connected tumour
+  components) for lesion-balanced sampling: up to ``MAX_LESION_LOCATIONS`` coordinates per lesion, concatenated
+  (``lesion_coords``), where each lesion's rows start (``lesion_offsets``, n + 1 entries) and its size in voxels
+  (``lesion_voxels``) (loaded with ``allow_pickle=False``; :func:`load_locations`, :func:`load_lesions`);
 * ``<case>.json``: properties to undo every step (original geometry, crop box, shapes), the
   ground-truth TLVR, voxel counts per class, and the hash of the plan that produced it.
 
 Each file is written atomically and the JSON last, so a case counts as done only when its JSON
-exists with the current plan's hash. Re-running skips done cases unless ``clean``.
+exists with the current plan's hash and ``PREPROCESSING_VERSION`` (a folder written by an older smoothseg, without
+the lesion table, is preprocessed again). Re-running skips done cases unless ``clean``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 from smoothseg.atomic import atomic_path, write_json
 from smoothseg.dataset.cases import CaseFiles
 from smoothseg.dataset.io import read_image
+from smoothseg.labels import TUMOR
+from smoothseg.masks.components import connected_lesions
 from smoothseg.parallel import map_cases
 from smoothseg.planning.plans import Plans
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor
@@ -34,6 +40,9 @@ from smoothseg.preprocessing.preprocessor import TaskPreprocessor
 logger = logging.getLogger(__name__)
 
 MAX_LOCATIONS = 10_000
+MAX_LESION_LOCATIONS = 1_000
+#: Raised when the files of a case change; cases written with another version are preprocessed again.
+PREPROCESSING_VERSION = 2
 
 
 def case_files(folder: Path, case_id: str) -> dict[str, Path]:
@@ -46,9 +55,11 @@ def is_done(folder: Path, case_id: str, plan_hash: str) -> bool:
     if not all(p.exists() for p in files.values()):
         return False
     try:
-        return json.loads(files["properties"].read_text()).get("plan_hash") == plan_hash
+        properties = json.loads(files["properties"].read_text())
     except (OSError, ValueError):
         return False
+    return properties.get("plan_hash") == plan_hash and properties.get("preprocessing_version") == \
+        PREPROCESSING_VERSION
 
 
 def class_locations(seg: np.ndarray, classes, seed: int) -> dict[str, np.ndarray]:
@@ -61,6 +72,31 @@ def class_locations(seg: np.ndarray, classes, seed: int) -> dict[str, np.ndarray
             coords = coords[np.sort(rng.choice(len(coords), MAX_LOCATIONS, replace=False))]
         out[f"class_{c}"] = coords
     return out
+
+
+def lesion_locations(seg: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The reference lesions of a task label map (26-connected components of ``TUMOR``): up to
+    ``MAX_LESION_LOCATIONS`` (z, y, x) coordinates of each, concatenated in ``lesion_coords``; lesion i's rows are
+    ``lesion_offsets[i]:lesion_offsets[i + 1]``; ``lesion_voxels[i]`` is its size in voxels."""
+    rng = np.random.default_rng(seed)
+    components, n = connected_lesions(seg == TUMOR)
+    coords, offsets, sizes = [], [0], []
+    if n:
+        # one pass over the tumour voxels, grouped by lesion id (argwhere is in C order, so each group stays sorted)
+        voxels = np.argwhere(components > 0).astype(np.int32)
+        ids = components[tuple(voxels.T)]
+        order = np.argsort(ids, kind="stable")
+        voxels, ids = voxels[order], ids[order]
+        bounds = np.searchsorted(ids, np.arange(1, n + 2))
+        for i in range(n):
+            lesion = voxels[bounds[i]:bounds[i + 1]]
+            sizes.append(len(lesion))
+            if len(lesion) > MAX_LESION_LOCATIONS:
+                lesion = lesion[np.sort(rng.choice(len(lesion), MAX_LESION_LOCATIONS, replace=False))]
+            coords.append(lesion)
+            offsets.append(offsets[-1] + len(lesion))
+    return {"lesion_coords": np.concatenate(coords) if coords else np.zeros((0, 3), np.int32),
+            "lesion_offsets": np.asarray(offsets, dtype=np.int64), "lesion_voxels": np.asarray(sizes, np.int64)}
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
@@ -83,11 +119,15 @@ def preprocess_case(case: CaseFiles, preprocessor: TaskPreprocessor, folder: Pat
         "tlvr": round(float(raw_tumour.sum()) / float(raw_liver.sum()), 6) if raw_liver.any() else 0.0,
         "class_voxels": [int(v) for v in counts],
         "liver_voxels": int(counts[1:].sum()),
+        "preprocessing_version": PREPROCESSING_VERSION,
     })
     files = case_files(folder, case.case_id)
     _save_npy(data, files["data"])
     _save_npy(seg, files["seg"])
-    locations = class_locations(seg, range(1, preprocessor.plan.num_classes), zlib.crc32(case.case_id.encode()))
+    seed = zlib.crc32(case.case_id.encode())
+    locations = class_locations(seg, range(1, preprocessor.plan.num_classes), seed)
+    if preprocessor.plan.num_classes > TUMOR:
+        locations.update(lesion_locations(seg, seed))
     with atomic_path(files["locations"]) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **locations)
@@ -131,4 +171,14 @@ def load_case(folder: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray
 
 def load_locations(folder: Path, case_id: str) -> dict[int, np.ndarray]:
     with np.load(case_files(Path(folder), case_id)["locations"], allow_pickle=False) as npz:
-        return {int(k.split("_")[1]): npz[k] for k in npz.files}
+        return {int(k.split("_")[1]): npz[k] for k in npz.files if k.startswith("class_")}
+
+
+def load_lesions(folder: Path, case_id: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """The stored coordinates of each reference lesion of a case and the lesions' sizes in voxels (see
+    :func:`lesion_locations`); empty when the case has none or its task has no tumour class."""
+    with np.load(case_files(Path(folder), case_id)["locations"], allow_pickle=False) as npz:
+        if "lesion_offsets" not in npz.files:
+            return [], np.zeros(0, np.int64)
+        coords, offsets, sizes = npz["lesion_coords"], npz["lesion_offsets"], npz["lesion_voxels"]
+    return [coords[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)], sizes

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 #: Initial learning rate of each optimizer when none is given (poly decay to 0 over the run).
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 
+#: Sampling settings a continued (``--c``) tumour run must keep, with the value of runs from before each option.
+RESUME_KEPT = {"mask_leak_mm": 0.0, "lesion_sampling": 0.0, "lesion_alpha": 0.0, "clean_liver": 0.0}
+
 
 @dataclass
 class TrainingConfig:
@@ -32,6 +35,9 @@ class TrainingConfig:
     oversample_foreground: float = 0.33
     mask_jitter_mm: float = 5.0
     mask_leak_mm: float = 15.0  # tumour task: a quarter of the liver masks dilated 5-15 mm (0: off)
+    lesion_sampling: float = 0.5  # tumour task: share of foreground patches centred on a lesion drawn per lesion
+    lesion_alpha: float = 0.0  # a lesion's draw weight is voxels ** -lesion_alpha (0: uniform over lesions)
+    clean_liver: float = 0.25  # tumour task: share of the other patches centred in tumour-free reference liver
     patience: int | None = None
     compile: bool = False
     precision: str = "auto"  # autocast dtype (smoothseg.device.autocast_dtype): fp16 on CUDA, bf16 on capable CPUs

@@ -1,9 +1,18 @@
 """Patch sampling from memory-mapped preprocessed cases (a batchgenerators ``DataLoader``).
 
 * Foreground oversampling: a fraction ``oversample_foreground`` of each batch (at least one sample
-  when the fraction is positive) is centred on a random voxel of a foreground class; the rest are
-  placed uniformly, so the tumour task also sees tumour-free patches. For the tumour task the
-  foreground class is the tumour when the case has one, else the liver.
+  when the fraction is positive) is centred on a foreground voxel; the rest are placed uniformly, so the tumour task
+  also sees tumour-free patches. For the tumour task the foreground class is the tumour when the case has one, else
+  the liver.
+* Lesion-balanced foreground (``lesion_sampling``, tumour task): that share of the foreground patches first picks one
+  of the case's reference lesions (26-connected tumour components, stored at preprocessing), with weight
+  ``voxels ** -lesion_alpha`` (0: uniformly), then a voxel inside it; the rest pick a random tumour voxel, as before.
+  With voxel sampling alone a 0.5 ml lesion beside a 500 ml one is the centre of 1 foreground patch in 1000; with
+  lesion sampling of about half of them.
+* Clean-liver negatives (``clean_liver``, tumour task): that share of the patches that are not foreground patches is
+  centred on a reference liver voxel with no tumour in the patch: in one of the training cases without tumour when
+  there are any, else in the drawn case (up to ``CLEAN_LIVER_TRIES`` liver voxels are tried; a patch that still holds
+  tumour is kept as it is), so the model sees normal parenchyma, vessels and the liver edge on purpose.
 * Tumour task: intensities outside the liver are masked as at inference. The mask is the
   reference liver, randomly dilated or eroded by up to ``mask_jitter_mm`` (Euclidean distance in mm, from the real
   spacing), so the model tolerates the liver stage's boundary errors; in a fraction ``LEAK_FRACTION`` of the patches
@@ -20,6 +29,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +39,14 @@ from batchgenerators.dataloading.data_loader import DataLoader
 from batchgenerators.transforms.abstract_transforms import AbstractTransform
 from scipy import ndimage
 
+from smoothseg.labels import LIVER, TUMOR
 from smoothseg.parallel import die_with_parent
-from smoothseg.preprocessing.dataset_preprocessing import load_case, load_locations
+from smoothseg.preprocessing.dataset_preprocessing import case_files, load_case, load_lesions, load_locations
 
 #: Share of tumour-task patches whose liver mask is dilated as by a leaking liver stage (``mask_leak_mm``).
 LEAK_FRACTION = 0.25
+#: Liver voxels tried per clean-liver patch before a patch with some tumour is accepted.
+CLEAN_LIVER_TRIES = 8
 
 
 @dataclass(frozen=True)
@@ -45,12 +58,21 @@ class SamplingConfig:
     mask_jitter_mm: float = 0.0
     mask_leak_mm: float = 0.0  # > mask_jitter_mm: LEAK_FRACTION of the masks dilated by mask_jitter_mm..mask_leak_mm
     fill_value: float = 0.0  # normalised intensity written outside the liver mask
+    lesion_sampling: float = 0.0  # share of foreground patches centred on a lesion drawn per lesion (not per voxel)
+    lesion_alpha: float = 0.0  # a lesion's weight is its voxel count ** -lesion_alpha (0: uniform over lesions)
+    clean_liver: float = 0.0  # share of the other patches centred in reference liver with no tumour in the patch
 
     def __post_init__(self) -> None:
         for name in ("mask_jitter_mm", "mask_leak_mm"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number of mm, got {value}")
+        for name in ("lesion_sampling", "clean_liver"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"{name} must be a share between 0 and 1, got {value}")
+        if not (np.isfinite(self.lesion_alpha) and self.lesion_alpha >= 0):
+            raise ValueError(f"lesion_alpha must be a non-negative number, got {self.lesion_alpha}")
 
 
 class PatchLoader(DataLoader):
@@ -70,6 +92,9 @@ class PatchLoader(DataLoader):
         self.rng = np.random.default_rng(seed)
         self.parent_pid = os.getpid()
         self._locations: dict[str, dict[int, np.ndarray]] = {}
+        self._lesions: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
+        self.tumour_free_ids = [c for c in self.case_ids if _tumour_free(self.folder, c)] if config.clean_liver > 0 \
+            else []
 
     # batchgenerators calls set_thread_id in each worker; reseed so workers draw different, reproducible patches,
     # and make the worker die with the trainer
@@ -94,7 +119,18 @@ class PatchLoader(DataLoader):
         start = centre - patch // 2 + self.rng.integers(-(patch // 8), patch // 8 + 1)
         return np.clip(start, lo, hi)
 
+    def _case_lesions(self, case_id: str) -> tuple[list[np.ndarray], np.ndarray]:
+        if case_id not in self._lesions:
+            self._lesions[case_id] = load_lesions(self.folder, case_id)
+        return self._lesions[case_id]
+
     def _foreground_centre(self, case_id: str) -> np.ndarray | None:
+        if self.config.lesion_sampling > 0 and self.rng.random() < self.config.lesion_sampling:
+            lesions, sizes = self._case_lesions(case_id)
+            if lesions:
+                weights = np.asarray(sizes, dtype=float) ** -self.config.lesion_alpha
+                coords = lesions[self.rng.choice(len(lesions), p=weights / weights.sum())]
+                return coords[self.rng.integers(len(coords))]
         locations = self._case_locations(case_id)
         present = [c for c, v in sorted(locations.items()) if len(v)]
         if not present:
@@ -102,6 +138,19 @@ class PatchLoader(DataLoader):
         cls = max(present)  # tumour (2) when present, else liver (1)
         coords = locations[cls]
         return coords[self.rng.integers(len(coords))]
+
+    def _clean_liver_start(self, case_id: str, labels: np.ndarray) -> np.ndarray | None:
+        """The start of a patch centred on a liver voxel of ``case_id`` with no tumour in it (the last one tried when
+        none of ``CLEAN_LIVER_TRIES`` is free of tumour); None when the case has no liver."""
+        liver = self._case_locations(case_id).get(LIVER, np.zeros((0, 3), np.int32))
+        if not len(liver):
+            return None
+        start = None
+        for _ in range(CLEAN_LIVER_TRIES):
+            start = self._patch_start(labels.shape, liver[self.rng.integers(len(liver))])
+            if not (self._crop(labels, start, 0) == TUMOR).any():
+                break
+        return start
 
     def _crop(self, array: np.ndarray, start: np.ndarray, fill, size=None) -> np.ndarray:
         """Crop ``array[..., z, y, x]`` at ``start`` to ``size`` (default: the patch size), padding with ``fill``
@@ -154,10 +203,16 @@ class PatchLoader(DataLoader):
         tlvr = np.full(cfg.batch_size, np.nan, dtype=np.float32)
         case_tlvr = np.zeros(cfg.batch_size, dtype=np.float32)
         liver_voxels = np.ones(cfg.batch_size, dtype=np.float32)
-        for b, case_id in enumerate(keys):
+        for b in range(cfg.batch_size):
+            clean = b >= n_fg and cfg.clean_liver > 0 and self.rng.random() < cfg.clean_liver
+            if clean and self.tumour_free_ids:
+                keys[b] = self.tumour_free_ids[self.rng.integers(len(self.tumour_free_ids))]
+            case_id = keys[b]
             image, labels, props = load_case(self.folder, case_id)
-            centre = self._foreground_centre(case_id) if b < n_fg else None
-            start = self._patch_start(labels.shape, centre)
+            start = self._clean_liver_start(case_id, labels) if clean else None
+            if start is None:
+                centre = self._foreground_centre(case_id) if b < n_fg else None
+                start = self._patch_start(labels.shape, centre)
             patch_img = self._crop(image, start, cfg.fill_value)
             patch_seg = self._crop(labels, start, 0)
             if cfg.mask_outside_liver:
@@ -171,6 +226,12 @@ class PatchLoader(DataLoader):
             liver_voxels[b] = max(int(props.get("liver_voxels", 0)), 1)
         return liver_coverage({"data": data, "seg": seg, "keys": keys, "clinical_tlvr": tlvr, "case_tlvr": case_tlvr,
                                "liver_voxels": liver_voxels})
+
+
+def _tumour_free(folder: Path, case_id: str) -> bool:
+    """Whether a preprocessed tumour-task case has no tumour voxel (from its properties' class counts)."""
+    counts = json.loads(case_files(folder, case_id)["properties"].read_text()).get("class_voxels", [])
+    return len(counts) > TUMOR and counts[TUMOR] == 0
 
 
 def liver_coverage(batch: dict) -> dict:

@@ -36,7 +36,7 @@ from smoothseg.planning.plans import TASKS, Plans
 from smoothseg.planning.splits import load_fold
 from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.training.augmentation import default_num_workers, make_augmenter, training_transforms
-from smoothseg.training.config import TrainingConfig
+from smoothseg.training.config import RESUME_KEPT, TrainingConfig
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
 from smoothseg.training.distributed import DistributedContext, broadcast_from_main, from_environment, sum_over_ranks
 from smoothseg.training.distributed import start as start_distributed
@@ -85,6 +85,11 @@ class Trainer:
         for flag, value in (("--mask-leak-mm", config.mask_leak_mm), ("mask_jitter_mm", config.mask_jitter_mm)):
             if not (math.isfinite(value) and value >= 0):
                 raise SmoothSegError(f"{flag} must be a non-negative number of mm, got {value}")
+        for flag, value in (("--lesion-sampling", config.lesion_sampling), ("--clean-liver", config.clean_liver)):
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise SmoothSegError(f"{flag} must be a share between 0 and 1, got {value}")
+        if not (math.isfinite(config.lesion_alpha) and config.lesion_alpha >= 0):
+            raise SmoothSegError(f"--lesion-alpha must be a non-negative number, got {config.lesion_alpha}")
         self.task_folder = self.preprocessed / config.task
         self.train_ids, self.val_ids = load_fold(self.preprocessed / "splits.json", config.fold)
         missing = [c for c in self.train_ids + self.val_ids if not (self.task_folder / f"{c}.json").exists()]
@@ -141,12 +146,18 @@ class Trainer:
                                   oversample_foreground=self.config.oversample_foreground,
                                   mask_outside_liver=self.plan.crop == "liver",
                                   mask_jitter_mm=self.config.mask_jitter_mm if train else 0.0,
-                                  mask_leak_mm=self.config.mask_leak_mm if train else 0.0, fill_value=fill)
+                                  mask_leak_mm=self.config.mask_leak_mm if train else 0.0, fill_value=fill,
+                                  **(self._tumour_sampling() if train and self.plan.crop == "liver" else {}))
         workers = self.config.num_workers if self.config.num_workers is not None else default_num_workers()
         workers = workers if train else min(workers, 1)
         loader = PatchLoader(self.task_folder, ids, sampling, tlvr, seed=seed, num_threads=max(workers, 1))
         transforms = training_transforms(self.plan.patch_size, fill, self.plan.mirror_axes) if train else None
         return make_augmenter(loader, transforms, workers, seed)
+
+    def _tumour_sampling(self) -> dict[str, float]:
+        """The tumour task's training sampling: lesion-balanced foreground and clean-liver negatives."""
+        return {"lesion_sampling": self.config.lesion_sampling, "lesion_alpha": self.config.lesion_alpha,
+                "clean_liver": self.config.clean_liver}
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _payload(self, epoch: int) -> dict[str, Any]:
@@ -188,10 +199,12 @@ class Trainer:
         if saved_optimizer != self.config.optimizer:
             raise SmoothSegError(f"{path} was trained with --optimizer {saved_optimizer}; continue it with the same "
                                  f"optimizer (got {self.config.optimizer})")
-        saved_leak = float(ckpt.get("config", {}).get("mask_leak_mm", 0.0))  # runs before the option had none
-        if self.config.task == "tumor" and saved_leak != self.config.mask_leak_mm:
-            raise SmoothSegError(f"{path} was trained with --mask-leak-mm {saved_leak:g}; continue it with the same "
-                                 f"value (got {self.config.mask_leak_mm:g})")
+        for key, before_option in RESUME_KEPT.items():  # runs from before an option had none: its "off" value
+            saved, now = float(ckpt.get("config", {}).get(key, before_option)), float(getattr(self.config, key))
+            if self.config.task == "tumor" and saved != now:
+                flag = "--" + key.replace("_", "-")
+                raise SmoothSegError(f"{path} was trained with {flag} {saved:g}; continue it with the same value "
+                                     f"(got {now:g})")
         self.network.load_state_dict(ckpt["network_state"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         self.scaler.load_state_dict(ckpt["scaler_state"])
