@@ -22,6 +22,7 @@ origin or direction (beyond :meth:`Geometry.differences`'s tolerances) are all c
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ from smoothseg.evaluation.matching import (
 )
 from smoothseg.evaluation.metrics import (
     DEFAULT_LESION_MIN_DICE,
+    LESION_DIAMETER_BINS,
     LESION_SIZE_BINS,
     counts_from_case,
     evaluate_case,
@@ -74,7 +76,7 @@ from smoothseg.parallel import map_cases
 logger = logging.getLogger(__name__)
 
 __all__ = ["SUMMARY_SCHEMA", "OutputPaths", "evaluate", "evaluate_folders", "lesion_detection_summary", "output_paths",
-           "summary_markdown"]
+           "summary_markdown", "tumour_burden"]
 
 SUMMARY_SCHEMA = "smoothseg-evaluation-summary/1"
 STRUCTURES = ("liver", "tumor")
@@ -172,7 +174,8 @@ def _global_metrics(rows: Sequence[dict]) -> dict[str, float]:
 
 def lesion_detection_summary(rows: Sequence[dict]) -> dict[str, Any]:
     """Lesion detection pooled over per-case rows of ``evaluate_case``: counts, precision, recall, F1, detection
-    by reference lesion volume and false-positive lesions per tumour-free case (undefined ratios are NaN)."""
+    by reference lesion volume and by largest diameter, LiTS-style detection (any overlap, IoU > 0.5; merges and
+    splits) and false-positive lesions per tumour-free case (undefined ratios are NaN)."""
     tp = sum(int(r["tumor_lesion_tp"]) for r in rows)
     fp = sum(int(r["tumor_lesion_fp"]) for r in rows)
     fn = sum(int(r["tumor_lesion_fn"]) for r in rows)
@@ -180,23 +183,73 @@ def lesion_detection_summary(rows: Sequence[dict]) -> dict[str, Any]:
     def ratio(a: int, b: int) -> float:
         return a / b if b else math.nan
 
-    by_size = {}
-    for key, label, _, _ in LESION_SIZE_BINS:
-        n_ref = sum(int(r.get(f"tumor_lesions_ref_{key}", 0)) for r in rows)
-        found = sum(int(r.get(f"tumor_lesions_detected_{key}", 0)) for r in rows)
-        by_size[key] = {"label": label, "n_reference": n_ref, "n_detected": found, "sensitivity": ratio(found, n_ref)}
+    def binned(bins) -> dict[str, Any]:
+        out = {}
+        for key, label, _, _ in bins:
+            n_ref = sum(int(r.get(f"tumor_lesions_ref_{key}", 0)) for r in rows)
+            found = sum(int(r.get(f"tumor_lesions_detected_{key}", 0)) for r in rows)
+            out[key] = {"label": label, "n_reference": n_ref, "n_detected": found, "sensitivity": ratio(found, n_ref)}
+        return out
+
+    n_ref = sum(int(r["tumor_n_lesions_ref"]) for r in rows)
     tumour_free = [r for r in rows if int(r["tumor_n_lesions_ref"]) == 0]
     false_positives = sum(int(r["tumor_n_lesions_pred"]) for r in tumour_free)
     return {
         "tp": tp, "fp": fp, "fn": fn,
         "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
-        "by_size": by_size,
+        "by_size": binned(LESION_SIZE_BINS),
+        "by_diameter": binned(LESION_DIAMETER_BINS),
+        "lits": {"n_reference": n_ref,
+                 "sensitivity_iou0": ratio(sum(int(r.get("tumor_lesions_found_iou0", 0)) for r in rows), n_ref),
+                 "sensitivity_iou50": ratio(sum(int(r.get("tumor_lesions_found_iou50", 0)) for r in rows), n_ref),
+                 "merges": sum(int(r.get("tumor_lesion_merges", 0)) for r in rows),
+                 "splits": sum(int(r.get("tumor_lesion_splits", 0)) for r in rows)},
         "n_tumour_free_cases": len(tumour_free),
         "fp_lesions_per_tumour_free_case": ratio(false_positives, len(tumour_free)),
         "criterion": f"a reference lesion (26-connected component) is detected when Dice with the union of the "
                      f"predicted components overlapping it >= {DEFAULT_LESION_MIN_DICE}; a predicted component "
                      f"overlapping no detected lesion is a false positive",
     }
+
+
+def _tlvr(row: dict, which: str) -> float:
+    liver = float(row[f"liver_volume_{which}_ml"])
+    return float(row[f"tumor_volume_{which}_ml"]) / liver if liver > 0 else math.nan
+
+
+def tumour_burden(rows: Sequence[dict], prediction_dir: Path | None = None) -> dict[str, Any]:
+    """The tumour burden (TLVR = tumour / liver-region volume) error, as LiTS scores burden: RMSE of the
+    segmentation's TLVR against the reference's over the cases, and, side by side on the cases whose report
+    (``<case>_report.json`` in ``prediction_dir``) carries a clinical TLVR prediction, the RMSE of that clinical
+    regression's prediction and of the segmentation's on the same cases."""
+    errors, clinical, segmentation_on_clinical = [], [], []
+    for row in rows:
+        reference, predicted = _tlvr(row, "ref"), _tlvr(row, "pred")
+        if not math.isfinite(reference):
+            continue
+        if math.isfinite(predicted):
+            errors.append(predicted - reference)
+        report = Path(prediction_dir) / f"{row['case_id']}_report.json" if prediction_dir is not None else None
+        value = _report_value(report, "clinical_tlvr_prediction") if report is not None else None
+        if value is not None and math.isfinite(predicted):
+            clinical.append(float(value) - reference)
+            segmentation_on_clinical.append(predicted - reference)
+
+    def rmse(values: Sequence[float]) -> float:
+        return float(np.sqrt(np.mean(np.square(values)))) if values else math.nan
+
+    return {"rmse_segmentation": rmse(errors), "n_cases": len(errors),
+            "rmse_clinical": rmse(clinical), "rmse_segmentation_on_clinical_cases": rmse(segmentation_on_clinical),
+            "n_clinical_cases": len(clinical),
+            "definition": "TLVR = tumour volume / liver-region volume (liver + tumour); RMSE over cases with a "
+                          "reference liver"}
+
+
+def _report_value(path: Path, key: str) -> Any:
+    try:
+        return json.loads(path.read_text()).get(key) if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _strata(rows: Sequence[dict]) -> dict[str, Any]:
@@ -243,6 +296,7 @@ def _summarize(rows: list[dict], *, reference_dir: Path, prediction_dir: Path, d
         "metrics": {k: per_case_aggregate(r[k] for r in rows) for k in metric_keys},
         "global": _global_metrics(rows),
         "lesion_detection": lesion_detection_summary(rows),
+        "tumour_burden": tumour_burden(rows, prediction_dir),
         "size_strata": _size_sources(rows, clinical_csv),
         "strata": _strata(rows),
         "cases": rows,
@@ -300,8 +354,24 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for entry in det["by_size"].values():
         lines.append(f"| {entry['label']} | {entry['n_reference']} | {entry['n_detected']} | "
                      f"{_fmt(entry['sensitivity'])} |")
+    lines += ["", "| reference lesion diameter | lesions | detected | sensitivity |", "|---|---:|---:|---:|"]
+    for entry in det.get("by_diameter", {}).values():
+        lines.append(f"| {entry['label']} | {entry['n_reference']} | {entry['n_detected']} | "
+                     f"{_fmt(entry['sensitivity'])} |")
+    lits = det.get("lits")
+    if lits:
+        lines += ["", f"LiTS-style: {lits['n_reference']} reference lesion(s), found at any overlap (IoU > 0) "
+                  f"{_fmt(lits['sensitivity_iou0'])}, at IoU > 0.5 {_fmt(lits['sensitivity_iou50'])}; "
+                  f"{lits['merges']} merge(s), {lits['splits']} split(s)."]
     lines += ["", f"False-positive lesions per tumour-free liver: {_fmt(det['fp_lesions_per_tumour_free_case'], 2)} "
               f"({det['n_tumour_free_cases']} case(s) whose reference has no tumour).", ""]
+    burden = summary.get("tumour_burden")
+    if burden:
+        lines += ["## Tumour burden (TLVR)", "",
+                  f"RMSE of the segmentation's TLVR: {_fmt(burden['rmse_segmentation'], 4)} "
+                  f"({burden['n_cases']} case(s)). Clinical regression, on the {burden['n_clinical_cases']} case(s) "
+                  f"whose report has its prediction: RMSE {_fmt(burden['rmse_clinical'], 4)}, the segmentation's on "
+                  f"the same cases {_fmt(burden['rmse_segmentation_on_clinical_cases'], 4)}.", ""]
     return "\n".join(lines)
 
 

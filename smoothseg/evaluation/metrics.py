@@ -41,8 +41,8 @@ from smoothseg.masks.measures import check_spacing, max_diameter_mm, surface_vox
 __all__ = [
     "Lesion", "LesionDetection", "OverlapCounts", "SurfaceDistances",
     "accuracy", "assd", "connected_lesions", "counts_from_case", "dice", "evaluate_case", "hd95", "iou",
-    "LESION_SIZE_BINS", "lesion_detection", "lesions_by_size", "max_diameter_mm", "overlap_counts",
-    "overlap_metrics", "pool_counts",
+    "LESION_DIAMETER_BINS", "LESION_SIZE_BINS", "lesion_detection", "lesions_by_size", "max_diameter_mm",
+    "overlap_counts", "overlap_metrics", "pool_counts",
     "pooled_overlap_metrics", "precision", "sensitivity", "specificity", "surface_distances", "surface_voxels",
     "volume_ml",
 ]
@@ -289,6 +289,13 @@ class LesionDetection:
     f1: float
     reference_lesions: tuple[Lesion, ...]
     predicted_lesions: tuple[Lesion, ...]
+    #: LiTS-style: reference lesions overlapped by any prediction (IoU > 0), and those whose IoU with the union of the
+    #: predicted components overlapping them exceeds 0.5; predicted components overlapping two or more reference
+    #: lesions (merges), reference lesions overlapped by two or more predicted components (splits).
+    found_iou0: int = 0
+    found_iou50: int = 0
+    merges: int = 0
+    splits: int = 0
 
 
 def _union_dice(sizes_a: np.ndarray, sizes_b: np.ndarray, pairs: np.ndarray, pair_counts: np.ndarray,
@@ -331,7 +338,10 @@ def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Seq
     * precision = tp / (tp + fp), recall = tp / (tp + fn), F1 = 2 tp / (2 tp + fp + fn).
 
     A predicted component that merges two reference lesions detects both (tp = 2, fp = 0); a reference lesion split
-    into two predicted components is one tp. Edge cases: no reference lesions: recall NaN, precision 0 if anything
+    into two predicted components is one tp. Besides, as LiTS counts detection: ``found_iou0`` (reference lesions with
+    any overlap), ``found_iou50`` (IoU with the union of the overlapping predicted components > 0.5), ``merges``
+    (predicted components overlapping >= 2 reference lesions) and ``splits`` (reference lesions overlapped by >= 2
+    predicted components). Edge cases: no reference lesions: recall NaN, precision 0 if anything
     is predicted else NaN; no predicted components: precision NaN, recall 0 if any lesion exists; F1 is NaN only when
     there are no lesions in either mask, otherwise 0 whenever tp = 0.
     """
@@ -362,6 +372,9 @@ def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Seq
     pred_matched = np.zeros(n_pred + 1, dtype=bool)
     pred_matched[pairs[detected[pairs[:, 0]], 1]] = True
 
+    preds_per_ref = np.bincount(pairs[:, 0], minlength=n_ref + 1)[1:]
+    refs_per_pred = np.bincount(pairs[:, 1], minlength=n_pred + 1)[1:]
+    ref_iou = ref_dice[1:] / np.maximum(2.0 - ref_dice[1:], 1e-12)
     tp = int(detected.sum())
     fn = n_ref - tp
     fp = n_pred - int(pred_matched[1:].sum())
@@ -373,6 +386,8 @@ def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Seq
                                         with_diameters),
         predicted_lesions=_lesion_table(pred_labels, n_pred, pred_sizes, voxel_ml, spacing, pred_matched, pred_dice,
                                         with_diameters),
+        found_iou0=int(np.count_nonzero(preds_per_ref >= 1)), found_iou50=int(np.count_nonzero(ref_iou > 0.5)),
+        merges=int(np.count_nonzero(refs_per_pred >= 2)), splits=int(np.count_nonzero(preds_per_ref >= 2)),
     )
 
 
@@ -399,14 +414,21 @@ LESION_SIZE_BINS = (("lt1ml", "< 1 ml", 0.0, 1.0), ("1to10ml", "1-10 ml", 1.0, 1
                     ("ge10ml", ">= 10 ml", 10.0, math.inf))
 
 
+#: Lesion diameter bins (largest diameter, mm) of the detection-by-diameter summary, as :data:`LESION_SIZE_BINS`.
+LESION_DIAMETER_BINS = (("lt10mm", "< 10 mm", 0.0, 10.0), ("10to20mm", "10-20 mm", 10.0, 20.0),
+                        ("ge20mm", ">= 20 mm", 20.0, math.inf))
+
+
 def lesions_by_size(lesions: Sequence[Lesion]) -> dict[str, int]:
     """Reference lesions and detected ones per size bin: ``tumor_lesions_ref_<bin>``, ``tumor_lesions_detected_<bin>``
-    for each bin of :data:`LESION_SIZE_BINS`."""
+    for each bin of :data:`LESION_SIZE_BINS` (volume) and of :data:`LESION_DIAMETER_BINS` (largest diameter; lesions
+    without a measured diameter are not counted there)."""
     out: dict[str, int] = {}
-    for key, _, low, high in LESION_SIZE_BINS:
-        members = [lesion for lesion in lesions if low <= lesion.volume_ml < high]
-        out[f"tumor_lesions_ref_{key}"] = len(members)
-        out[f"tumor_lesions_detected_{key}"] = sum(lesion.matched for lesion in members)
+    for bins, size in ((LESION_SIZE_BINS, "volume_ml"), (LESION_DIAMETER_BINS, "max_diameter_mm")):
+        for key, _, low, high in bins:
+            members = [lesion for lesion in lesions if low <= getattr(lesion, size) < high]
+            out[f"tumor_lesions_ref_{key}"] = len(members)
+            out[f"tumor_lesions_detected_{key}"] = sum(lesion.matched for lesion in members)
     return out
 
 
@@ -416,6 +438,8 @@ def _lesion_metrics(detection: LesionDetection) -> dict[str, float | int]:
         "tumor_lesion_tp": detection.tp, "tumor_lesion_fp": detection.fp, "tumor_lesion_fn": detection.fn,
         "tumor_lesion_precision": detection.precision, "tumor_lesion_recall": detection.recall,
         "tumor_lesion_f1": detection.f1,
+        "tumor_lesions_found_iou0": detection.found_iou0, "tumor_lesions_found_iou50": detection.found_iou50,
+        "tumor_lesion_merges": detection.merges, "tumor_lesion_splits": detection.splits,
         "tumor_n_lesions_ref": len(detection.reference_lesions),
         "tumor_n_lesions_pred": len(detection.predicted_lesions),
         "tumor_max_diameter_ref_mm": _largest_diameter(detection.reference_lesions),
