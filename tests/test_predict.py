@@ -252,7 +252,8 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
         reference, _ = read_image(home / "raw" / DATASET / "labelsTr" / f"{row['case_id']}.nii.gz")
         tp, n = ((labels == 2) & (reference == 2)).sum(), (labels == 2).sum() + (reference == 2).sum()
         assert row["tumor_dice"] == (pytest.approx(2 * tp / n) if n else None)
-    # the minimum lesion volume is chosen on these predictions (made without it) and used by smoothseg_predict
+    # the operating point (threshold + minimum lesion volume) is chosen on these predictions (made at argmax without
+    # any post-processing, probabilities kept) and used by smoothseg_predict
     post = json.loads((folder.parent / "postprocessing.json").read_text())
     assert sorted(post["per_case"]) == sorted(val_ids)
     contours = post["active_contour"]  # tried off and on, chosen on the same predictions
@@ -261,16 +262,23 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
     best_contour = max(contours["mean_tumor_dice"].values())
     assert contours["mean_tumor_dice"][contours["chosen"]] == pytest.approx(best_contour)
     assert contours["chosen"] == "off" or contours["mean_tumor_dice"]["off"] < best_contour - 1e-9
-    chosen, means = post["min_lesion_volume_ml"], post["mean_tumor_dice"]
-    assert chosen in post["candidates_ml"] and set(means) == {f"{c:g}" for c in post["candidates_ml"]}
-    best = max(means.values())
-    assert means[f"{chosen:g}"] == pytest.approx(best)  # the winner has the best mean Dice...
-    assert all(v < best - 1e-9 for k, v in means.items() if float(k) < chosen)  # ...and ties go to the smaller
-    for case_id in val_ids:
-        labels, _ = read_image(folder / f"{case_id}.nii.gz")
-        reference, _ = read_image(home / "raw" / DATASET / "labelsTr" / f"{case_id}.nii.gz")
-        tp, n = ((labels == 2) & (reference == 2)).sum(), (labels == 2).sum() + (reference == 2).sum()
-        assert post["per_case"][case_id]["0"] == (pytest.approx(2 * tp / n) if n else None)
+    point = post["operating_point"]
+    assert point["objective"] == "f1" and sorted(point["per_case"]) == sorted(val_ids)
+    chosen = point["chosen"]
+    assert post["tumor_threshold"] == chosen["threshold"] == point["tumor_threshold"]
+    assert post["min_lesion_volume_ml"] == chosen["min_lesion_volume_ml"] == point["min_lesion_volume_ml"]
+    assert len(point["froc"]) == 9 * 6  # argmax and 8 thresholds x 6 minimum volumes
+    feasible = [r for r in point["froc"] if r["feasible"]] or point["froc"]
+    assert chosen["f1"] == max(r["f1"] for r in feasible if r["f1"] is not None)
+    assert sum(r["chosen"] for r in point["froc"]) == 1
+    assert chosen["tp"] == sum(point["per_case"][c][chosen["key"]]["tp"] for c in val_ids)  # pooled per-case counts
+    assert (folder / "froc.png").stat().st_size > 1000
+    by_case = {row["case_id"]: row for row in metrics["cases"]}
+    for case_id in val_ids:  # at argmax without a minimum volume the counts are the evaluation's own
+        at_argmax = point["per_case"][case_id]["argmax|0"]
+        assert (at_argmax["tp"], at_argmax["fp"], at_argmax["fn"]) == tuple(
+            by_case[case_id][f"tumor_lesion_{k}"] for k in ("tp", "fp", "fn"))
+        assert (folder / f"{case_id}.npz").is_file()
     assert not list(folder.parent.glob(".reference-*"))
 
 
@@ -296,3 +304,33 @@ def test_save_probabilities_writes_the_tumour_probability_on_the_label_grid(home
         assert not probability[labels == 0].any()
         assert probability[labels > 0].max() > 0
         assert (probability[labels == 2] >= 0.33).all()
+
+
+def test_a_tumour_threshold_replaces_argmax_and_every_lesion_carries_its_confidence(home: Path, inputs: Path,
+                                                                                 tmp_path: Path) -> None:
+    """``tumor_threshold``: tumour = P(tumour) >= t inside the same liver (a superset of argmax for a low t); each
+    reported lesion's confidence is its highest P(tumour), at least the threshold; the report says where the
+    threshold came from."""
+    base = replace(FAST_MODELS, active_contour="off", min_lesion_volume_ml=0.0, save_probabilities=True)
+    predict(inputs, tmp_path / "argmax", models=replace(base, tumor_threshold="argmax"), options=FAST)
+    predict(inputs, tmp_path / "low", models=replace(base, tumor_threshold=0.05), options=FAST)
+    for image_path in sorted(inputs.iterdir()):
+        case_id = image_path.name.replace("_0000.nii.gz", "").replace(".nii.gz", "")
+        at_argmax, _ = read_image(tmp_path / "argmax" / f"{case_id}.nii.gz")
+        low, _ = read_image(tmp_path / "low" / f"{case_id}.nii.gz")
+        with np.load(tmp_path / "low" / f"{case_id}.npz") as saved:
+            probability = saved["tumor_probability"].astype(np.float32)
+        np.testing.assert_array_equal(low > 0, at_argmax > 0)  # the liver does not depend on the threshold
+        assert not ((at_argmax == 2) & (low != 2)).any()
+        clear = np.abs(probability - 0.05) > 1e-3  # the saved map is float16
+        np.testing.assert_array_equal((low == 2)[clear], ((probability >= 0.05) & (low > 0))[clear])
+        report = json.loads((tmp_path / "low" / f"{case_id}_report.json").read_text())
+        assert report["model"]["tumor_threshold"] == 0.05 and report["model"]["tumor_threshold_source"] == "given"
+        for lesion in report["lesions"]:
+            assert 0.05 - 1e-3 <= lesion["confidence"] <= 1.0
+        reference = json.loads((tmp_path / "argmax" / f"{case_id}_report.json").read_text())
+        assert all(0.0 <= lesion["confidence"] <= 1.0 for lesion in reference["lesions"])
+    with pytest.raises(SmoothSegError, match="strictly between 0 and 1"):
+        ModelOptions(tumor_threshold=1.5)
+    bad = run_cli("predict", "-i", str(inputs), "-o", str(tmp_path / "bad"), "--tumor-threshold", "2", home=home)
+    assert bad.returncode == 2 and "must be 'argmax' or a probability between 0 and 1" in bad.stderr

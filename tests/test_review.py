@@ -68,9 +68,11 @@ def _cohort(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_review_page_shows_every_case_self_contained(tmp_path: Path) -> None:
     images, predictions, references = _cohort(tmp_path)
+    # smoothseg_predict's report beside case0's label map gives its lowest lesion confidence; case1 has none
+    (predictions / "case0_report.json").write_text('{"lesions": [{"confidence": 0.9}, {"confidence": 0.41}]}')
     page_path = write_review(images, predictions, tmp_path / "review.html", references_dir=references,
                              max_slices=6)
-    text = page_path.read_text()
+    text = page_path.read_text(encoding="utf-8")
     page = _Page()
     page.feed(text)
     assert [row[0] for row in page.rows] == ["case0", "case1"]
@@ -79,8 +81,9 @@ def test_review_page_shows_every_case_self_contained(tmp_path: Path) -> None:
         assert liver_ml == pytest.approx(12 * 30 * 22 * 1.6 / 1000, rel=1e-6)
         assert tumour_ml == pytest.approx(3 * 6 * 6 * 1.6 / 1000, rel=1e-6)
         assert tlvr == pytest.approx(tumour_ml / liver_ml, rel=1e-6) and lesions == 1
-        dice_liver, dice_tumour = (float(v) for v in row[6:8])
+        dice_liver, dice_tumour = (float(v) for v in row[7:9])
         assert dice_liver == 1.0 and dice_tumour == pytest.approx(2 * 54 / (108 + 54))
+    assert [row[6] for row in page.rows] == ["0.41", ""]  # the lowest confidence, sortable
     assert len(page.ranges) == 2 and all(r["max"] == "5" for r in page.ranges)  # 6 slices through the liver
     assert all(src.startswith("data:image/jpeg;base64,") for src in page.sources)
     assert all(link.startswith("#") for link in page.links)  # nothing outside the file
@@ -102,8 +105,8 @@ def test_review_cli_without_references(tmp_path: Path) -> None:
                      home=tmp_path)
     assert result.returncode == 0, result.stderr
     page = _Page()
-    page.feed((tmp_path / "r.html").read_text())
-    assert len(page.rows) == 2 and all(len(row) == 6 for row in page.rows)  # no Dice columns
+    page.feed((tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert len(page.rows) == 2 and all(len(row) == 7 for row in page.rows)  # no Dice columns
     missing = run_cli("review", "-i", str(tmp_path / "nowhere"), "-p", str(predictions), "-o", str(tmp_path / "x.html"),
                       home=tmp_path)
     assert missing.returncode == 2 and "no image for case case0" in missing.stderr

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from smoothseg.cli.common import make_parser, nnunet_only, run
 from smoothseg.device import PRECISION_CHOICES, resolve_device
+from smoothseg.errors import SmoothSegError
 from smoothseg.inference.cascade import ModelOptions
 from smoothseg.inference.cohort import CohortOptions, predict
 from smoothseg.inference.dask_cohort import DaskSettings, predict_on_dask
+from smoothseg.inference.operating_point import ARGMAX, threshold_value
 
 
 def _non_negative(text: str) -> float:
@@ -21,13 +23,22 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _threshold(text: str) -> str | float:
+    if text == ARGMAX:
+        return text
+    try:
+        return threshold_value(float(text))
+    except (ValueError, SmoothSegError) as exc:
+        raise argparse.ArgumentTypeError(f"must be 'argmax' or a probability between 0 and 1, got {text}") from exc
+
+
 def _body(args: argparse.Namespace) -> int:
     models = ModelOptions(
         device=resolve_device(args.device), step_size=args.step_size,
         tta=False if args.disable_tta else (True if args.tta else None), precision=args.precision,
         save_probabilities=args.save_probabilities,
         active_contour="off" if args.no_active_contour else args.active_contour,
-        min_lesion_volume_ml=args.min_lesion_ml)
+        min_lesion_volume_ml=args.min_lesion_ml, tumor_threshold=args.tumor_threshold)
     options = CohortOptions(
         output_format=args.output_format, continue_prediction=args.continue_prediction,
         num_processes_preprocessing=args.npp,
@@ -77,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-lesion-ml", "--min_lesion_ml", dest="min_lesion_ml", type=_non_negative, default=None,
                         help="tumour components below this volume (ml) become liver; default: the volume chosen on "
                              "the models' validation folds (postprocessing.json), none without one; 0: keep all")
+    parser.add_argument("--tumor-threshold", "--tumor_threshold", dest="tumor_threshold", type=_threshold,
+                        default=None,
+                        help="a liver voxel is tumour when its tumour probability is at least this (0-1), or "
+                             "'argmax' for the network's own decision; default: the operating point chosen on the "
+                             "models' validation folds (postprocessing.json), argmax without one")
     parser.add_argument("--output-format", "--output_format", dest="output_format", default=None,
                         help="file ending of the label maps (.nii.gz, .nii, .nrrd, .mha, ...), seg.nrrd (3D Slicer "
                              "segmentation) or dcm (DICOM SEG, for DICOM inputs); default: the input's (.nii.gz for "

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, nnunet_only, run
 from smoothseg.device import PRECISION_CHOICES, resolve_device
+from smoothseg.inference.operating_point import OBJECTIVES
 from smoothseg.planning.plans import TASKS
 from smoothseg.training.config import DEFAULT_LR, TrainingConfig
 from smoothseg.training.distributed import from_environment
@@ -25,7 +26,7 @@ def _body(args: argparse.Namespace) -> int:
         lesion_sampling=args.lesion_sampling, lesion_alpha=args.lesion_alpha, clean_liver=args.clean_liver,
         compile=args.compile,
         precision=args.precision, num_workers=args.num_workers, seed=args.seed, continue_training=args.c,
-        overwrite=args.overwrite, validate=not args.no_val)
+        overwrite=args.overwrite, validate=not args.no_val, pp_objective=args.pp_objective)
     device = resolve_device(args.device)
     ctx = from_environment()
     if not ctx.is_main:  # in a torchrun job rank 0 speaks for all
@@ -88,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only run the full validation of a finished fold (cascade on its validation cases)")
     parser.add_argument("--no-val", dest="no_val", action="store_true",
                         help="skip the full validation at the end of training")
+    parser.add_argument("--pp-objective", dest="pp_objective", choices=OBJECTIVES, default="f1",
+                        help="what the full validation chooses the tumour operating point (probability threshold and "
+                             "minimum lesion volume) for: f1 = lesion-level F1 with at most 0.5 false-positive lesions "
+                             "per tumour-free liver (default), dice = mean per-case tumour Dice")
     nnunet_only(parser, {
         "-p": "each dataset has one plans.json (smoothseg_plan_and_preprocess)",
         "-pretrained_weights": "training starts from --seed's initialisation, or continues a fold with --c",

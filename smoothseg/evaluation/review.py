@@ -3,7 +3,9 @@
 ``smoothseg_review -i IMAGES -p PREDICTIONS [-r REFERENCES] -o review.html`` writes:
 
 * a case table (sortable by clicking a column): liver and tumour volume (ml), TLVR, lesion count, largest lesion
-  diameter (mm), and the liver and tumour Dice when references are given;
+  diameter (mm), the lowest lesion confidence (from the ``<case>_report.json`` that ``smoothseg_predict`` wrote
+  beside the label map: sort by it to read the doubtful lesions first), and the liver and tumour Dice when
+  references are given;
 * per case, an axial slice scroller (a slider) over the slices that hold liver, with the liver (green) and tumour
   (red) outlines drawn on the windowed CT; the prediction and, when given, the reference side by side; and one
   coronal view through the liver.
@@ -22,7 +24,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,7 @@ class ReviewCase:
     axial: list[str]  # data URIs, one per shown slice
     coronal: str
     slices: list[int]
+    lowest_confidence: float | None = None  # of the lesions in smoothseg_predict's report, when there is one
 
 
 def _to_uint8(ct: np.ndarray) -> np.ndarray:
@@ -166,7 +169,7 @@ a { color: #8cf; } .case { margin: 2em 0; padding-top: 1em; border-top: 2px soli
 
 def render_page(cases: Sequence[ReviewCase], title: str, with_reference: bool) -> str:
     """The HTML page (see the module docstring)."""
-    columns = ["case", "liver (ml)", "tumour (ml)", "TLVR", "lesions", "largest lesion (mm)"]
+    columns = ["case", "liver (ml)", "tumour (ml)", "TLVR", "lesions", "largest lesion (mm)", "lowest confidence"]
     if with_reference:
         columns += ["Dice liver", "Dice tumour"]
     head = "".join(f'<th onclick="sortTable({i})">{html.escape(c)}</th>' for i, c in enumerate(columns))
@@ -179,7 +182,7 @@ def render_page(cases: Sequence[ReviewCase], title: str, with_reference: bool) -
                   (r["liver_volume_ml"], _fmt(r["liver_volume_ml"])),
                   (r["tumour_volume_ml"], _fmt(r["tumour_volume_ml"])),
                   (r["tlvr"], _fmt(r["tlvr"], 3)), (r["lesion_count"], str(r["lesion_count"])),
-                  (largest, _fmt(largest))]
+                  (largest, _fmt(largest)), (case.lowest_confidence, _fmt(case.lowest_confidence, 2))]
         if with_reference:
             values += [(case.dice.get(k), _fmt(case.dice.get(k), 3)) for k in ("liver", "tumor")]
         cells = "".join(f'<td data-v="{html.escape("" if v is None else str(v))}">{text}</td>' for v, text in values)
@@ -204,6 +207,16 @@ def render_page(cases: Sequence[ReviewCase], title: str, with_reference: bool) -
             f"<p>{len(cases)} case(s). Click a column to sort; click a case to see it.</p>"
             f'<table id="cases"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             f"{''.join(sections)}<script>const FRAMES = {json.dumps(frames)};{_SCRIPT}</script></body></html>\n")
+
+
+def _lowest_confidence(report: Path) -> float | None:
+    """The lowest lesion ``confidence`` in a ``smoothseg_predict`` report (None without report or confidences)."""
+    try:
+        lesions = json.loads(report.read_text()).get("lesions", []) if report.is_file() else []
+        values = [float(lesion["confidence"]) for lesion in lesions if lesion.get("confidence") is not None]
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return None
+    return min(values) if values else None
 
 
 def _labels_by_case(folder: Path) -> dict[str, Path]:
@@ -238,8 +251,8 @@ def write_review(images_dir: str | Path, predictions_dir: str | Path, output: st
             if case_id not in references:
                 raise SmoothSegError(f"{references_dir}: no reference for case {case_id}")
             reference = to_task_labels(read_image(references[case_id])[0], regions)
-        cases.append(review_case(case_id, image, geometry, prediction, reference, max_slices=max_slices,
-                                 max_size=max_size))
+        case = review_case(case_id, image, geometry, prediction, reference, max_slices=max_slices, max_size=max_size)
+        cases.append(replace(case, lowest_confidence=_lowest_confidence(path.parent / f"{case_id}_report.json")))
     page = render_page(cases, title or f"smoothseg review: {Path(predictions_dir).name}", references_dir is not None)
     write_text(page, output)
     logger.info("review page with %d case(s): %s (%.1f MB)", len(cases), output, len(page) / 1e6)

@@ -7,7 +7,9 @@ One case goes through these steps:
    configuration), probabilities reverted to the original grid, argmax;
 2. largest connected component and 3D hole filling of the liver region, on the original grid;
 3. tumour stage on the crop around the *predicted* liver, with intensities outside the predicted liver masked as in
-   training (steps 3 and 4 of the method); skipped when no liver was found;
+   training (steps 3 and 4 of the method); skipped when no liver was found. The tumour is the argmax of its classes
+   or, at the operating point chosen on the fold validation (:mod:`smoothseg.inference.operating_point`), every voxel
+   of the liver with P(tumour) at or above a threshold;
 4. the liver refined at the tumour stage's fine spacing: inside the crop, the liver region is what both stages call
    liver (liver-stage mask and the tumour model's liver or tumour classes), again reduced to its largest component
    with holes filled; the tumour is kept inside it. The liver model sees the whole CT at a coarse spacing (4-6 mm on
@@ -17,7 +19,7 @@ One case goes through these steps:
 5. local active contours per lesion (:func:`~smoothseg.inference.active_contour.refine_tumours`) with the tumour
    configuration's :class:`~smoothseg.planning.plans.ActiveContourPlan` (from the plans inside the checkpoint, the
    one source of truth at inference); can be switched off;
-6. tumour components under the minimum lesion volume chosen on the validation fold become liver
+6. tumour components under the minimum lesion volume chosen on the validation fold (with the threshold) become liver
    (:mod:`smoothseg.inference.lesion_filter`; none without a full validation, or with ``min_lesion_volume_ml=0``);
 7. the label map: 0 background, 1 liver, 2 tumour, written with the input's exact geometry (spacing, origin and any
    direction matrix), atomically, plus the per-case tumour report (:mod:`smoothseg.inference.report`).
@@ -41,7 +43,8 @@ from smoothseg.dataset.io import Geometry
 from smoothseg.device import autocast_dtype, precision_name, resolve_device
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.contour_choice import choice_from_folders
-from smoothseg.inference.lesion_filter import min_lesion_volume_from_folders, remove_small_lesions
+from smoothseg.inference.lesion_filter import remove_small_lesions
+from smoothseg.inference.operating_point import ARGMAX, operating_point_from_folders, threshold_value
 from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
 from smoothseg.inference.predictor import StagePredictor
 from smoothseg.labels import TUMOR
@@ -68,6 +71,8 @@ class ModelOptions:
     ``active_contour``: ``auto`` runs what the fold validation chose (:mod:`smoothseg.inference.contour_choice`;
     none without a validation), ``on`` the plan's settings, ``off`` none (``True``/``False`` mean on/off).
     ``min_lesion_volume_ml`` None: the volume chosen on the models' validation (``postprocessing.json``).
+    ``tumor_threshold`` None: the threshold chosen on the models' validation with that volume (argmax without one);
+    ``"argmax"``: the argmax of the tumour stage's classes; a number in (0, 1): P(tumour) >= it inside the liver.
     ``precision``: the networks' arithmetic (:func:`smoothseg.device.autocast_dtype`; ``auto``: fp16 on CUDA, bf16 on
     a CPU with bfloat16 units, else fp32).
     """
@@ -79,6 +84,7 @@ class ModelOptions:
     save_probabilities: bool = False  # also write <case>.npz with the tumour probability map
     active_contour: str | bool = "auto"
     min_lesion_volume_ml: float | None = None
+    tumor_threshold: float | str | None = None
     progress: bool = False  # a progress bar over the sliding-window tiles
 
     def __post_init__(self) -> None:
@@ -87,6 +93,7 @@ class ModelOptions:
             raise SmoothSegError(f"active contours: choose {', '.join(ACTIVE_CONTOUR_MODES)}, "
                                  f"got {self.active_contour!r}")
         self.active_contour = mode
+        threshold_value(self.tumor_threshold)  # refuses anything but None, "argmax" or a number in (0, 1)
 
 
 def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
@@ -98,7 +105,7 @@ def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     relevant = {k: settings.get(k) for k in ("active_contour", "active_contour_settings", "tta", "step_size",
-                                             "min_lesion_volume_ml", "precision")}
+                                             "min_lesion_volume_ml", "precision", "tumor_threshold")}
     digest.update(json.dumps(relevant, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -108,18 +115,20 @@ def describe_models(pair: ModelPair, options: ModelOptions) -> dict[str, Any]:
     change the output (active contours, TTA, step, minimum lesion volume and where it came from) and their
     :func:`model_id`. Recorded in every report and summary; ``--continue`` compares the ids."""
     device = options.device if options.device is not None else resolve_device("auto")
-    min_ml = options.min_lesion_volume_ml
-    if min_ml is None:
-        min_ml, source = min_lesion_volume_from_folders(p.parent for p in pair.checkpoints("tumor"))
-    else:
-        source = "given"
+    threshold, min_ml, source = operating_point_from_folders(p.parent for p in pair.checkpoints("tumor"))
+    threshold_source = source
+    if options.min_lesion_volume_ml is not None:
+        min_ml, source = options.min_lesion_volume_ml, "given"
+    if options.tumor_threshold is not None:
+        threshold, threshold_source = threshold_value(options.tumor_threshold), "given"
     chosen, why = _chosen_contours(pair, options.active_contour)
     info = {**pair.to_dict(), "active_contour": options.active_contour != "off" and chosen != "none",
             "active_contour_mode": options.active_contour, "active_contour_settings": chosen,
             "active_contour_source": why,
             "tta": bool(options.tta) if options.tta is not None else device.type == "cuda",
             "step_size": options.step_size, "precision": precision_name(autocast_dtype(device, options.precision)),
-            "min_lesion_volume_ml": min_ml, "min_lesion_volume_source": source}
+            "min_lesion_volume_ml": min_ml, "min_lesion_volume_source": source,
+            "tumor_threshold": ARGMAX if threshold is None else threshold, "tumor_threshold_source": threshold_source}
     info["model_id"] = model_id([*pair.checkpoints("liver"), *pair.checkpoints("tumor")], info)
     return info
 
@@ -167,7 +176,8 @@ class CascadePredictor:
 
     def __init__(self, liver: StagePredictor, tumor: StagePredictor,
                  active_contour_params: ActiveContourPlan | None = None, model_info: dict[str, Any] | None = None,
-                 refine_liver: bool = True, min_lesion_volume_ml: float = 0.0, save_probabilities: bool = False):
+                 refine_liver: bool = True, min_lesion_volume_ml: float = 0.0, save_probabilities: bool = False,
+                 tumor_threshold: float | None = None):
         if liver.task != "liver" or tumor.task != "tumor":
             raise SmoothSegError(f"a cascade needs a liver and a tumor stage, got {liver.task} and {tumor.task}")
         self.liver = liver
@@ -180,6 +190,8 @@ class CascadePredictor:
             raise SmoothSegError(f"the minimum lesion volume must be a non-negative number of ml, got "
                                  f"{min_lesion_volume_ml}")
         self.min_lesion_volume_ml = float(min_lesion_volume_ml)
+        #: P(tumour) at or above which a liver voxel is tumour; None: the argmax of the tumour stage's classes.
+        self.tumor_threshold = threshold_value(tumor_threshold)
         self.model_info = model_info or {"dataset": liver.dataset, "trainer": liver.trainer,
                                          "folds": {"liver": liver.folds, "tumor": tumor.folds}}
 
@@ -197,9 +209,11 @@ class CascadePredictor:
             ActiveContourPlan.from_dict(chosen)
         logger.info("active contours %s (%s)", "on: " + json.dumps(params.to_dict()) if params else "off",
                     info["active_contour_source"])
-        logger.info("minimum lesion volume %g ml (%s)", info["min_lesion_volume_ml"], info["min_lesion_volume_source"])
+        logger.info("tumour operating point %s (%s), minimum lesion volume %g ml (%s)", info["tumor_threshold"],
+                    info["tumor_threshold_source"], info["min_lesion_volume_ml"], info["min_lesion_volume_source"])
         return cls(stages["liver"], stages["tumor"], params, info, min_lesion_volume_ml=info["min_lesion_volume_ml"],
-                   save_probabilities=options.save_probabilities)
+                   save_probabilities=options.save_probabilities,
+                   tumor_threshold=threshold_value(info["tumor_threshold"]))
 
     # -- stages ------------------------------------------------------------------------------------------------------
     def liver_stage(self, image: np.ndarray, geometry: Geometry,
@@ -227,6 +241,7 @@ class CascadePredictor:
     def _tumour_stage(self, image: np.ndarray, geometry: Geometry, liver: np.ndarray,
                       with_probability: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         tumour = np.zeros(liver.shape, dtype=bool)
+        with_probability = with_probability or self.tumor_threshold is not None
         probability = np.zeros(liver.shape, dtype=np.float32) if with_probability else None
         if not liver.any():
             return liver, tumour, probability
@@ -237,7 +252,9 @@ class CascadePredictor:
         if probability is not None:
             probability[region] = self.tumor.preprocessor.revert_class_map(probabilities[TUMOR], properties)
         del probabilities
-        tumour[region] = cropped == TUMOR
+        # at a threshold: every voxel of the final liver region (below) with P(tumour) >= it, as the validation scored
+        tumour[region] = cropped == TUMOR if self.tumor_threshold is None else \
+            probability[region] >= self.tumor_threshold
         if self.refine_liver:
             refined = np.zeros(liver.shape, dtype=bool)
             refined[region] = cropped > 0  # the tumour model's liver region: liver or tumour

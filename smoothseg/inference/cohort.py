@@ -120,14 +120,16 @@ def network_job(cascade: CascadePredictor, clinical: ClinicalTLVR | None, case: 
     image, geometry, prepared, load_seconds, warnings = loaded
     for warning in warnings:
         logger.warning("%s: %s", case.path, warning)
-    outputs = cascade.network_outputs(image, geometry, prepared, tumour_probability=cascade.save_probabilities)
+    # the probability also gives each reported lesion its confidence
+    outputs = cascade.network_outputs(image, geometry, prepared, tumour_probability=True)
     labels, timings = outputs.labels, outputs.timings
-    if outputs.tumour_probability is not None:
+    if cascade.save_probabilities:
         write_tumour_probability(outputs.tumour_probability, geometry, output.parent / f"{case.case_id}.npz")
     tlvr = clinical.predict(case.case_id) if clinical is not None else None
     extra = {"input": str(case.path), "output": str(output), "model": cascade.model_info, "input_warnings": warnings}
     return (FinishJob(case, image, geometry, labels, cascade.active_contour_params, output, report_path, tlvr, extra,
-                      cascade.min_lesion_volume_ml), {"read_preprocess": load_seconds, **timings})
+                      cascade.min_lesion_volume_ml, outputs.tumour_probability),
+            {"read_preprocess": load_seconds, **timings})
 
 
 def predict_case_files(cascade: CascadePredictor, clinical: ClinicalTLVR | None, case: InputCase, output_dir: Path,

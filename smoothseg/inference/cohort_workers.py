@@ -75,6 +75,7 @@ class FinishJob:
     clinical_tlvr: float | None
     report_extra: dict[str, Any]
     min_lesion_volume_ml: float = 0.0
+    tumour_probability: np.ndarray | None = None  # gives each reported lesion its confidence
 
 
 def finish_case(job: FinishJob) -> Outcome:
@@ -87,7 +88,7 @@ def finish_case(job: FinishJob) -> Outcome:
         liver_found = bool(job.labels.any())
         write_label_map(labels, job.geometry, job.output, source=job.case.path)
         report = case_report(job.case.case_id, job.image, labels, job.geometry, liver_found=liver_found,
-                             clinical_tlvr=job.clinical_tlvr,
+                             clinical_tlvr=job.clinical_tlvr, tumour_probability=job.tumour_probability,
                              extra={**job.report_extra, "small_lesions_removed": removed})
         write_case_report(report, job.report_path)  # last: its presence marks a finished case
         timings = {"active_contour": t1 - t0, "write": time.perf_counter() - t1}

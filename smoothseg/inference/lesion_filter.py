@@ -105,15 +105,22 @@ def choose_min_lesion_volume(per_case: Mapping[str, Mapping[str, float | None]])
 
 
 def write_postprocessing(fold_folder: Path, per_case: Mapping[str, Mapping[str, float | None]],
-                         source: str, extra: Mapping[str, Any] | None = None) -> float:
-    """Choose on ``per_case`` and write ``postprocessing.json`` into ``fold_folder`` (with the ``extra`` sections);
-    returns the chosen volume."""
-    chosen, means = choose_min_lesion_volume(per_case)
-    write_json({"min_lesion_volume_ml": chosen, "candidates_ml": list(CANDIDATES_ML), "mean_tumor_dice": means,
-                "n_cases": len(per_case), "source": source, "per_case": dict(per_case), **(extra or {})},
+                         source: str, extra: Mapping[str, Any] | None = None,
+                         operating_point: Mapping[str, Any] | None = None) -> float:
+    """Write ``postprocessing.json`` into ``fold_folder``: the mean Dice of each candidate volume on ``per_case`` and
+    the ``extra`` sections; returns the chosen volume. With an ``operating_point`` section
+    (:mod:`smoothseg.inference.operating_point`) its threshold and volume are the choice; without one the volume with
+    the best mean Dice is, at argmax (the choice of smoothseg before the operating point)."""
+    dice_choice, means = choose_min_lesion_volume(per_case)
+    chosen = float(operating_point["min_lesion_volume_ml"]) if operating_point else dice_choice
+    threshold = operating_point["tumor_threshold"] if operating_point else "argmax"
+    write_json({"min_lesion_volume_ml": chosen, "tumor_threshold": threshold, "candidates_ml": list(CANDIDATES_ML),
+                "mean_tumor_dice": means, "n_cases": len(per_case), "source": source, "per_case": dict(per_case),
+                **({"operating_point": dict(operating_point)} if operating_point else {}), **(extra or {})},
                Path(fold_folder) / POSTPROCESSING_NAME)
-    logger.info("minimum lesion volume %.2f ml chosen on %d validation case(s): mean tumour Dice %s", chosen,
-                len(per_case), ", ".join(f"{k} ml {v:.4f}" for k, v in means.items()))
+    logger.info("tumour operating point %s, minimum lesion volume %.2f ml, chosen on %d validation case(s); mean "
+                "tumour Dice by minimum volume at it: %s", threshold, chosen, len(per_case),
+                ", ".join(f"{k} ml {v:.4f}" for k, v in means.items()))
     return chosen
 
 
@@ -136,7 +143,8 @@ def read_fold_choices(fold_folders: Iterable[Path]) -> list[tuple[str, dict[str,
 
 
 def min_lesion_volume_from_folders(fold_folders: Iterable[Path]) -> tuple[float, str]:
-    """The pooled choice over the ``postprocessing.json`` of the given tumour fold folders; (0, why) if none."""
+    """The pooled Dice choice over the ``per_case`` tables of the given tumour fold folders' ``postprocessing.json``
+    (the choice before the operating point); (0, why) if none."""
     per_case: dict[str, Mapping[str, float | None]] = {}
     used = []
     for fold, data in read_fold_choices(fold_folders):

@@ -9,8 +9,10 @@ Per case (``<case>_report.json``):
 * ``lesions``: the connected components (26-connectivity) of the tumour, largest first, each with
   ``volume_ml``, ``max_diameter_mm`` (largest voxel-centre distance, from the real spacing), ``mean_hu`` (mean of
   the original image over the lesion), ``centroid_index_xyz`` (continuous voxel index i, j, k in the file's order,
-  as ITK/ITK-SNAP count) and ``centroid_mm`` (physical coordinates of that index, from origin, spacing and
-  direction; LPS for DICOM-derived images);
+  as ITK/ITK-SNAP count), ``centroid_mm`` (physical coordinates of that index, from origin, spacing and
+  direction; LPS for DICOM-derived images) and ``confidence``: the highest tumour probability of the tumour stage
+  inside the lesion, the score the operating point thresholds (null when no probability map was given), so that a
+  reader can look at the doubtful lesions first;
 * ``lesion_count``, the input and output files, the spacing, and free-text ``messages`` (e.g. no liver found).
 
 The cohort ``report.csv`` has one row per case with the scalar fields and the largest lesion's size. Files are
@@ -46,8 +48,10 @@ CSV_COLUMNS = ("case_id", "liver_found", "liver_volume_ml", "tumour_volume_ml", 
                "lesion_count", "largest_lesion_volume_ml", "largest_lesion_diameter_mm", "input", "output")
 
 
-def lesion_table(image: np.ndarray, tumour: np.ndarray, geometry: Geometry) -> list[dict[str, Any]]:
-    """One entry per lesion (26-connected component of ``tumour``), largest first."""
+def lesion_table(image: np.ndarray, tumour: np.ndarray, geometry: Geometry,
+                 probability: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One entry per lesion (26-connected component of ``tumour``), largest first; ``probability`` (the tumour
+    probability map on the same grid) gives each its ``confidence``."""
     spacing = geometry.spacing_zyx
     labels, n = connected_lesions(tumour, connectivity=3)
     if n == 0:
@@ -65,6 +69,7 @@ def lesion_table(image: np.ndarray, tumour: np.ndarray, geometry: Geometry) -> l
             "voxels": int(np.count_nonzero(mask)),
             "centroid_index_xyz": [round(float(v), 3) for v in centroid_xyz],
             "centroid_mm": [round(float(v), 3) for v in geometry.index_to_physical(centroid_xyz)],
+            "confidence": None if probability is None else round(float(np.max(probability[box][mask])), 4),
         })
     lesions.sort(key=lambda lesion: (-lesion["voxels"], lesion["centroid_index_xyz"][::-1]))
     return [{"lesion": i, **{k: json_safe(v) for k, v in lesion.items()}} for i, lesion in enumerate(lesions, start=1)]
@@ -72,15 +77,16 @@ def lesion_table(image: np.ndarray, tumour: np.ndarray, geometry: Geometry) -> l
 
 def case_report(case_id: str, image: np.ndarray, labels: np.ndarray, geometry: Geometry, *,
                 liver_found: bool | None = None, clinical_tlvr: float | None = None,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report of one case from its original image (HU) and its label map (0 background, 1 liver, 2 tumour)."""
+                extra: dict[str, Any] | None = None, tumour_probability: np.ndarray | None = None) -> dict[str, Any]:
+    """The report of one case from its original image (HU) and its label map (0 background, 1 liver, 2 tumour);
+    ``tumour_probability`` gives each lesion its confidence."""
     spacing = geometry.spacing_zyx
     region = labels > 0
     tumour = labels == TUMOR
     liver_found = bool(region.any()) if liver_found is None else liver_found
     liver_ml = volume_ml(region, spacing)
     tumour_ml = volume_ml(tumour, spacing)
-    lesions = lesion_table(image, tumour, geometry)
+    lesions = lesion_table(image, tumour, geometry, tumour_probability)
     messages = [] if liver_found else ["no liver found: the label map is empty and no tumour was searched"]
     report = {
         "format": REPORT_FORMAT,

@@ -46,3 +46,4 @@ class TrainingConfig:
     continue_training: bool = False
     overwrite: bool = False  # train a finished fold again from scratch (its previous outputs are removed)
     validate: bool = True  # run the cascade on the fold's validation cases once both tasks are trained
+    pp_objective: str = "f1"  # what the validation chooses the tumour operating point for: "f1" or "dice"

@@ -44,7 +44,7 @@ def fold_validation(config: TrainingConfig, output: Path, device: torch.device) 
                     config.fold, other)
         return None
     return validate_fold(output.parent.parent.name, config.fold, trainer=config.trainer,
-                         models=ModelOptions(device=device))
+                         models=ModelOptions(device=device), objective=config.pp_objective)
 
 
 def train_and_validate(config: TrainingConfig, device: torch.device) -> Path:

@@ -5,11 +5,14 @@ raw dataset's ``imagesTr``) with the liver model *and* the tumour model of fold 
 liver that the liver model predicted, never on the reference liver, so the numbers are those a user will get.
 Outputs go to ``<results>/DatasetXXX/<Trainer>__tumor/fold_k/validation/``:
 
-* ``<case><ending>`` label maps (0 background, 1 liver, 2 tumour), ``<case>_report.json``, ``report.csv`` and
-  ``summary.json`` (per-case status), exactly as ``smoothseg_predict`` writes them;
+* ``<case><ending>`` label maps (0 background, 1 liver, 2 tumour; argmax), ``<case>.npz`` tumour probability maps,
+  ``<case>_report.json``, ``report.csv`` and ``summary.json`` (per-case status), as ``smoothseg_predict
+  --save_probabilities`` writes them;
 * ``../postprocessing.json`` (in ``fold_k``): the post-processing chosen on these predictions, which are made without
-  any: whether and how active contours run (:mod:`smoothseg.inference.contour_choice`), then the minimum lesion volume
-  (:mod:`smoothseg.inference.lesion_filter`), each with every candidate's validation score;
+  any: the tumour operating point, a probability threshold and a minimum lesion volume chosen for lesion detection
+  (:mod:`smoothseg.inference.operating_point`, with its FROC table; ``froc.png`` here), then whether and how active
+  contours run at that threshold (:mod:`smoothseg.inference.contour_choice`), each with every candidate's validation
+  score;
 * ``metrics.json``: the evaluation against the reference labels (before that filter), by
   :func:`smoothseg.evaluation.evaluate.evaluate_folders` (per-case metrics, their means and pooled overlap metrics).
 """
@@ -26,16 +29,26 @@ from typing import Any
 
 import numpy as np
 
+from smoothseg.atomic import json_safe
 from smoothseg.dataset.io import read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.evaluate import evaluate_folders
+from smoothseg.evaluation.froc import candidate_rows, plot_froc
 from smoothseg.inference.cascade import CascadePredictor, ModelOptions, active_contour_plan
 from smoothseg.inference.cohort import CohortOptions, run_cohort
 from smoothseg.inference.contour_choice import candidate_scores, candidates, section
 from smoothseg.inference.inputs import InputCase
 from smoothseg.inference.lesion_filter import candidate_dice, write_postprocessing
-from smoothseg.inference.postprocessing import refine_and_compose
+from smoothseg.inference.operating_point import (
+    ARGMAX,
+    MAX_FP_PER_TUMOUR_FREE,
+    choose_operating_point,
+    objective_of,
+    parse_key,
+    tumour_mask,
+)
+from smoothseg.inference.postprocessing import compose_labels, refine_and_compose
 from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
 from smoothseg.models.store import DEFAULT_CHECKPOINT, DEFAULT_TRAINER, select_models
 from smoothseg.paths import find_dataset, preprocessed_root
@@ -47,6 +60,7 @@ __all__ = ["choose_postprocessing", "evaluate_predictions", "validate_fold", "va
 logger = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
+FROC_PLOT = "froc.png"
 
 
 def validation_cases(dataset: str | int, fold: str) -> list[str]:
@@ -56,12 +70,13 @@ def validation_cases(dataset: str | int, fold: str) -> list[str]:
 
 def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TRAINER,
                   checkpoint: str = DEFAULT_CHECKPOINT, models: ModelOptions | None = None, *,
-                  num_processes: int = 1, progress: bool = True) -> Path:
+                  num_processes: int = 1, progress: bool = True, objective: str = "f1") -> Path:
     """Predict fold ``fold``'s validation cases with that fold's liver and tumour models, and evaluate them.
 
     ``models`` says how the models predict; its minimum lesion volume is ignored (the validation predicts without
-    it, to choose it). Returns the ``validation`` folder. ``num_processes`` sizes the pre-/post-processing pools and
-    the evaluation.
+    it, to choose it), and so are its tumour threshold (argmax; the probabilities are saved) and active contours (off).
+    ``objective`` is what the operating point is chosen for (``f1`` or ``dice``, :func:`choose_postprocessing`).
+    Returns the ``validation`` folder. ``num_processes`` sizes the pre-/post-processing pools and the evaluation.
     """
     fold = str(fold)
     pair = select_models(dataset, [fold], checkpoint, trainer)
@@ -76,7 +91,8 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
     logger.info("validating %s fold %s on %d case(s) with the predicted liver -> %s", pair.dataset, fold, len(cases),
                 output)
     # predicted without post-processing, which is then chosen on these predictions
-    models = replace(models or ModelOptions(), min_lesion_volume_ml=0.0, active_contour="off", progress=False)
+    models = replace(models or ModelOptions(), min_lesion_volume_ml=0.0, active_contour="off", progress=False,
+                     tumor_threshold=ARGMAX, save_probabilities=True)
     cascade = CascadePredictor.from_models(pair, models)
     table = raw.clinical()
     clinical = ClinicalTLVR(table, cascade.tumor.tlvr_models) if table is not None and cascade.tumor.tlvr_models \
@@ -93,31 +109,60 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
     evaluate_predictions(raw, references, output, num_processes)
     images = {c.case_id: c.path for c in done}
     choose_postprocessing(raw, references, images, output, output.parent, active_contour_plan(cascade.tumor.plan),
-                          f"validation of fold {fold} (predicted liver)")
+                          f"validation of fold {fold} (predicted liver)", objective)
     return output
 
 
 def choose_postprocessing(raw: RawDataset, references: dict[str, Path], images: dict[str, Path], prediction_dir: Path,
-                          fold_folder: Path, plan_contours: ActiveContourPlan, source: str) -> float:
-    """Choose the post-processing on the predictions of ``references``' cases (made without any): first the active
-    contours (:mod:`smoothseg.inference.contour_choice`), then the minimum lesion volume on top of the chosen contours
-    (:mod:`smoothseg.inference.lesion_filter`). Writes ``postprocessing.json``; returns the minimum lesion volume."""
-    settings = candidates(plan_contours)
-    loaded, contour_rows = {}, {}
+                          fold_folder: Path, plan_contours: ActiveContourPlan, source: str,
+                          objective: str = "f1") -> float:
+    """Choose the post-processing on the predictions of ``references``' cases (made without any, with their tumour
+    probability maps ``<case>.npz`` where present): first the tumour operating point, a probability threshold and a
+    minimum lesion volume, for ``objective`` (:mod:`smoothseg.inference.operating_point`; FROC table and plot), then
+    the active contours on the label maps at that threshold (:mod:`smoothseg.inference.contour_choice`). Writes
+    ``postprocessing.json`` and ``froc.png``; returns the minimum lesion volume."""
+    objective = objective_of(objective)
+    loaded, rows = {}, {}
     for case_id, label_path in sorted(references.items()):
         reference, _ = read_image(label_path)
         image, geometry = read_image(images[case_id])
         prediction, _ = read_image(prediction_dir / f"{case_id}{raw.spec.file_ending}")
+        probability = _probability(prediction_dir / f"{case_id}.npz", prediction.shape)
         tumour = np.isin(reference, list(raw.spec.task_regions.tumor))
-        contour_rows[case_id] = candidate_scores(image, geometry, prediction, tumour, settings)
-        loaded[case_id] = (image, geometry, prediction, tumour)
+        rows[case_id] = candidate_rows(prediction, probability, tumour, geometry.spacing_zyx)
+        loaded[case_id] = (image, geometry, prediction, probability, tumour)
+    best, table = choose_operating_point(rows, objective)
+    threshold, min_ml = parse_key(best["key"]) if best is not None else (None, 0.0)
+    plot_froc(table, prediction_dir / FROC_PLOT, f"FROC, {source}")
+    settings = candidates(plan_contours)
+    at_threshold, contour_rows = {}, {}
+    for case_id, (image, geometry, prediction, probability, tumour) in loaded.items():
+        labels = compose_labels(prediction > 0, tumour_mask(prediction, probability, threshold))
+        contour_rows[case_id] = candidate_scores(image, geometry, labels, tumour, settings)
+        at_threshold[case_id] = labels
     contours = section(contour_rows, settings)
     chosen = settings[contours["chosen"]]
     per_case = {}
-    for case_id, (image, geometry, prediction, tumour) in loaded.items():
-        labels = refine_and_compose(image, geometry, prediction, chosen) if chosen is not None else prediction
+    for case_id, (image, geometry, _, _, tumour) in loaded.items():
+        labels = at_threshold[case_id]
+        labels = refine_and_compose(image, geometry, labels, chosen) if chosen is not None else labels
         per_case[case_id] = candidate_dice(labels, tumour, geometry.spacing_zyx)
-    return write_postprocessing(fold_folder, per_case, source, extra={"active_contour": contours})
+    operating_point = {"objective": objective, "max_fp_per_tumour_free": MAX_FP_PER_TUMOUR_FREE,
+                       "tumor_threshold": ARGMAX if threshold is None else threshold, "min_lesion_volume_ml": min_ml,
+                       "chosen": best, "froc": table, "per_case": rows}
+    return write_postprocessing(fold_folder, per_case, source, extra={"active_contour": contours},
+                                operating_point=json_safe(operating_point))
+
+
+def _probability(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The tumour probability map written with a validation prediction (None when there is none)."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        probability = saved["tumor_probability"].astype(np.float32)
+    if probability.shape != tuple(shape):
+        raise SmoothSegError(f"{path}: probability map of shape {probability.shape}, label map {tuple(shape)}")
+    return probability
 
 
 def evaluate_predictions(raw: RawDataset, references: dict[str, Path], prediction_dir: Path,
