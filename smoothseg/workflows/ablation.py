@@ -9,17 +9,27 @@ Variants (:data:`VARIANTS`), each the full method with one component taken away:
 * ``no_active_contour``: ``full``'s models, active contours off;
 * ``single_stage``: no cascade: one 3-class model (background, liver, tumour) on the whole CT at the liver stage's
   planning (spacing, patch, window, width), its liver reduced to the largest component with holes filled and the
-  tumour kept inside it, active contours on. It has no TLVR term (the term is defined on the liver crop).
+  tumour kept inside it, active contours on. It has no TLVR term (the term is defined on the liver crop);
+* ``no_lesion_sampling``: the tumour model trained with foreground patches centred per tumour voxel only
+  (``lesion_sampling`` 0);
+* ``no_clean_liver``: the tumour model trained without clean-liver negatives (``clean_liver`` 0);
+* ``argmax_operating_point``: ``full``'s models, the tumour the argmax of the classes and no minimum lesion volume,
+  instead of the operating point chosen for detection.
 
-Post-processing is otherwise the same for all: no minimum lesion volume (so that it cannot hide a difference).
+Operating point: every variant but ``argmax_operating_point`` uses a tumour probability threshold and minimum lesion
+volume chosen as the fold validation chooses them (:mod:`smoothseg.inference.operating_point`, lesion F1 with at
+most 0.5 false-positive lesions per tumour-free liver), **cross-fitted**: for the cases of fold k on the same
+variant's predictions of the other ablated folds' validation cases, so no case helps choose its own operating point.
+With one fold there are no others, and the choice is made on the fold's own cases (in-sample; ``ablation.md`` says
+so). The operating point chosen for each fold is recorded.
 
 What runs: every model a chosen variant needs, once per seed and fold (variants that differ only in
-post-processing share models, and ``no_tlvr`` shares ``full``'s liver model), trained with the given length under
-``<results>/<dataset>/ablation/models/seed_<s>/<model>/``; a model whose final checkpoint exists is reused, one with
-only a latest checkpoint is continued (so an interrupted ablation resumes where it stopped). Then each variant
-predicts the validation cases of each fold with that fold's models (one network pass per case and model pair;
-variants that differ only in post-processing are scored on the same pass), and the per-case results are cached under
-``ablation/cases/``.
+post-processing share models, and the tumour-only variants share ``full``'s liver model), trained with the given
+length under ``<results>/<dataset>/ablation/models/seed_<s>/<model>/``; a model whose final checkpoint exists is
+reused, one with only a latest checkpoint is continued (so an interrupted ablation resumes where it stopped). Then
+each model group predicts the validation cases of each fold with that fold's models (one network pass per case),
+keeping the label map and P(tumour) (``ablation/cases/maps/``) and each case's operating-point counts and
+calibration; finally each variant is scored at its operating point. Everything is cached under ``ablation/cases/``.
 
 What is written, under ``<results>/<dataset>/ablation/``:
 
@@ -58,15 +68,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothseg.atomic import json_safe, write_json, write_text
+from smoothseg.atomic import atomic_path, json_safe, write_json, write_text
 from smoothseg.dataset.io import Geometry, read_image
 from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
-from smoothseg.evaluation.evaluate import lesion_detection_summary
+from smoothseg.evaluation.evaluate import lesion_detection_summary, tumour_burden
+from smoothseg.evaluation.froc import candidate_rows
 from smoothseg.evaluation.matching import to_task_labels
-from smoothseg.evaluation.metrics import LESION_SIZE_BINS, evaluate_case
+from smoothseg.evaluation.metrics import LESION_DIAMETER_BINS, LESION_SIZE_BINS, evaluate_case
 from smoothseg.evaluation.strata import DIAMETER_STRATUM_COLUMN, assign_strata, format_mean_std
 from smoothseg.inference.cascade import CascadePredictor, active_contour_plan
+from smoothseg.inference.lesion_filter import remove_small_lesions
+from smoothseg.inference.operating_point import candidate_key, choose_operating_point, parse_key, tumour_mask
 from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
 from smoothseg.inference.predictor import StagePredictor
 from smoothseg.labels import TUMOR
@@ -82,7 +95,8 @@ __all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablat
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("full", "no_tlvr", "no_vae", "no_active_contour", "single_stage")
+VARIANTS = ("full", "no_tlvr", "no_vae", "no_active_contour", "single_stage", "no_lesion_sampling", "no_clean_liver",
+            "argmax_operating_point")
 ECE_BINS = 10
 FINAL = "checkpoint_final.pth"
 LATEST = "checkpoint_latest.pth"
@@ -92,16 +106,20 @@ TRAINER = "SmoothSegTrainer"
 @dataclass(frozen=True)
 class ModelSpec:
     """One model to train: ``task`` liver, tumor or single (the 3-class whole-CT model), with or without the VAE
-    branch and the TLVR term."""
+    branch, the TLVR term, lesion-balanced sampling and clean-liver negatives (the last three: tumour only)."""
 
     task: str
     vae: bool = True
     tlvr: bool = True
+    lesion_sampling: bool = True
+    clean_liver: bool = True
 
     @property
     def key(self) -> str:
-        return self.task + ("" if self.vae else "_novae") + ("_notlvr" if self.task == "tumor" and not self.tlvr
-                                                             else "")
+        tumour = self.task == "tumor"
+        return self.task + ("" if self.vae else "_novae") + ("_notlvr" if tumour and not self.tlvr else "") + \
+            ("_nolesionsampling" if tumour and not self.lesion_sampling else "") + \
+            ("_nocleanliver" if tumour and not self.clean_liver else "")
 
 
 #: The models of each variant: (liver, tumour) for the cascade, (single,) without one.
@@ -111,8 +129,13 @@ VARIANT_MODELS: dict[str, tuple[ModelSpec, ...]] = {
     "no_vae": (ModelSpec("liver", vae=False), ModelSpec("tumor", vae=False)),
     "no_active_contour": (ModelSpec("liver"), ModelSpec("tumor")),
     "single_stage": (ModelSpec("single"),),
+    "no_lesion_sampling": (ModelSpec("liver"), ModelSpec("tumor", lesion_sampling=False)),
+    "no_clean_liver": (ModelSpec("liver"), ModelSpec("tumor", clean_liver=False)),
+    "argmax_operating_point": (ModelSpec("liver"), ModelSpec("tumor")),
 }
 ACTIVE_CONTOURS = {variant: variant != "no_active_contour" for variant in VARIANTS}
+#: Variants scored at argmax without a minimum lesion volume; the others at the cross-fitted operating point.
+ARGMAX_VARIANTS = ("argmax_operating_point",)
 
 
 @dataclass
@@ -181,6 +204,8 @@ def _train(spec: ModelSpec, seed: int, fold: str, settings: AblationSettings, fo
         epochs=settings.liver_epochs if task == "liver" else settings.tumor_epochs,
         iters_per_epoch=settings.iters_per_epoch, val_iters=settings.val_iters, seed=seed, vae=spec.vae,
         tlvr_weight=0.5 if spec.tlvr else 0.0, num_workers=settings.num_workers, precision=settings.precision,
+        lesion_sampling=TrainingConfig.lesion_sampling if spec.lesion_sampling else 0.0,
+        clean_liver=TrainingConfig.clean_liver if spec.clean_liver else 0.0,
         continue_training=(fold_folder / LATEST).exists(), validate=False)
     logger.info("ablation: training %s (seed %d, fold %s) -> %s", spec.key, seed, fold, fold_folder)
     preprocessed = single_root() if spec.task == "single" else None
@@ -221,13 +246,6 @@ def calibration_scores(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "frequency": frequency.tolist(), "count": count.tolist()}
 
 
-def _score(labels: np.ndarray, probability: np.ndarray, reference: np.ndarray, geometry: Geometry) -> dict[str, Any]:
-    row = evaluate_case(reference, labels, geometry.spacing_zyx)
-    liver = reference > 0
-    row["calibration"] = calibration(probability[liver], reference[liver] == TUMOR)
-    return row
-
-
 class _Pair:
     """The networks of one variant group for one seed and fold: a cascade, or the single-stage model."""
 
@@ -256,22 +274,66 @@ class _Pair:
         return compose_labels(liver, keep_inside(labels == TUMOR, liver)), probability
 
 
-def _predict_group(variants: list[str], pair: _Pair, raw: RawDataset, fold: str,
-                   settings: AblationSettings) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per variant (of one model group) and validation case of ``fold``: the scored prediction."""
+def _predict_group(pair: _Pair, raw: RawDataset, fold: str, settings: AblationSettings,
+                   maps: Path) -> dict[str, dict[str, Any]]:
+    """One network pass per validation case of ``fold`` for one model group: the label map and P(tumour) are kept in
+    ``maps/<case>.npz``; returned per case: the operating-point counts (:func:`candidate_rows`) and the calibration of
+    P(tumour) in the reference liver region."""
     by_id = {c.case_id: c for c in raw.training_cases}
-    out: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in variants}
+    out: dict[str, dict[str, Any]] = {}
     for case_id in validation_cases(settings.dataset, fold):
         case = by_id[case_id]
         image, geometry = read_image(case.image(0))
         reference_raw, _ = read_image(case.label)
         reference = to_task_labels(reference_raw, raw.spec.task_regions)
         labels, probability = pair.networks(image, geometry)
-        for variant in variants:
-            final = refine_and_compose(image, geometry, labels, pair.contours) if ACTIVE_CONTOURS[variant] else labels
-            out[variant][case_id] = _score(final, probability, reference, geometry)
-        logger.info("ablation: fold %s case %s: %s", fold, case_id, ", ".join(
-            f"{v} tumour Dice {out[v][case_id]['tumor_dice']:.3f}" for v in variants))
+        maps.mkdir(parents=True, exist_ok=True)
+        with atomic_path(maps / f"{case_id}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=labels.astype(np.uint8), probability=probability.astype(np.float16))
+        liver = reference > 0
+        out[case_id] = {"operating_point": candidate_rows(labels, probability, reference == TUMOR,
+                                                          geometry.spacing_zyx),
+                        "calibration": calibration(probability[liver], reference[liver] == TUMOR)}
+        logger.info("ablation: fold %s case %s predicted", fold, case_id)
+    return out
+
+
+def _operating_point(variant: str, fold: str, rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Where ``variant`` is scored on ``fold``: argmax without a minimum volume, or the operating point chosen on the
+    other folds' cases of ``rows`` (fold -> case -> that case's group rows), on the fold's own without others."""
+    if variant in ARGMAX_VARIANTS:
+        return {"threshold": None, "min_lesion_volume_ml": 0.0, "chosen_on": "fixed: argmax, no minimum volume"}
+    others = [f for f in rows if f != fold]
+    chosen_on = others or [fold]
+    per_case = {f"{f}/{c}": r["operating_point"] for f in chosen_on for c, r in rows[f].items()}
+    best, _ = choose_operating_point(per_case, "f1")
+    threshold, ml = parse_key(best["key"]) if best is not None else (None, 0.0)
+    where = f"fold(s) {', '.join(chosen_on)}" + ("" if others else " (in-sample: no other fold)")
+    return {"threshold": threshold, "min_lesion_volume_ml": ml, "chosen_on": where}
+
+
+def _score_variant(variant: str, point: dict[str, Any], raw: RawDataset, fold: str, settings: AblationSettings,
+                   maps: Path, group_rows: dict[str, dict[str, Any]], contours: ActiveContourPlan,
+                   ) -> dict[str, dict[str, Any]]:
+    """Per validation case of ``fold``: ``variant``'s kept prediction at ``point``, post-processed (minimum volume,
+    active contours unless switched off) and scored against the reference, with the group's calibration."""
+    by_id = {c.case_id: c for c in raw.training_cases}
+    out = {}
+    for case_id in validation_cases(settings.dataset, fold):
+        case = by_id[case_id]
+        image, geometry = read_image(case.image(0))
+        reference_raw, _ = read_image(case.label)
+        reference = to_task_labels(reference_raw, raw.spec.task_regions)
+        with np.load(maps / f"{case_id}.npz", allow_pickle=False) as saved:
+            labels, probability = saved["labels"], saved["probability"].astype(np.float32)
+        labels = compose_labels(labels > 0, tumour_mask(labels, probability, point["threshold"]))
+        if ACTIVE_CONTOURS[variant]:
+            labels = refine_and_compose(image, geometry, labels, contours)
+        labels, _ = remove_small_lesions(labels, geometry.spacing_zyx, point["min_lesion_volume_ml"])
+        out[case_id] = {**evaluate_case(reference, labels, geometry.spacing_zyx),
+                        "calibration": group_rows[case_id]["calibration"]}
+        logger.info("ablation: fold %s case %s: %s tumour Dice %.3f", fold, case_id, variant,
+                    out[case_id]["tumor_dice"])
     return out
 
 
@@ -301,16 +363,19 @@ def seed_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "n_cases": len(cases), "n_ge_10cm": len(large), "n_lt_10cm": len(small),
         "fp_per_tumour_free_liver": detection["fp_lesions_per_tumour_free_case"],
     }
-    for key, entry in detection["by_size"].items():
+    for key, entry in (*detection["by_size"].items(), *detection["by_diameter"].items()):
         out[f"sensitivity_{key}"] = entry["sensitivity"]
         out[f"n_lesions_{key}"] = entry["n_reference"]
+    out["tlvr_rmse"] = tumour_burden([{**row, "case_id": case_id} for case_id, row in rows.items()])[
+        "rmse_segmentation"]
     scores = calibration_scores([r["calibration"] for r in cases])
     out.update({"ece": scores["ece"], "brier": scores["brier"]})
     return out
 
 
 SUMMARY_KEYS = ("tumor_dice", "tumor_dice_ge_10cm", "tumor_dice_lt_10cm", "liver_dice", "lesion_f1", "ece", "brier",
-                *(f"sensitivity_{k}" for k, _, _, _ in LESION_SIZE_BINS), "fp_per_tumour_free_liver")
+                *(f"sensitivity_{k}" for k, _, _, _ in (*LESION_SIZE_BINS, *LESION_DIAMETER_BINS)),
+                "fp_per_tumour_free_liver", "tlvr_rmse")
 
 
 def _over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -388,17 +453,33 @@ def ablation_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
                      f"{_cell(s['ece'], 4)} | {_cell(s['brier'], 4)} | {delta} | {p} |")
     first = next(iter(summary.values()))
     n_cases = first["per_seed"][next(iter(first["per_seed"]))]
-    bins = " | ".join(label for _, label, _, _ in LESION_SIZE_BINS)
+    all_bins = (*LESION_SIZE_BINS, *LESION_DIAMETER_BINS)
+    bins = " | ".join(label for _, label, _, _ in all_bins)
     lines += ["", f"Cases per seed: {n_cases['n_cases']} ({n_cases['n_ge_10cm']} with a lesion ≥ 10 cm, "
               f"{n_cases['n_lt_10cm']} with lesions < 10 cm only). With n cases the smallest attainable p is "
               "2/2^n.", "", "## Lesion detection by size (sensitivity; false-positive lesions per tumour-free liver)",
-              "", f"| variant | {bins} | FP / tumour-free liver |", "|---|" + "---|" * (len(LESION_SIZE_BINS) + 1)]
+              "", f"| variant | {bins} | FP / tumour-free liver | TLVR RMSE |", "|---|" + "---|" * (len(all_bins) + 2)]
     for variant, entry in summary.items():
         s = entry["over_seeds"]
-        cells = [_cell(s[f"sensitivity_{k}"], 2) for k, _, _, _ in LESION_SIZE_BINS]
-        lines.append(f"| {variant} | {' | '.join(cells)} | {_cell(s['fp_per_tumour_free_liver'], 2)} |")
+        cells = [_cell(s[f"sensitivity_{k}"], 2) for k, _, _, _ in all_bins]
+        lines.append(f"| {variant} | {' | '.join(cells)} | {_cell(s['fp_per_tumour_free_liver'], 2)} | "
+                     f"{_cell(s['tlvr_rmse'], 4)} |")
     lines += ["", "Reference lesions per seed: " + ", ".join(
-        f"{label} {n_cases[f'n_lesions_{k}']}" for k, label, _, _ in LESION_SIZE_BINS) + ".", ""]
+        f"{label} {n_cases[f'n_lesions_{k}']}" for k, label, _, _ in all_bins) + ".", ""]
+    points = settings.get("operating_points") or {}
+    if points:
+        lines += ["## Operating points (tumour threshold | minimum lesion volume ml, per seed and fold)", "",
+                  "| variant | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
+                  "|---|" + "---|" * len(seeds)]
+        for variant, per_seed in points.items():
+            cells = [", ".join(f"f{fold}: {p['key']}" for fold, p in sorted(per_seed.get(seed, {}).items()))
+                     for seed in seeds]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        in_sample = len(folds) == 1
+        lines += ["", "Each fold's operating point is chosen on the other ablated folds' cases (cross-fitted)." if not
+                  in_sample else "One fold: the operating point is chosen on the same cases it is scored on "
+                  "(in-sample, optimistic for every variant but argmax_operating_point); ablate several folds for a "
+                  "cross-fitted choice.", ""]
     return "\n".join(lines)
 
 
@@ -456,24 +537,38 @@ def run_ablation(settings: AblationSettings) -> Path:
     for variant in settings.variants:
         groups.setdefault(VARIANT_MODELS[variant], []).append(variant)
     results: dict[str, dict[int, dict[str, dict[str, Any]]]] = {v: {} for v in settings.variants}
+    points: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in settings.variants}
     for seed in settings.seeds:
-        for fold in settings.folds:
-            for specs, variants in groups.items():
-                cache = folder / "cases" / f"{'+'.join(s.key for s in specs)}_seed{seed}_fold{fold}.json"
-                scored = _load_cache(cache, variants)
-                if scored is None:
+        for specs, variants in groups.items():
+            name = "+".join(s.key for s in specs)
+            rows: dict[str, dict[str, dict[str, Any]]] = {}
+            for fold in settings.folds:  # first pass: the networks, once per case
+                cache = folder / "cases" / f"{name}_seed{seed}_fold{fold}.json"
+                maps = folder / "cases" / "maps" / f"{name}_seed{seed}_fold{fold}"
+                rows[fold] = _load_cache(cache)
+                if rows[fold] is None:
                     checkpoints = {s.task: _train(s, seed, fold, settings, folder, single) for s in specs}
-                    scored = _predict_group(variants, _Pair(checkpoints, settings, contours), raw, fold, settings)
-                    write_json(json_safe(scored), cache)
-                for variant in variants:
-                    results[variant].setdefault(seed, {}).update(scored[variant])
+                    rows[fold] = _predict_group(_Pair(checkpoints, settings, contours), raw, fold, settings, maps)
+                    _write_cache(rows[fold], cache)
+            for variant in variants:  # second pass: each variant at its operating point
+                for fold in settings.folds:
+                    point = _operating_point(variant, fold, rows)
+                    key = candidate_key(point["threshold"], point["min_lesion_volume_ml"])
+                    cache = folder / "cases" / f"{variant}_seed{seed}_fold{fold}_{key.replace('|', '_')}.json"
+                    scored = _load_cache(cache)
+                    if scored is None:
+                        maps = folder / "cases" / "maps" / f"{name}_seed{seed}_fold{fold}"
+                        scored = _score_variant(variant, point, raw, fold, settings, maps, rows[fold], contours)
+                        _write_cache(scored, cache)
+                    results[variant].setdefault(seed, {}).update(scored)
+                    points[variant].setdefault(seed, {})[fold] = {**point, "key": key}
     summary = summarise(results)
     recorded = {"dataset": preprocessed.name, "folds": list(settings.folds), "seeds": list(settings.seeds),
                 "variants": list(settings.variants), "liver_epochs": settings.liver_epochs,
                 "tumor_epochs": settings.tumor_epochs, "iters_per_epoch": settings.iters_per_epoch,
                 "val_iters": settings.val_iters, "device": str(settings.device), "precision": settings.precision,
-                "step_size": settings.step_size, "min_lesion_volume_ml": 0.0,
-                "active_contours": contours.to_dict()}
+                "step_size": settings.step_size, "active_contours": contours.to_dict(),
+                "operating_points": points}
     write_json(json_safe({"settings": recorded, "summary": summary, "cases": results}), folder / "ablation.json")
     write_text(ablation_markdown(summary, recorded), folder / "ablation.md")
     reliability_diagram(summary, folder / "reliability.png")
@@ -481,8 +576,16 @@ def run_ablation(settings: AblationSettings) -> Path:
     return folder
 
 
-def _load_cache(path: Path, variants: list[str]) -> dict[str, dict[str, dict[str, Any]]] | None:
+#: The format of the per-case caches under ``ablation/cases/``; caches of another format are computed again.
+CACHE_FORMAT = 2
+
+
+def _load_cache(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return data if all(v in data for v in variants) else None
+    return data["cases"] if isinstance(data, dict) and data.get("format") == CACHE_FORMAT else None
+
+
+def _write_cache(cases: dict[str, Any], path: Path) -> None:
+    write_json(json_safe({"format": CACHE_FORMAT, "cases": cases}), path)
