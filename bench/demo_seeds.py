@@ -7,7 +7,10 @@ preprocessing are shared; each seed trains its own models), and after each run r
   checkpoint's progress log, batches of the fold's validation cases) reaches 0.1; "never" when it does not;
 * the fold validation's **sliding-window tumour Dice**: the whole cascade on the fold's validation cases
   (``validation/metrics.json``, mean per case), which a collapsed model cannot fake on batches;
-* the demo's test-case Dice (liver, tumour; per-case means), the bar, and the wall time.
+* the demo's test-case Dice (liver, tumour; per-case means), the bar, and the wall time;
+* a second table, lesion detection on the test cases (the evaluation's criterion): sensitivity for reference lesions
+  under 1 ml, 1-10 ml and 10 ml or more (found / present), false-positive lesions per tumour-free liver, lesion F1,
+  and the operating point the fold validation chose (tumour threshold | minimum lesion volume).
 
 Prints a markdown table and writes it, with every run's ``demo.json``, to ``--out``. Usage:
 ``python bench/demo_seeds.py --seeds 0 1 2 3 4 --workdir /tmp/seeds --out /tmp/seeds/table.md [demo flags...]``;
@@ -39,6 +42,24 @@ def _fmt(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+DETECTION_HEADER = ("| seed | test lesions < 1 ml found | 1-10 ml | >= 10 ml | FP lesions per tumour-free liver | "
+                    "lesion F1 | operating point (threshold \\| min ml) |\n|---|---|---|---|---|---|---|")
+
+
+def _found(entry: dict) -> str:
+    return f"{entry['n_detected']}/{entry['n_reference']}"
+
+
+def detection_row(seed: int, evaluation: Path, postprocessing: Path) -> str:
+    """The detection row of one run: from the test evaluation's summary and the validation's choice."""
+    det = json.loads(evaluation.read_text())["lesion_detection"]
+    post = json.loads(postprocessing.read_text())
+    by_size = det["by_size"]
+    return (f"| {seed} | {_found(by_size['lt1ml'])} | {_found(by_size['1to10ml'])} | {_found(by_size['ge10ml'])} | "
+            f"{_fmt(det['fp_lesions_per_tumour_free_case'])} | {_fmt(det['f1'])} | "
+            f"{post.get('tumor_threshold', 'argmax')} \\| {post['min_lesion_volume_ml']:g} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -52,7 +73,7 @@ def main() -> None:
     from smoothseg.models.checkpoint import load_checkpoint
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, detection = [], []
     for seed in args.seeds:
         started = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "smoothseg.cli.demo", "--device", "cpu", "--seed", str(seed),
@@ -77,10 +98,12 @@ def main() -> None:
                     f"{_fmt(m['tumor_dice'])} | {_fmt(m['tumor_dice_global'])} | "
                     f"{'met' if demo['meets_quality_bar'] else 'NOT met'} | {minutes:.1f} |")
         print(rows[-1], flush=True)
+        detection.append(detection_row(seed, Path(demo["paths"]["evaluation"]), tumour_fold / "postprocessing.json"))
+        print(detection[-1], flush=True)
     header = ("| seed | tumour take-off epoch (val. pseudo-Dice >= 0.1) | fold-validation tumour Dice (cascade) | "
               "test liver Dice | test tumour Dice | test tumour Dice pooled | bar | minutes |\n"
               "|---|---|---|---|---|---|---|---|")
-    table = header + "\n" + "\n".join(rows) + "\n"
+    table = header + "\n" + "\n".join(rows) + "\n\n" + DETECTION_HEADER + "\n" + "\n".join(detection) + "\n"
     args.out.write_text(table)
     print(table)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 from collections.abc import Sequence
 
@@ -21,6 +22,13 @@ def _report(result: DemoResult, quick: bool) -> None:
     print(f"{m['n_test_cases']} test case(s). Dice per case (mean): liver {_fmt(m['liver_dice'])}, tumour "
           f"{_fmt(m['tumor_dice'])}; pooled over all voxels: liver {_fmt(m['liver_dice_global'])}, tumour "
           f"{_fmt(m['tumor_dice_global'])}")
+    found = m.get("lesions_found") or {}
+    if found:
+        fp = m.get("fp_lesions_per_tumour_free_liver")
+        fp_text = "–" if fp is None or not math.isfinite(fp) else f"{fp:.2f}"
+        print("Lesions found, by reference volume: " +
+              ", ".join(f"{label} {n}/{total}" for label, (n, total) in found.items()) +
+              f"; false-positive lesions per tumour-free liver: {fp_text}")
     bar = ", ".join(f"{k.replace('_dice', '')} >= {v:.2f}" for k, v in QUALITY_BAR.items())
     if result.meets_quality_bar:
         print(f"Quality bar ({bar}, per-case mean): met.")

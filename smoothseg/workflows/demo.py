@@ -247,6 +247,9 @@ def _run(workdir: Path, mode: str, resolved: torch.device, quick: bool, settings
         "liver_dice_global": metrics["global"].get("liver_dice_global"),
         "tumor_dice_global": metrics["global"].get("tumor_dice_global"),
         "n_test_cases": metrics["n_cases"],
+        "lesions_found": {entry["label"]: [entry["n_detected"], entry["n_reference"]]
+                          for entry in metrics["lesion_detection"]["by_size"].values()},
+        "fp_lesions_per_tumour_free_liver": metrics["lesion_detection"]["fp_lesions_per_tumour_free_case"],
     }
     paths = output_paths(evaluation)
     result.roots = {"SMOOTHSEG_RAW": str(workdir / "raw"), "SMOOTHSEG_PREPROCESSED": str(workdir / "preprocessed"),
