@@ -76,13 +76,13 @@ def test_ablation_runs_every_variant_over_two_seeds_and_resumes(planned: Path, d
             assert 0 <= seed_values["ece"] <= 1 and 0 <= seed_values["brier"] <= 1
             assert 0 <= seed_values["liver_dice"] <= 1
         assert ("vs_full" in entry) == (variant != "full")
-    # Models are shared: 8 per seed (no_active_contour and argmax_operating_point reuse full's, the tumour-only
+    # Models are shared: 10 per seed (no_active_contour and argmax_operating_point reuse full's, the tumour-only
     # variants full's liver).
     models = folder / "models"
     for seed in (0, 1):
         assert sorted(p.name for p in (models / f"seed_{seed}").iterdir()) == [
             "liver", "liver_novae", "single", "tumor", "tumor_nocleanliver", "tumor_nolesionsampling", "tumor_notlvr",
-            "tumor_novae"]
+            "tumor_deepsup", "tumor_novae", "tumor_synthesis"]
     checkpoints = {p.relative_to(models).parts[1]: p for p in models.rglob("checkpoint_final.pth")
                    if p.relative_to(models).parts[0] == "seed_0"}
     assert not load_checkpoint(checkpoints["tumor_novae"])["network_kwargs"]["vae"]
@@ -92,13 +92,17 @@ def test_ablation_runs_every_variant_over_two_seeds_and_resumes(planned: Path, d
     assert single["network_kwargs"]["out_channels"] == 3 and single["task"] == "liver"
     run_config = json.loads((checkpoints["tumor_notlvr"].parent / "run_config.json").read_text())
     assert run_config["config"]["tlvr_weight"] == 0.0 and run_config["config"]["seed"] == 0
+    full_config = json.loads((checkpoints["tumor"].parent / "run_config.json").read_text())["config"]
     for key, field in (("tumor_nolesionsampling", "lesion_sampling"), ("tumor_nocleanliver", "clean_liver")):
         config = json.loads((checkpoints[key].parent / "run_config.json").read_text())["config"]
-        full_config = json.loads((checkpoints["tumor"].parent / "run_config.json").read_text())["config"]
         assert config[field] == 0.0 and full_config[field] > 0
+    synthesis = json.loads((checkpoints["tumor_synthesis"].parent / "run_config.json").read_text())["config"]
+    assert synthesis["lesion_synthesis"] > 0 and full_config["lesion_synthesis"] == 0
+    assert load_checkpoint(checkpoints["tumor_deepsup"])["network_kwargs"]["deep_supervision"]
+    assert not load_checkpoint(checkpoints["tumor"])["network_kwargs"]["deep_supervision"]
     # the operating points: argmax without a minimum volume for its variant, chosen (in-sample, one fold) for the others
     points = report["settings"]["operating_points"]
-    assert all(points["argmax_operating_point"][str(s)]["0"]["key"] == "argmax|0" for s in (0, 1))
+    assert all(points["argmax_operating_point"][str(s)]["0"]["key"] == "argmax|0|0" for s in (0, 1))
     assert points["full"]["0"]["0"]["chosen_on"] == "fold(s) 0 (in-sample: no other fold)"
     assert points["no_active_contour"]["0"]["0"]["key"] == points["full"]["0"]["0"]["key"]  # the same networks
     assert "in-sample" in (folder / "ablation.md").read_text()

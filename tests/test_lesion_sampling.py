@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from smoothseg.labels import LIVER, TUMOR
 from smoothseg.masks.components import connected_lesions
@@ -20,6 +21,7 @@ from smoothseg.preprocessing.dataset_preprocessing import (
     load_lesions,
 )
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
+from smoothseg.training.lesion_synthesis import SynthesisStats, paint_lesions
 
 
 def write_case(folder: Path, case_id: str, seg: np.ndarray) -> None:
@@ -153,3 +155,85 @@ def test_a_case_from_an_older_preprocessing_is_preprocessed_again(tmp_path: Path
     del data["preprocessing_version"]
     props.write_text(json.dumps(data))
     assert not is_done(tmp_path, "case", "h")
+
+
+# --- lesion synthesis -------------------------------------------------------------------------------------------
+
+def _synthesis_case(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 40 x 60 x 60 patch at 1 mm: liver (label 1, intensity 0 +- 0.2) with one real lesion, background around."""
+    rng = np.random.default_rng(seed)
+    seg = np.zeros((40, 60, 60), np.uint8)
+    seg[4:36, 5:55, 5:55] = LIVER
+    seg[10:20, 10:20, 10:20] = TUMOR
+    image = np.where(seg == LIVER, rng.normal(0.0, 0.2, seg.shape), -3.0).astype(np.float32)
+    image[seg == TUMOR] = -1.0
+    return image, seg
+
+
+def test_painted_lesions_lie_in_tumour_free_liver_with_the_dataset_contrast() -> None:
+    stats = SynthesisStats(contrast=(-1.5,), ratio=(1.0,))
+    cores = 0
+    for seed in range(6):
+        image, seg = _synthesis_case(seed)
+        before_image, before_seg = image.copy(), seg.copy()
+        painted = paint_lesions(image, seg, (1.0, 1.0, 1.0), np.random.default_rng(seed), stats)
+        assert 1 <= painted <= 3
+        new = (seg == TUMOR) & (before_seg != TUMOR)
+        assert (before_seg[new] == LIVER).all()  # never outside the liver, never over a real lesion
+        np.testing.assert_array_equal(seg[before_seg != LIVER], before_seg[before_seg != LIVER])
+        labels, n = connected_lesions(seg == TUMOR)
+        assert n == painted + 1  # separate from the real lesion and from each other
+        for i in range(1, n + 1):
+            lesion = labels == i
+            if (lesion & (before_seg == TUMOR)).any():
+                continue
+            volume = lesion.sum()  # 3-15 mm diameters, semi-axes x0.8-1.2, roughened edge
+            assert 4 / 3 * np.pi * (1.5 * 0.6) ** 3 <= volume <= 4 / 3 * np.pi * (7.5 * 1.5) ** 3
+            core = lesion & (ndimage.distance_transform_edt(lesion) >= 2)
+            if core.sum() >= 10:  # the inside carries the contrast of the dataset's lesions
+                cores += 1
+                assert image[core].mean() == pytest.approx(-1.5, abs=0.3)
+        np.testing.assert_array_equal(image[~new], before_image[~new])  # nothing changes elsewhere
+    assert cores >= 3
+
+
+def test_painted_lesions_keep_the_parenchyma_texture_scaled_by_the_std_ratio() -> None:
+    checked = 0
+    for seed in range(8):
+        image, seg = _synthesis_case(seed)
+        before = image.copy()
+        paint_lesions(image, seg, (1.0, 1.0, 1.0), np.random.default_rng(seed), SynthesisStats((1.0,), (2.0,)),
+                      count=1)
+        new = (seg == TUMOR) & (before != image)
+        core = new & (ndimage.distance_transform_edt(seg == TUMOR) >= 3)
+        if core.sum() >= 20:
+            checked += 1
+            assert np.std(image[core]) == pytest.approx(2 * np.std(before[core]), rel=0.3)
+            assert image[core].mean() - before[core].mean() == pytest.approx(1.0, abs=0.15)
+    assert checked >= 2
+
+
+def test_no_room_means_no_lesion() -> None:
+    seg = np.zeros((10, 10, 10), np.uint8)
+    seg[4:6, 4:6, 4:6] = LIVER  # 2 mm of liver: no 3 mm lesion fits with its margin
+    image = np.zeros(seg.shape, np.float32)
+    assert paint_lesions(image, seg, (1.0, 1.0, 1.0), np.random.default_rng(0), SynthesisStats((1.0,), (1.0,))) == 0
+    assert not (seg == TUMOR).any() and not image.any()
+
+
+def test_the_loader_paints_its_share_and_drops_their_tlvr_target(tmp_path: Path) -> None:
+    image, seg = _synthesis_case(0)
+    write_case(tmp_path, "case", seg)
+    props = json.loads(case_files(tmp_path, "case")["properties"].read_text())
+    props["intensity_stats"] = {"liver": [0.0, 0.2], "tumour": [-1.0, 0.2]}
+    case_files(tmp_path, "case")["properties"].write_text(json.dumps(props))
+    n_lesions = []
+    for share in (0.0, 1.0):
+        cfg = SamplingConfig((40, 60, 60), 4, oversample_foreground=0.0, lesion_synthesis=share)
+        loader = PatchLoader(tmp_path, ["case"], cfg, {"case": 0.1}, seed=0)
+        batch = loader.generate_train_batch()
+        n_lesions.append([connected_lesions(s == TUMOR)[1] for s in batch["seg"][:, 0]])
+        assert np.isnan(batch["clinical_tlvr"]).all() == (share == 1.0)
+    assert n_lesions[0] == [1] * 4 and all(n > 1 for n in n_lesions[1])
+    assert SynthesisStats.from_properties([props]).contrast == (-1.0,)
+    assert SynthesisStats.from_properties([{"intensity_stats": {"liver": [0, 1], "tumour": None}}]) is None

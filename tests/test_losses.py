@@ -303,3 +303,19 @@ def test_composite_adds_weighted_terms_and_reports_parts():
     assert torch.isfinite(logits.grad).all()
     with pytest.raises(ValueError, match="tlvr_weight=0"):
         SmoothSegLoss(seg)(logits, labels, vae)
+
+
+def test_deep_supervision_weights_halve_per_scale_on_downsampled_targets():
+    """L_seg with deep heads = (L(full) + L(1/2)/2 + L(1/4)/4) / 1.75, each target downsampled by nearest
+    neighbour; without deep logits the loss is the plain one."""
+    torch.manual_seed(1)
+    target = torch.randint(0, 3, (2, 8, 16, 16))
+    full, half, quarter = (torch.randn(2, 3, *s) for s in ((8, 16, 16), (4, 8, 8), (2, 4, 4)))
+    seg = DiceCELoss(3)
+    loss = SmoothSegLoss(seg, tlvr_weight=0.0)
+    total, parts = loss(full, target, deep_logits=[half, quarter])
+    expected = (seg(full, target) + seg(half, target[:, ::2, ::2, ::2]) / 2 +
+                seg(quarter, target[:, ::4, ::4, ::4]) / 4) / 1.75
+    torch.testing.assert_close(total, expected)
+    assert parts["seg"] == pytest.approx(float(expected))
+    torch.testing.assert_close(loss(full, target)[0], seg(full, target))

@@ -304,3 +304,26 @@ def test_instance_norm_is_instance_normalisation() -> None:
     norm.load_state_dict(reference.state_dict())
     x = torch.randn(2, 8, 6, 10, 12) * 3 + 5
     torch.testing.assert_close(norm(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_deep_supervision_heads_in_training_only_and_the_same_logits() -> None:
+    """Deep heads at 1/2 and 1/4 of the input (finest first) in training mode; eval mode and the full-resolution
+    logits are those of the same network without the heads; a checkpoint from before the option rebuilds."""
+    torch.manual_seed(0)
+    deep = small(deep_supervision=True)
+    x = torch.randn(2, 1, 16, 32, 32)
+    logits, vae_loss, aux = deep.train()(x)
+    assert [tuple(a.shape) for a in aux] == [(2, 3, 8, 16, 16), (2, 3, 4, 8, 8)]
+    assert logits.shape == (2, 3, 16, 32, 32) and vae_loss.ndim == 0
+    plain = small()
+    assert set(deep.state_dict()) - set(plain.state_dict()) == {k for k in deep.state_dict() if
+                                                                k.startswith("deep_heads.")}
+    plain.load_state_dict({k: v for k, v in deep.state_dict().items() if not k.startswith("deep_heads.")})
+    deep.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x), plain(x))
+    heads = sum(p.numel() for p in deep.deep_heads.parameters())
+    assert heads == (2 * 8 + 8 * 3 + 3) + (2 * 16 + 16 * 3 + 3)  # norm, conv1x1 with bias, at 8 and 16 channels
+    old_kwargs = {k: v for k, v in plain.init_kwargs.items() if k != "deep_supervision"}
+    assert not SegResNetVAE(**old_kwargs).deep_supervision

@@ -267,7 +267,8 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
     chosen = point["chosen"]
     assert post["tumor_threshold"] == chosen["threshold"] == point["tumor_threshold"]
     assert post["min_lesion_volume_ml"] == chosen["min_lesion_volume_ml"] == point["min_lesion_volume_ml"]
-    assert len(point["froc"]) == 9 * 6  # argmax and 8 thresholds x 6 minimum volumes
+    assert point["format"] == 2 and post["min_lesion_confidence"] == chosen["min_lesion_confidence"]
+    assert len(point["froc"]) == 4 * 7 * 6  # argmax and 3 thresholds x 7 confidences x 6 minimum volumes
     feasible = [r for r in point["froc"] if r["feasible"]] or point["froc"]
     assert chosen["f1"] == max(r["f1"] for r in feasible if r["f1"] is not None)
     assert sum(r["chosen"] for r in point["froc"]) == 1
@@ -275,7 +276,7 @@ def test_validate_fold_uses_the_predicted_liver(home: Path, monkeypatch: pytest.
     assert (folder / "froc.png").stat().st_size > 1000
     by_case = {row["case_id"]: row for row in metrics["cases"]}
     for case_id in val_ids:  # at argmax without a minimum volume the counts are the evaluation's own
-        at_argmax = point["per_case"][case_id]["argmax|0"]
+        at_argmax = point["per_case"][case_id]["argmax|0|0"]
         assert (at_argmax["tp"], at_argmax["fp"], at_argmax["fn"]) == tuple(
             by_case[case_id][f"tumor_lesion_{k}"] for k in ("tp", "fp", "fn"))
         assert (folder / f"{case_id}.npz").is_file()
@@ -288,7 +289,8 @@ def test_save_probabilities_writes_the_tumour_probability_on_the_label_grid(home
     and geometry, 0 outside the predicted liver, and at least 1/3 wherever the (unfiltered) label map says tumour
     (the argmax of three linearly reverted class maps that sum to 1)."""
     out = tmp_path / "out"
-    models = replace(FAST_MODELS, save_probabilities=True, active_contour="off", min_lesion_volume_ml=0.0)
+    models = replace(FAST_MODELS, save_probabilities=True, active_contour="off", min_lesion_volume_ml=0.0,
+                     tumor_threshold="argmax", min_lesion_confidence=0.0)
     summary = predict(inputs, out, models=models, options=FAST)
     assert summary.count("ok") == 3
     for image_path in sorted(inputs.iterdir()):
@@ -311,7 +313,9 @@ def test_a_tumour_threshold_replaces_argmax_and_every_lesion_carries_its_confide
     """``tumor_threshold``: tumour = P(tumour) >= t inside the same liver (a superset of argmax for a low t); each
     reported lesion's confidence is its highest P(tumour), at least the threshold; the report says where the
     threshold came from."""
-    base = replace(FAST_MODELS, active_contour="off", min_lesion_volume_ml=0.0, save_probabilities=True)
+    # every part of the operating point given: independent of what a validation in this module chose
+    base = replace(FAST_MODELS, active_contour="off", min_lesion_volume_ml=0.0, min_lesion_confidence=0.0,
+                   save_probabilities=True)
     predict(inputs, tmp_path / "argmax", models=replace(base, tumor_threshold="argmax"), options=FAST)
     predict(inputs, tmp_path / "low", models=replace(base, tumor_threshold=0.05), options=FAST)
     for image_path in sorted(inputs.iterdir()):
@@ -326,11 +330,26 @@ def test_a_tumour_threshold_replaces_argmax_and_every_lesion_carries_its_confide
         np.testing.assert_array_equal((low == 2)[clear], ((probability >= 0.05) & (low > 0))[clear])
         report = json.loads((tmp_path / "low" / f"{case_id}_report.json").read_text())
         assert report["model"]["tumor_threshold"] == 0.05 and report["model"]["tumor_threshold_source"] == "given"
+        assert report["model"]["min_lesion_confidence"] == 0.0
         for lesion in report["lesions"]:
             assert 0.05 - 1e-3 <= lesion["confidence"] <= 1.0
         reference = json.loads((tmp_path / "argmax" / f"{case_id}_report.json").read_text())
         assert all(0.0 <= lesion["confidence"] <= 1.0 for lesion in reference["lesions"])
+    # a minimum confidence drops whole lesions below it and keeps the others as they were
+    predict(inputs, tmp_path / "confident", models=replace(base, tumor_threshold=0.05, min_lesion_confidence=0.6),
+            options=FAST)
+    for image_path in sorted(inputs.iterdir()):
+        case_id = image_path.name.replace("_0000.nii.gz", "").replace(".nii.gz", "")
+        low, _ = read_image(tmp_path / "low" / f"{case_id}.nii.gz")
+        confident, _ = read_image(tmp_path / "confident" / f"{case_id}.nii.gz")
+        lesions = json.loads((tmp_path / "low" / f"{case_id}_report.json").read_text())["lesions"]
+        kept = json.loads((tmp_path / "confident" / f"{case_id}_report.json").read_text())["lesions"]
+        assert sorted(lesion["voxels"] for lesion in kept) == sorted(
+            lesion["voxels"] for lesion in lesions if lesion["confidence"] >= 0.6 + 1e-3)
+        assert not ((confident == 2) & (low != 2)).any()
     with pytest.raises(SmoothSegError, match="strictly between 0 and 1"):
         ModelOptions(tumor_threshold=1.5)
+    with pytest.raises(SmoothSegError, match="confidence lies in"):
+        ModelOptions(min_lesion_confidence=1.0)
     bad = run_cli("predict", "-i", str(inputs), "-o", str(tmp_path / "bad"), "--tumor-threshold", "2", home=home)
     assert bad.returncode == 2 and "must be 'argmax' or a probability between 0 and 1" in bad.stderr

@@ -67,6 +67,10 @@ def test_plan_and_preprocess_writes_everything(prepared, demo_dataset: Path) -> 
                     assert np.all(np.asarray(seg)[tuple(coords.T)] == c)
             # normalised intensities: liver region near the window mean
             assert abs(float(np.median(np.asarray(data[0])[np.asarray(seg) == 1]))) < 1.5
+            stats = props["intensity_stats"]  # for the lesion synthesis: mean and std per foreground class
+            liver_values = np.asarray(data[0])[np.asarray(seg) == 1]
+            assert stats["liver"] == pytest.approx([liver_values.mean(), liver_values.std()], abs=1e-4)
+            assert (stats["tumour"] is None) == (task == "liver" or not (np.asarray(seg) == 2).any())
     assert json.loads((folder / "splits.json").read_text())["scheme"] == "kfold"
 
 

@@ -378,17 +378,21 @@ def test_lesion_sampling_and_clean_liver_reach_the_tumour_training_loader_only(t
     seen = {}
     monkeypatch.setattr(cli_train, "train_and_validate", lambda config, device: seen.setdefault("config", config))
     assert cli_train.main(["900", "tumor", "0", "-device", "cpu", "--lesion-sampling", "0.8", "--lesion-alpha", "0.5",
-                           "--clean-liver", "0"]) == 0
-    assert (seen["config"].lesion_sampling, seen["config"].lesion_alpha, seen["config"].clean_liver) == (0.8, 0.5, 0)
+                           "--clean-liver", "0", "--lesion-synthesis", "0.2"]) == 0
+    config = seen["config"]
+    assert (config.lesion_sampling, config.lesion_alpha, config.clean_liver, config.lesion_synthesis) == \
+        (0.8, 0.5, 0, 0.2)
     ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
-    trainer = SmoothSegTrainer(_config("tumor", lesion_sampling=0.8, clean_liver=0.3))
-    train_cfg = trainer._loader(ids, {}, seed=0, train=True).data_loader.config
+    trainer = SmoothSegTrainer(_config("tumor", lesion_sampling=0.8, clean_liver=0.3, lesion_synthesis=0.2))
+    train_loader = trainer._loader(ids, {}, seed=0, train=True).data_loader
+    train_cfg = train_loader.config
     val_cfg = trainer._loader(ids, {}, seed=0, train=False).data_loader.config
-    assert (train_cfg.lesion_sampling, train_cfg.clean_liver) == (0.8, 0.3)
-    assert (val_cfg.lesion_sampling, val_cfg.clean_liver) == (0.0, 0.0)
-    liver = SmoothSegTrainer(_config("liver", lesion_sampling=0.8, clean_liver=0.3))
+    assert (train_cfg.lesion_sampling, train_cfg.clean_liver, train_cfg.lesion_synthesis) == (0.8, 0.3, 0.2)
+    assert train_loader.synthesis is not None  # the preprocessed cases carry their intensity statistics
+    assert (val_cfg.lesion_sampling, val_cfg.clean_liver, val_cfg.lesion_synthesis) == (0.0, 0.0, 0.0)
+    liver = SmoothSegTrainer(_config("liver", lesion_sampling=0.8, clean_liver=0.3, lesion_synthesis=0.2))
     liver_cfg = liver._loader(ids, {}, seed=0, train=True).data_loader.config
-    assert (liver_cfg.lesion_sampling, liver_cfg.clean_liver) == (0.0, 0.0)
+    assert (liver_cfg.lesion_sampling, liver_cfg.clean_liver, liver_cfg.lesion_synthesis) == (0.0, 0.0, 0.0)
     with pytest.raises(SmoothSegError, match="--clean-liver must be a share between 0 and 1"):
         SmoothSegTrainer(_config("tumor", clean_liver=2.0))
 
@@ -452,3 +456,17 @@ def test_training_both_tasks_runs_the_full_validation(tiny: Path, data_home: Pat
     assert again.returncode == 0, again.stderr
     missing = run_cli("train", "900", "tumor", "1", "-device", "cpu", "--val", home=data_home)
     assert missing.returncode == 2 and "train this fold first" in missing.stderr
+
+
+def test_deep_supervision_trains_its_heads_and_a_run_keeps_it(tiny: Path) -> None:
+    """--deep-supervision: the checkpoint's network has the deep heads (trained: they moved from their initial
+    weights) and rebuilds for prediction; a continued run must keep the setting, on either task."""
+    output = train(_config("liver", epochs=1, deep_supervision=True))
+    payload = load_checkpoint(output / "checkpoint_final.pth")
+    assert payload["network_kwargs"]["deep_supervision"] and payload["config"]["deep_supervision"]
+    network = network_from_checkpoint(payload, output / "checkpoint_final.pth")
+    initial = SmoothSegTrainer(_config("liver", deep_supervision=True)).network  # seed 0's initial weights
+    assert any(not torch.equal(a, b) for a, b in zip(network.deep_heads.parameters(), initial.deep_heads.parameters(),
+                                                    strict=True))
+    with pytest.raises(SmoothSegError, match="trained with --deep-supervision 1; continue it with the same value"):
+        train(_config("liver", epochs=2, continue_training=True))

@@ -32,13 +32,21 @@ def _threshold(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"must be 'argmax' or a probability between 0 and 1, got {text}") from exc
 
 
+def _confidence(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1), got {text}")
+    return value
+
+
 def _body(args: argparse.Namespace) -> int:
     models = ModelOptions(
         device=resolve_device(args.device), step_size=args.step_size,
         tta=False if args.disable_tta else (True if args.tta else None), precision=args.precision,
         save_probabilities=args.save_probabilities,
         active_contour="off" if args.no_active_contour else args.active_contour,
-        min_lesion_volume_ml=args.min_lesion_ml, tumor_threshold=args.tumor_threshold)
+        min_lesion_volume_ml=args.min_lesion_ml, tumor_threshold=args.tumor_threshold,
+        min_lesion_confidence=args.min_lesion_confidence)
     options = CohortOptions(
         output_format=args.output_format, continue_prediction=args.continue_prediction,
         num_processes_preprocessing=args.npp,
@@ -93,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a liver voxel is tumour when its tumour probability is at least this (0-1), or "
                              "'argmax' for the network's own decision; default: the operating point chosen on the "
                              "models' validation folds (postprocessing.json), argmax without one")
+    parser.add_argument("--min-lesion-confidence", dest="min_lesion_confidence", type=_confidence, default=None,
+                        help="drop lesions whose highest tumour probability is below this (0-1; 0 keeps all); "
+                             "default: the one chosen on the models' validation folds (postprocessing.json)")
     parser.add_argument("--output-format", "--output_format", dest="output_format", default=None,
                         help="file ending of the label maps (.nii.gz, .nii, .nrrd, .mha, ...), seg.nrrd (3D Slicer "
                              "segmentation) or dcm (DICOM SEG, for DICOM inputs); default: the input's (.nii.gz for "

@@ -21,10 +21,10 @@ def _body(args: argparse.Namespace) -> int:
     config = TrainingConfig(
         dataset=args.dataset, task=args.configuration, fold=args.fold, trainer=args.tr, device=args.device,
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, optimizer=args.optimizer,
-        initial_lr=args.lr, batch_dice=not args.sample_dice,
-        tlvr_weight=args.tlvr_weight, vae=not args.no_vae, mask_leak_mm=args.mask_leak_mm, patience=args.patience,
+        initial_lr=args.lr, batch_dice=not args.sample_dice, tlvr_weight=args.tlvr_weight, vae=not args.no_vae,
+        deep_supervision=args.deep_supervision, mask_leak_mm=args.mask_leak_mm, patience=args.patience,
         lesion_sampling=args.lesion_sampling, lesion_alpha=args.lesion_alpha, clean_liver=args.clean_liver,
-        compile=args.compile,
+        lesion_synthesis=args.lesion_synthesis, compile=args.compile,
         precision=args.precision, num_workers=args.num_workers, seed=args.seed, continue_training=args.c,
         overwrite=args.overwrite, validate=not args.no_val, pp_objective=args.pp_objective)
     device = resolve_device(args.device)
@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="weight of the TLVR term (tumor task); 0 ablates it")
     parser.add_argument("--no-vae", dest="no_vae", action="store_true",
                         help="train the network without its VAE branch (ablation)")
+    parser.add_argument("--deep-supervision", dest="deep_supervision", action="store_true",
+                        help="also supervise the coarser decoder stages (a head on each, targets downsampled, weights "
+                             "halving per scale; nnU-Net's scheme); off by default until the ablation shows it helps")
     parser.add_argument("--mask-leak-mm", dest="mask_leak_mm", type=float, default=15.0,
                         help="tumor task: a quarter of the training liver masks are dilated by 5 mm to this many mm, "
                              "as by a liver stage leaking into neighbouring tissue (default 15; 0 switches it off)")
@@ -78,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="tumor task: share of the non-foreground patches centred in reference liver with no "
                              "tumour in the patch, from tumour-free cases when there are any (default %(default)s; "
                              "0: off)")
+    parser.add_argument("--lesion-synthesis", dest="lesion_synthesis", type=float,
+                        default=TrainingConfig.lesion_synthesis,
+                        help="tumor task: share of the training patches that get 1-3 small (3-15 mm) synthetic "
+                             "lesions painted into their liver, with the contrast of the dataset's real lesions "
+                             "(default %(default)s: off)")
     parser.add_argument("--patience", type=int, default=None, help="stop after N epochs without EMA improvement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
@@ -90,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-val", dest="no_val", action="store_true",
                         help="skip the full validation at the end of training")
     parser.add_argument("--pp-objective", dest="pp_objective", choices=OBJECTIVES, default="f1",
-                        help="what the full validation chooses the tumour operating point (probability threshold and "
-                             "minimum lesion volume) for: f1 = lesion-level F1 with at most 0.5 false-positive lesions "
-                             "per tumour-free liver (default), dice = mean per-case tumour Dice")
+                        help="what the full validation chooses the tumour operating point (voxel threshold, lesion "
+                             "confidence, minimum lesion volume) for: f1 = lesion-level F1 with at most 0.5 "
+                             "false-positive lesions per tumour-free liver (default), dice = mean per-case tumour Dice")
     nnunet_only(parser, {
         "-p": "each dataset has one plans.json (smoothseg_plan_and_preprocess)",
         "-pretrained_weights": "training starts from --seed's initialisation, or continues a fold with --c",

@@ -1,7 +1,8 @@
 """Detection-aware scoring of tumour operating points: the per-case candidate rows behind the FROC table, and its plot.
 
 :func:`candidate_rows` scores one validation case at every candidate operating point of
-:mod:`smoothseg.inference.operating_point` (a probability threshold or argmax, and a minimum lesion volume) with the
+:mod:`smoothseg.inference.operating_point` (a voxel threshold or argmax, a lesion confidence and a minimum lesion
+volume) with the
 evaluation's own lesion matching (:func:`~smoothseg.evaluation.metrics.lesion_detection`, the same criterion as
 ``metrics.json``): per candidate ``tp``, ``fp``, ``fn``, ``n_ref``, ``n_pred``, the tumour ``dice`` (None when both
 masks are empty), and ``ref_<bin>``/``det_<bin>`` reference and detected lesions per size bin of
@@ -18,51 +19,75 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy import ndimage
 
 from smoothseg.atomic import atomic_write
-from smoothseg.evaluation.metrics import LESION_SIZE_BINS, lesion_detection
-from smoothseg.inference.lesion_filter import CANDIDATES_ML, remove_small_lesions
-from smoothseg.inference.operating_point import THRESHOLDS, candidate_key, threshold_value, tumour_mask
-from smoothseg.labels import LIVER, TUMOR
+from smoothseg.evaluation.metrics import LESION_SIZE_BINS, component_pairs, match_components
+from smoothseg.inference.lesion_filter import CANDIDATES_ML, min_lesion_voxels
+from smoothseg.inference.operating_point import CONFIDENCES, THRESHOLDS, candidate_key, threshold_value, tumour_mask
 from smoothseg.masks.box import bounding_box
-from smoothseg.masks.measures import binary_dice
+from smoothseg.masks.components import connected_lesions
+from smoothseg.masks.measures import voxel_volume_ml
 
 __all__ = ["candidate_rows", "plot_froc"]
 
 
 def candidate_rows(labels: np.ndarray, probability: np.ndarray | None, reference_tumour: np.ndarray,
                    spacing_zyx: Sequence[float], thresholds: Sequence[str | float] = THRESHOLDS,
+                   confidences: Sequence[float] = CONFIDENCES,
                    volumes_ml: Sequence[float] = CANDIDATES_ML) -> dict[str, dict[str, Any]]:
-    """The counts of one case at every candidate ``(threshold, min volume)`` (see the module docstring).
+    """The counts of one case at every candidate operating point ``(threshold, confidence, min volume)`` (see the
+    module docstring).
 
     ``labels`` is the cascade's label map before post-processing (0/1/2), ``probability`` its tumour probability map
-    on the same grid (only argmax is scored without one), ``reference_tumour`` the reference tumour mask.
+    on the same grid (without one only argmax with every lesion is scored), ``reference_tumour`` the reference
+    tumour mask. The tumour components of each threshold are labelled once; each (confidence, volume) then keeps
+    those with a high enough peak probability and size, and its counts are those of
+    :func:`~smoothseg.evaluation.metrics.lesion_detection` on the kept mask (the same matching rule, from the
+    component overlaps).
     """
     labels = np.asarray(labels)
     reference_tumour = np.asarray(reference_tumour, dtype=bool)
     if probability is None:
-        thresholds = [t for t in thresholds if threshold_value(t) is None]
+        thresholds, confidences = [t for t in thresholds if threshold_value(t) is None], [0.0]
     box = bounding_box((labels > 0) | reference_tumour)  # every candidate's tumour lies inside the liver
     if box is not None:
         labels, reference_tumour = labels[box], reference_tumour[box]
-        probability = None if probability is None else np.asarray(probability)[box]
+        probability = None if probability is None else np.asarray(probability, dtype=np.float32)[box]
+    voxel_ml = voxel_volume_ml(spacing_zyx)
+    ref_labels, n_ref = connected_lesions(reference_tumour)
+    ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1).astype(np.float64)
+    ref_sizes[0] = 0.0
+    ref_bins = [(key, (ref_sizes[1:] * voxel_ml >= low) & (ref_sizes[1:] * voxel_ml < high))
+                for key, _, low, high in LESION_SIZE_BINS]
+    n_reference_voxels = float(ref_sizes.sum())
     rows: dict[str, dict[str, Any]] = {}
     for threshold in thresholds:
-        tumour = tumour_mask(labels, probability, threshold_value(threshold))
-        at_threshold = np.where(tumour, TUMOR, np.minimum(labels, LIVER)).astype(np.uint8)
-        for ml in volumes_ml:
-            kept, _ = remove_small_lesions(at_threshold, spacing_zyx, ml)
-            predicted = kept == TUMOR
-            detection = lesion_detection(reference_tumour, predicted, spacing_zyx, with_diameters=False)
-            row: dict[str, Any] = {"tp": detection.tp, "fp": detection.fp, "fn": detection.fn,
-                                   "n_ref": len(detection.reference_lesions),
-                                   "n_pred": len(detection.predicted_lesions),
-                                   "dice": binary_dice(predicted, reference_tumour)}
-            for key, _, low, high in LESION_SIZE_BINS:
-                members = [lesion for lesion in detection.reference_lesions if low <= lesion.volume_ml < high]
-                row[f"ref_{key}"] = len(members)
-                row[f"det_{key}"] = sum(lesion.matched for lesion in members)
-            rows[candidate_key(threshold_value(threshold), ml)] = row
+        # components once per threshold; each (confidence, volume) keeps whole components, so the detection counts
+        # follow from the component overlaps by the evaluation's own matching rule (match_components)
+        components, n = connected_lesions(tumour_mask(labels, probability, threshold_value(threshold)))
+        sizes = np.bincount(components.ravel(), minlength=n + 1).astype(np.float64)
+        sizes[0] = 0.0
+        peaks = np.ones(n + 1)
+        if probability is not None and n:
+            peaks[1:] = ndimage.maximum(probability, components, np.arange(1, n + 1))
+        pairs, pair_counts = component_pairs(ref_labels, components)
+        overlap = np.bincount(pairs[:, 1], weights=pair_counts, minlength=n + 1)  # tumour voxels per component
+        for confidence in confidences:
+            for ml in volumes_ml:
+                keep = (peaks >= confidence) & (sizes >= min_lesion_voxels(ml, spacing_zyx)) & (sizes > 0)
+                kept_sizes = np.where(keep, sizes, 0.0)
+                detected, matched, _ = match_components(ref_sizes, kept_sizes, pairs, pair_counts)
+                tp, n_pred = int(detected.sum()), int(keep.sum())
+                predicted_voxels = float(kept_sizes.sum())
+                total = n_reference_voxels + predicted_voxels
+                row: dict[str, Any] = {"tp": tp, "fp": n_pred - int(matched.sum()), "fn": n_ref - tp,
+                                       "n_ref": n_ref, "n_pred": n_pred,
+                                       "dice": None if total == 0 else 2.0 * float(overlap[keep].sum()) / total}
+                for key, members in ref_bins:
+                    row[f"ref_{key}"] = int(members.sum())
+                    row[f"det_{key}"] = int((detected[1:] & members).sum())
+                rows[candidate_key(threshold_value(threshold), confidence, ml)] = row
     return rows
 
 

@@ -40,11 +40,10 @@ from smoothseg.masks.measures import check_spacing, max_diameter_mm, surface_vox
 
 __all__ = [
     "Lesion", "LesionDetection", "OverlapCounts", "SurfaceDistances",
-    "accuracy", "assd", "connected_lesions", "counts_from_case", "dice", "evaluate_case", "hd95", "iou",
-    "LESION_DIAMETER_BINS", "LESION_SIZE_BINS", "lesion_detection", "lesions_by_size", "max_diameter_mm",
-    "overlap_counts", "overlap_metrics", "pool_counts",
-    "pooled_overlap_metrics", "precision", "sensitivity", "specificity", "surface_distances", "surface_voxels",
-    "volume_ml",
+    "accuracy", "assd", "component_pairs", "connected_lesions", "counts_from_case", "dice", "evaluate_case", "hd95",
+    "iou", "LESION_DIAMETER_BINS", "LESION_SIZE_BINS", "lesion_detection", "lesions_by_size", "match_components",
+    "max_diameter_mm", "overlap_counts", "overlap_metrics", "pool_counts", "pooled_overlap_metrics", "precision",
+    "sensitivity", "specificity", "surface_distances", "surface_voxels", "volume_ml",
 ]
 
 #: Default minimal Dice between a reference lesion and the union of the predicted components that overlap it for
@@ -322,6 +321,31 @@ def _lesion_table(labels: np.ndarray, n: int, sizes: np.ndarray, voxel_ml: float
     return tuple(lesions)
 
 
+def component_pairs(ref_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The overlapping (reference, predicted) component label pairs ``(k, 2)`` and their shared voxel counts."""
+    both = (ref_labels > 0) & (pred_labels > 0)
+    pairs, pair_counts = np.unique(np.stack([ref_labels[both], pred_labels[both]], axis=1), axis=0,
+                                   return_counts=True)
+    return pairs.reshape(-1, 2).astype(np.int64), pair_counts.astype(np.float64)
+
+
+def match_components(ref_sizes: np.ndarray, pred_sizes: np.ndarray, pairs: np.ndarray, pair_counts: np.ndarray,
+                     min_dice: float = DEFAULT_LESION_MIN_DICE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The matching rule of :func:`lesion_detection` on component sizes (index 0: background, size 0) and overlap
+    pairs: ``(detected reference lesions, matched predicted components, each reference lesion's union Dice)``, as
+    boolean / float arrays indexed by label. A predicted component of size 0 (e.g. filtered out) matches nothing."""
+    keep = pred_sizes[pairs[:, 1]] > 0
+    pairs, pair_counts = pairs[keep], pair_counts[keep]
+    ref_dice = _union_dice(ref_sizes, pred_sizes, pairs, pair_counts, axis=0)
+    overlapped = np.zeros(len(ref_sizes), dtype=bool)
+    overlapped[pairs[:, 0]] = True
+    detected = overlapped & (ref_dice >= min_dice)
+    detected[0] = False
+    pred_matched = np.zeros(len(pred_sizes), dtype=bool)
+    pred_matched[pairs[detected[pairs[:, 0]], 1]] = True
+    return detected, pred_matched, ref_dice
+
+
 def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float], *,
                      min_dice: float = DEFAULT_LESION_MIN_DICE, connectivity: int = 3,
                      with_diameters: bool = True) -> LesionDetection:
@@ -358,19 +382,9 @@ def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Seq
     pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1).astype(np.float64)
     ref_sizes[0] = pred_sizes[0] = 0.0  # label 0 is background, never a lesion
 
-    both = (ref_labels > 0) & (pred_labels > 0)
-    pairs, pair_counts = np.unique(np.stack([ref_labels[both], pred_labels[both]], axis=1), axis=0,
-                                   return_counts=True)
-    pairs = pairs.reshape(-1, 2).astype(np.int64)
-    ref_dice = _union_dice(ref_sizes, pred_sizes, pairs, pair_counts.astype(np.float64), axis=0)
-    pred_dice = _union_dice(pred_sizes, ref_sizes, pairs, pair_counts.astype(np.float64), axis=1)
-
-    overlapped = np.zeros(n_ref + 1, dtype=bool)
-    overlapped[pairs[:, 0]] = True
-    detected = overlapped & (ref_dice >= min_dice)
-    detected[0] = False
-    pred_matched = np.zeros(n_pred + 1, dtype=bool)
-    pred_matched[pairs[detected[pairs[:, 0]], 1]] = True
+    pairs, pair_counts = component_pairs(ref_labels, pred_labels)
+    detected, pred_matched, ref_dice = match_components(ref_sizes, pred_sizes, pairs, pair_counts, min_dice)
+    pred_dice = _union_dice(pred_sizes, ref_sizes, pairs, pair_counts, axis=1)
 
     preds_per_ref = np.bincount(pairs[:, 0], minlength=n_ref + 1)[1:]
     refs_per_pred = np.bincount(pairs[:, 1], minlength=n_pred + 1)[1:]

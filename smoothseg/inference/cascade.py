@@ -9,7 +9,8 @@ One case goes through these steps:
 3. tumour stage on the crop around the *predicted* liver, with intensities outside the predicted liver masked as in
    training (steps 3 and 4 of the method); skipped when no liver was found. The tumour is the argmax of its classes
    or, at the operating point chosen on the fold validation (:mod:`smoothseg.inference.operating_point`), every voxel
-   of the liver with P(tumour) at or above a threshold;
+   of the liver with P(tumour) at or above a threshold; lesions whose highest P(tumour) is below the operating
+   point's minimum confidence are dropped whole;
 4. the liver refined at the tumour stage's fine spacing: inside the crop, the liver region is what both stages call
    liver (liver-stage mask and the tumour model's liver or tumour classes), again reduced to its largest component
    with holes filled; the tumour is kept inside it. The liver model sees the whole CT at a coarse spacing (4-6 mm on
@@ -44,7 +45,12 @@ from smoothseg.device import autocast_dtype, precision_name, resolve_device
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.contour_choice import choice_from_folders
 from smoothseg.inference.lesion_filter import remove_small_lesions
-from smoothseg.inference.operating_point import ARGMAX, operating_point_from_folders, threshold_value
+from smoothseg.inference.operating_point import (
+    ARGMAX,
+    operating_point_from_folders,
+    remove_doubtful_lesions,
+    threshold_value,
+)
 from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
 from smoothseg.inference.predictor import StagePredictor
 from smoothseg.labels import TUMOR
@@ -73,6 +79,8 @@ class ModelOptions:
     ``min_lesion_volume_ml`` None: the volume chosen on the models' validation (``postprocessing.json``).
     ``tumor_threshold`` None: the threshold chosen on the models' validation with that volume (argmax without one);
     ``"argmax"``: the argmax of the tumour stage's classes; a number in (0, 1): P(tumour) >= it inside the liver.
+    ``min_lesion_confidence`` None: the one chosen on the validation (0, every lesion, without one); a number in
+    [0, 1): lesions whose highest P(tumour) is below it are dropped.
     ``precision``: the networks' arithmetic (:func:`smoothseg.device.autocast_dtype`; ``auto``: fp16 on CUDA, bf16 on
     a CPU with bfloat16 units, else fp32).
     """
@@ -85,6 +93,7 @@ class ModelOptions:
     active_contour: str | bool = "auto"
     min_lesion_volume_ml: float | None = None
     tumor_threshold: float | str | None = None
+    min_lesion_confidence: float | None = None
     progress: bool = False  # a progress bar over the sliding-window tiles
 
     def __post_init__(self) -> None:
@@ -94,6 +103,8 @@ class ModelOptions:
                                  f"got {self.active_contour!r}")
         self.active_contour = mode
         threshold_value(self.tumor_threshold)  # refuses anything but None, "argmax" or a number in (0, 1)
+        if self.min_lesion_confidence is not None and not 0.0 <= self.min_lesion_confidence < 1.0:
+            raise SmoothSegError(f"a minimum lesion confidence lies in [0, 1), got {self.min_lesion_confidence}")
 
 
 def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
@@ -105,7 +116,8 @@ def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     relevant = {k: settings.get(k) for k in ("active_contour", "active_contour_settings", "tta", "step_size",
-                                             "min_lesion_volume_ml", "precision", "tumor_threshold")}
+                                             "min_lesion_volume_ml", "precision", "tumor_threshold",
+                                             "min_lesion_confidence")}
     digest.update(json.dumps(relevant, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -115,12 +127,15 @@ def describe_models(pair: ModelPair, options: ModelOptions) -> dict[str, Any]:
     change the output (active contours, TTA, step, minimum lesion volume and where it came from) and their
     :func:`model_id`. Recorded in every report and summary; ``--continue`` compares the ids."""
     device = options.device if options.device is not None else resolve_device("auto")
-    threshold, min_ml, source = operating_point_from_folders(p.parent for p in pair.checkpoints("tumor"))
-    threshold_source = source
+    point, source = operating_point_from_folders(p.parent for p in pair.checkpoints("tumor"))
+    threshold, confidence, min_ml = point.threshold, point.confidence, point.min_volume_ml
+    threshold_source = confidence_source = source
     if options.min_lesion_volume_ml is not None:
         min_ml, source = options.min_lesion_volume_ml, "given"
     if options.tumor_threshold is not None:
         threshold, threshold_source = threshold_value(options.tumor_threshold), "given"
+    if options.min_lesion_confidence is not None:
+        confidence, confidence_source = float(options.min_lesion_confidence), "given"
     chosen, why = _chosen_contours(pair, options.active_contour)
     info = {**pair.to_dict(), "active_contour": options.active_contour != "off" and chosen != "none",
             "active_contour_mode": options.active_contour, "active_contour_settings": chosen,
@@ -128,7 +143,8 @@ def describe_models(pair: ModelPair, options: ModelOptions) -> dict[str, Any]:
             "tta": bool(options.tta) if options.tta is not None else device.type == "cuda",
             "step_size": options.step_size, "precision": precision_name(autocast_dtype(device, options.precision)),
             "min_lesion_volume_ml": min_ml, "min_lesion_volume_source": source,
-            "tumor_threshold": ARGMAX if threshold is None else threshold, "tumor_threshold_source": threshold_source}
+            "tumor_threshold": ARGMAX if threshold is None else threshold, "tumor_threshold_source": threshold_source,
+            "min_lesion_confidence": confidence, "min_lesion_confidence_source": confidence_source}
     info["model_id"] = model_id([*pair.checkpoints("liver"), *pair.checkpoints("tumor")], info)
     return info
 
@@ -177,7 +193,7 @@ class CascadePredictor:
     def __init__(self, liver: StagePredictor, tumor: StagePredictor,
                  active_contour_params: ActiveContourPlan | None = None, model_info: dict[str, Any] | None = None,
                  refine_liver: bool = True, min_lesion_volume_ml: float = 0.0, save_probabilities: bool = False,
-                 tumor_threshold: float | None = None):
+                 tumor_threshold: float | None = None, min_lesion_confidence: float = 0.0):
         if liver.task != "liver" or tumor.task != "tumor":
             raise SmoothSegError(f"a cascade needs a liver and a tumor stage, got {liver.task} and {tumor.task}")
         self.liver = liver
@@ -192,6 +208,8 @@ class CascadePredictor:
         self.min_lesion_volume_ml = float(min_lesion_volume_ml)
         #: P(tumour) at or above which a liver voxel is tumour; None: the argmax of the tumour stage's classes.
         self.tumor_threshold = threshold_value(tumor_threshold)
+        #: Lesions whose highest P(tumour) is below this are dropped (0: none).
+        self.min_lesion_confidence = float(min_lesion_confidence)
         self.model_info = model_info or {"dataset": liver.dataset, "trainer": liver.trainer,
                                          "folds": {"liver": liver.folds, "tumor": tumor.folds}}
 
@@ -209,11 +227,14 @@ class CascadePredictor:
             ActiveContourPlan.from_dict(chosen)
         logger.info("active contours %s (%s)", "on: " + json.dumps(params.to_dict()) if params else "off",
                     info["active_contour_source"])
-        logger.info("tumour operating point %s (%s), minimum lesion volume %g ml (%s)", info["tumor_threshold"],
-                    info["tumor_threshold_source"], info["min_lesion_volume_ml"], info["min_lesion_volume_source"])
+        logger.info("tumour operating point: voxels %s (%s), lesions of confidence >= %g (%s) and >= %g ml (%s)",
+                    info["tumor_threshold"], info["tumor_threshold_source"], info["min_lesion_confidence"],
+                    info["min_lesion_confidence_source"], info["min_lesion_volume_ml"],
+                    info["min_lesion_volume_source"])
         return cls(stages["liver"], stages["tumor"], params, info, min_lesion_volume_ml=info["min_lesion_volume_ml"],
                    save_probabilities=options.save_probabilities,
-                   tumor_threshold=threshold_value(info["tumor_threshold"]))
+                   tumor_threshold=threshold_value(info["tumor_threshold"]),
+                   min_lesion_confidence=info["min_lesion_confidence"])
 
     # -- stages ------------------------------------------------------------------------------------------------------
     def liver_stage(self, image: np.ndarray, geometry: Geometry,
@@ -241,7 +262,7 @@ class CascadePredictor:
     def _tumour_stage(self, image: np.ndarray, geometry: Geometry, liver: np.ndarray,
                       with_probability: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         tumour = np.zeros(liver.shape, dtype=bool)
-        with_probability = with_probability or self.tumor_threshold is not None
+        with_probability = with_probability or self.tumor_threshold is not None or self.min_lesion_confidence > 0
         probability = np.zeros(liver.shape, dtype=np.float32) if with_probability else None
         if not liver.any():
             return liver, tumour, probability
@@ -265,7 +286,8 @@ class CascadePredictor:
                 liver = refined
         if probability is not None:
             probability[~liver] = 0.0  # as the label map: tumour only inside the liver
-        return liver, keep_inside(tumour, liver), probability
+        tumour, _ = remove_doubtful_lesions(keep_inside(tumour, liver), probability, self.min_lesion_confidence)
+        return liver, tumour, probability
 
     def network_stages(self, image: np.ndarray, geometry: Geometry, prepared: tuple[np.ndarray, dict[str, Any]]
                        | None = None) -> tuple[np.ndarray, dict[str, float]]:

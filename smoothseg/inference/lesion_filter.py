@@ -33,7 +33,7 @@ from smoothseg.atomic import write_json
 from smoothseg.labels import LIVER, TUMOR
 from smoothseg.masks.components import connected_lesions
 
-__all__ = ["CANDIDATES_ML", "POSTPROCESSING_NAME", "candidate_dice", "choose_min_lesion_volume",
+__all__ = ["CANDIDATES_ML", "POSTPROCESSING_NAME", "candidate_dice", "min_lesion_voxels", "choose_min_lesion_volume",
            "min_lesion_volume_from_folders", "read_fold_choices", "remove_small_lesions", "write_postprocessing"]
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ CANDIDATES_ML = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 POSTPROCESSING_NAME = "postprocessing.json"
 
 
-def _min_voxels(min_volume_ml: float, spacing_zyx) -> int:
+def min_lesion_voxels(min_volume_ml: float, spacing_zyx) -> int:
+    """The fewest voxels a lesion of at least ``min_volume_ml`` has on this grid (0 for no minimum)."""
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     return int(math.ceil(min_volume_ml / voxel_ml - 1e-9)) if min_volume_ml > 0 else 0
 
@@ -55,7 +56,7 @@ def _tumour_components(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def remove_small_lesions(labels: np.ndarray, spacing_zyx, min_volume_ml: float) -> tuple[np.ndarray, int]:
     """Label map (0/1/2) with every tumour component under ``min_volume_ml`` turned into liver; and how many."""
-    min_voxels = _min_voxels(min_volume_ml, spacing_zyx)
+    min_voxels = min_lesion_voxels(min_volume_ml, spacing_zyx)
     if min_voxels <= 1 or not (labels == TUMOR).any():
         return labels, 0
     components, sizes = _tumour_components(labels)
@@ -81,7 +82,7 @@ def candidate_dice(prediction: np.ndarray, reference_tumour: np.ndarray, spacing
     overlap = np.bincount(components[reference_tumour], minlength=sizes.size)
     out: dict[str, float | None] = {}
     for ml in candidates:
-        kept = sizes >= _min_voxels(ml, spacing_zyx)
+        kept = sizes >= min_lesion_voxels(ml, spacing_zyx)
         kept[0] = False
         n_pred, tp = int(sizes[kept].sum()), int(overlap[kept].sum())
         out[_key(ml)] = None if n_ref + n_pred == 0 else 2.0 * tp / (n_ref + n_pred)
@@ -109,17 +110,20 @@ def write_postprocessing(fold_folder: Path, per_case: Mapping[str, Mapping[str, 
                          operating_point: Mapping[str, Any] | None = None) -> float:
     """Write ``postprocessing.json`` into ``fold_folder``: the mean Dice of each candidate volume on ``per_case`` and
     the ``extra`` sections; returns the chosen volume. With an ``operating_point`` section
-    (:mod:`smoothseg.inference.operating_point`) its threshold and volume are the choice; without one the volume with
-    the best mean Dice is, at argmax (the choice of smoothseg before the operating point)."""
+    (:mod:`smoothseg.inference.operating_point`) its threshold, confidence and volume are the choice; without one the
+    volume with the best mean Dice is, at argmax with every lesion (smoothseg's choice before the operating point)."""
     dice_choice, means = choose_min_lesion_volume(per_case)
     chosen = float(operating_point["min_lesion_volume_ml"]) if operating_point else dice_choice
     threshold = operating_point["tumor_threshold"] if operating_point else "argmax"
-    write_json({"min_lesion_volume_ml": chosen, "tumor_threshold": threshold, "candidates_ml": list(CANDIDATES_ML),
+    confidence = float(operating_point["min_lesion_confidence"]) if operating_point else 0.0
+    write_json({"min_lesion_volume_ml": chosen, "tumor_threshold": threshold, "min_lesion_confidence": confidence,
+                "candidates_ml": list(CANDIDATES_ML),
                 "mean_tumor_dice": means, "n_cases": len(per_case), "source": source, "per_case": dict(per_case),
                 **({"operating_point": dict(operating_point)} if operating_point else {}), **(extra or {})},
                Path(fold_folder) / POSTPROCESSING_NAME)
-    logger.info("tumour operating point %s, minimum lesion volume %.2f ml, chosen on %d validation case(s); mean "
-                "tumour Dice by minimum volume at it: %s", threshold, chosen, len(per_case),
+    logger.info("tumour operating point %s, lesion confidence >= %g, minimum lesion volume %.2f ml, chosen on %d "
+                "validation case(s); mean tumour Dice by minimum volume at it: %s", threshold, confidence, chosen,
+                len(per_case),
                 ", ".join(f"{k} ml {v:.4f}" for k, v in means.items()))
     return chosen
 

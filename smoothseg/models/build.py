@@ -22,13 +22,14 @@ from smoothseg.planning.plans import TASKS, ConfigurationPlan, Plans
 __all__ = ["build_network", "network_from_checkpoint", "write_untrained_models"]
 
 
-def build_network(plan: ConfigurationPlan, vae: bool = True) -> SegResNetVAE:
-    """The SegResNetVAE that ``plan`` describes (``vae=False``: without its VAE branch, for the ablation)."""
+def build_network(plan: ConfigurationPlan, vae: bool = True, deep_supervision: bool = False) -> SegResNetVAE:
+    """The SegResNetVAE that ``plan`` describes (``vae=False``: without its VAE branch, for the ablation;
+    ``deep_supervision``: with a segmentation head on each coarser decoder stage, used in training only)."""
     net = plan.network
     return SegResNetVAE(in_channels=1, out_channels=plan.num_classes, input_image_size=plan.patch_size,
                         init_filters=net.init_filters, blocks_down=net.blocks_down, blocks_up=net.blocks_up,
                         norm=net.norm, dropout=net.dropout, vae=vae, vae_nz=net.vae_nz,
-                        vae_estimate_std=net.vae_estimate_std)
+                        vae_estimate_std=net.vae_estimate_std, deep_supervision=deep_supervision)
 
 
 def network_from_checkpoint(payload: dict[str, Any], path: Path) -> SegResNetVAE:

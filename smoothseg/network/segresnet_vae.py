@@ -18,6 +18,10 @@ Architecture (``L = len(blocks_down)`` encoder stages, ``F = init_filters``)::
               upsample x2, then the decoder's up stages *without* skips (own weights), and a head
               norm, ReLU, conv1x1 (F -> in_channels, with bias) that reconstructs the input image.
 
+Deep supervision (``deep_supervision=True``, off by default): one more head (norm, ReLU, conv1x1 -> out_channels) on
+the output of every decoder stage but the last, i.e. at 1/2, 1/4, ... of the input resolution; their logits are
+returned in training mode only (for a loss on downsampled targets), and eval mode is unchanged.
+
 ``ResBlock(c)`` is the pre-activation block ``x + conv3x3(ReLU(norm(conv3x3(ReLU(norm(x))))))``. Convolutions are
 bias-free except the two output heads (a bias in front of a normalisation layer is redundant). Normalisation is
 GroupNorm (``min(num_groups, channels)`` groups) or affine InstanceNorm.
@@ -141,11 +145,13 @@ class SegResNetVAE(nn.Module):
             Linear outputs only the ``vae_nz`` means, so there are no unused parameters.
         vae_default_std: the fixed standard deviation used when ``vae_estimate_std`` is False.
         upsample_mode: ``"trilinear"`` or ``"nearest"`` for the non-trainable x2 upsampling.
+        deep_supervision: add a segmentation head to every decoder stage but the last (see the module docstring).
 
     Forward convention:
-        * training mode (``self.training``): always a tuple ``(logits, vae_loss)``; ``vae_loss`` is a float32
+        * training mode (``self.training``): a tuple ``(logits, vae_loss)``; ``vae_loss`` is a float32
           scalar tensor, ``torch.zeros(())`` on the input's device when ``vae`` is False. The caller adds
-          ``0.1 * vae_loss`` (Myronenko's weight) to its segmentation loss.
+          ``0.1 * vae_loss`` (Myronenko's weight) to its segmentation loss. With ``deep_supervision`` the tuple has
+          a third element: the list of the deep heads' logits, finest (1/2 resolution) first.
         * eval mode: ``logits`` only, shape ``(B, out_channels, Z, Y, X)``; the VAE branch is not executed.
 
     VAE loss (per mini-batch, returned unweighted)::
@@ -187,6 +193,7 @@ class SegResNetVAE(nn.Module):
         vae_estimate_std: bool = False,
         vae_default_std: float = 0.3,
         upsample_mode: str = "trilinear",
+        deep_supervision: bool = False,
     ):
         super().__init__()
         blocks_down, blocks_up = tuple(int(b) for b in blocks_down), tuple(int(b) for b in blocks_up)
@@ -228,8 +235,9 @@ class SegResNetVAE(nn.Module):
             "init_filters": self.init_filters, "blocks_down": list(blocks_down), "blocks_up": list(blocks_up),
             "norm": norm, "num_groups": int(num_groups), "dropout": float(dropout), "vae": self.vae,
             "vae_nz": self.vae_nz, "vae_estimate_std": self.vae_estimate_std, "vae_default_std": self.vae_default_std,
-            "upsample_mode": upsample_mode,
+            "upsample_mode": upsample_mode, "deep_supervision": bool(deep_supervision),
         }
+        self.deep_supervision = bool(deep_supervision)
         n_stages = len(blocks_down)
         self._min_divisor = 2 ** (n_stages - 1)
 
@@ -246,6 +254,10 @@ class SegResNetVAE(nn.Module):
         self.up_samples, self.up_layers = _up_stages(n_stages, init_filters, blocks_up, norm, num_groups,
                                                      upsample_mode)
         self.head = _Head(init_filters, out_channels, norm, num_groups)
+        # Deep supervision: a head on every decoder stage but the last (coarsest first, as the stages run).
+        self.deep_heads = nn.ModuleList(
+            [_Head(init_filters * 2 ** (n_stages - 2 - j), out_channels, norm, num_groups)
+             for j in range(len(blocks_up) - 1)] if self.deep_supervision else [])
 
         # VAE branch (own decoder weights, as in Myronenko's Table 1).
         if self.vae:
@@ -279,11 +291,15 @@ class SegResNetVAE(nn.Module):
             features.append(x)
         return features
 
-    def _decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def _decode(self, features: list[torch.Tensor], deep: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The logits and, with ``deep``, the deep heads' logits (finest first)."""
         x = features[-1]
+        aux = []
         for j, (up, layer) in enumerate(zip(self.up_samples, self.up_layers, strict=True)):
             x = layer(up(x) + features[-2 - j])
-        return self.head(x)
+            if deep and j < len(self.deep_heads):
+                aux.append(self.deep_heads[j](x))
+        return self.head(x), aux[::-1]
 
     def _vae_loss(self, x: torch.Tensor, deepest: torch.Tensor) -> torch.Tensor:
         """Variance-normalised reconstruction MSE plus KL term (class docstring), as a float32 scalar."""
@@ -308,8 +324,8 @@ class SegResNetVAE(nn.Module):
         variance = target.var(dim=2, unbiased=False).clamp(min=1e-3)
         return ((reconstruction - target).square().mean(dim=2) / variance).mean() + kl
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Logits in eval mode; ``(logits, vae_loss)`` in training mode (see the class docstring)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple:
+        """Logits in eval mode; ``(logits, vae_loss[, deep logits])`` in training mode (see the class docstring)."""
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input of shape (B, {self.in_channels}, Z, Y, X), got {tuple(x.shape)}")
         spatial = tuple(x.shape[2:])
@@ -320,12 +336,12 @@ class SegResNetVAE(nn.Module):
             raise ValueError(f"in training mode the VAE branch needs inputs of size {self.input_image_size} "
                              f"(input_image_size), got {spatial}")
         features = self._encode(x)
-        logits = self._decode(features)
+        logits, aux = self._decode(features, deep=self.training and self.deep_supervision)
         if not self.training:
             return logits
-        if run_vae:
-            return logits, self._vae_loss(x, features[-1])
-        return logits, torch.zeros((), device=x.device, dtype=torch.float32)
+        vae_loss = self._vae_loss(x, features[-1]) if run_vae else torch.zeros((), device=x.device,
+                                                                                 dtype=torch.float32)
+        return (logits, vae_loss, aux) if self.deep_supervision else (logits, vae_loss)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -10,7 +10,8 @@ Output per case in ``<preprocessed>/DatasetXXX/<task>/``:
   (``lesion_coords``), where each lesion's rows start (``lesion_offsets``, n + 1 entries) and its size in voxels
   (``lesion_voxels``) (loaded with ``allow_pickle=False``; :func:`load_locations`, :func:`load_lesions`);
 * ``<case>.json``: properties to undo every step (original geometry, crop box, shapes), the
-  ground-truth TLVR, voxel counts per class, and the hash of the plan that produced it.
+  ground-truth TLVR, voxel counts per class, the mean and standard deviation of the normalised intensity per
+  foreground class (``intensity_stats``, for lesion synthesis), and the hash of the plan that produced it.
 
 Each file is written atomically and the JSON last, so a case counts as done only when its JSON
 exists with the current plan's hash and ``PREPROCESSING_VERSION`` (a folder written by an older smoothseg, without
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 MAX_LOCATIONS = 10_000
 MAX_LESION_LOCATIONS = 1_000
 #: Raised when the files of a case change; cases written with another version are preprocessed again.
-PREPROCESSING_VERSION = 2
+PREPROCESSING_VERSION = 3
 
 
 def case_files(folder: Path, case_id: str) -> dict[str, Path]:
@@ -71,6 +72,16 @@ def class_locations(seg: np.ndarray, classes, seed: int) -> dict[str, np.ndarray
         if len(coords) > MAX_LOCATIONS:
             coords = coords[np.sort(rng.choice(len(coords), MAX_LOCATIONS, replace=False))]
         out[f"class_{c}"] = coords
+    return out
+
+
+def intensity_stats(image: np.ndarray, seg: np.ndarray) -> dict[str, list[float] | None]:
+    """``[mean, std]`` of the normalised intensity per foreground class (``liver``: class 1, ``tumour``: class 2;
+    None where the case has no such voxel), for the lesion synthesis of training."""
+    out: dict[str, list[float] | None] = {}
+    for name, c in (("liver", 1), ("tumour", TUMOR)):
+        values = image[seg == c]
+        out[name] = [round(float(values.mean()), 5), round(float(values.std()), 5)] if values.size else None
     return out
 
 
@@ -120,6 +131,7 @@ def preprocess_case(case: CaseFiles, preprocessor: TaskPreprocessor, folder: Pat
         "class_voxels": [int(v) for v in counts],
         "liver_voxels": int(counts[1:].sum()),
         "preprocessing_version": PREPROCESSING_VERSION,
+        "intensity_stats": intensity_stats(data[0], seg),
     })
     files = case_files(folder, case.case_id)
     _save_npy(data, files["data"])

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 #: Initial learning rate of each optimizer when none is given (poly decay to 0 over the run).
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 
-#: Sampling settings a continued (``--c``) tumour run must keep, with the value of runs from before each option.
-RESUME_KEPT = {"mask_leak_mm": 0.0, "lesion_sampling": 0.0, "lesion_alpha": 0.0, "clean_liver": 0.0}
+#: Settings a continued (``--c``) tumour run must keep, with the value of runs from before each option.
+RESUME_KEPT = {"mask_leak_mm": 0.0, "lesion_sampling": 0.0, "lesion_alpha": 0.0, "clean_liver": 0.0,
+               "lesion_synthesis": 0.0, "deep_supervision": 0.0}
+#: Of those, the ones that concern both tasks (the others only the tumour task's sampling).
+RESUME_KEPT_ANY_TASK = ("deep_supervision",)
 
 
 @dataclass
@@ -31,6 +34,7 @@ class TrainingConfig:
     grad_clip: float = 12.0
     vae_weight: float = 0.1
     vae: bool = True  # False: the network without its VAE branch (the ablation's no_vae)
+    deep_supervision: bool = False  # a loss on every coarser decoder stage too (nnU-Net's weights); off until measured
     tlvr_weight: float = 0.5
     oversample_foreground: float = 0.33
     mask_jitter_mm: float = 5.0
@@ -38,6 +42,7 @@ class TrainingConfig:
     lesion_sampling: float = 0.5  # tumour task: share of foreground patches centred on a lesion drawn per lesion
     lesion_alpha: float = 0.0  # a lesion's draw weight is voxels ** -lesion_alpha (0: uniform over lesions)
     clean_liver: float = 0.25  # tumour task: share of the other patches centred in tumour-free reference liver
+    lesion_synthesis: float = 0.0  # tumour task: share of patches with 1-3 small synthetic lesions painted in (0: off)
     patience: int | None = None
     compile: bool = False
     precision: str = "auto"  # autocast dtype (smoothseg.device.autocast_dtype): fp16 on CUDA, bf16 on capable CPUs

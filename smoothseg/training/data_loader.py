@@ -13,6 +13,9 @@
   centred on a reference liver voxel with no tumour in the patch: in one of the training cases without tumour when
   there are any, else in the drawn case (up to ``CLEAN_LIVER_TRIES`` liver voxels are tried; a patch that still holds
   tumour is kept as it is), so the model sees normal parenchyma, vessels and the liver edge on purpose.
+* Lesion synthesis (``lesion_synthesis``, tumour task): that share of the other patches gets 1-3 small synthetic
+  lesions painted into its tumour-free liver (:mod:`smoothseg.training.lesion_synthesis`, with the contrast of the
+  training cases' real lesions, from their preprocessing ``intensity_stats``); such a patch has no TLVR target.
 * Tumour task: intensities outside the liver are masked as at inference. The mask is the
   reference liver, randomly dilated or eroded by up to ``mask_jitter_mm`` (Euclidean distance in mm, from the real
   spacing), so the model tolerates the liver stage's boundary errors; in a fraction ``LEAK_FRACTION`` of the patches
@@ -30,6 +33,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,9 @@ from scipy import ndimage
 from smoothseg.labels import LIVER, TUMOR
 from smoothseg.parallel import die_with_parent
 from smoothseg.preprocessing.dataset_preprocessing import case_files, load_case, load_lesions, load_locations
+from smoothseg.training.lesion_synthesis import SynthesisStats, paint_lesions
+
+logger = logging.getLogger(__name__)
 
 #: Share of tumour-task patches whose liver mask is dilated as by a leaking liver stage (``mask_leak_mm``).
 LEAK_FRACTION = 0.25
@@ -61,13 +68,14 @@ class SamplingConfig:
     lesion_sampling: float = 0.0  # share of foreground patches centred on a lesion drawn per lesion (not per voxel)
     lesion_alpha: float = 0.0  # a lesion's weight is its voxel count ** -lesion_alpha (0: uniform over lesions)
     clean_liver: float = 0.0  # share of the other patches centred in reference liver with no tumour in the patch
+    lesion_synthesis: float = 0.0  # share of the patches (not clean-liver ones) with small lesions painted in
 
     def __post_init__(self) -> None:
         for name in ("mask_jitter_mm", "mask_leak_mm"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number of mm, got {value}")
-        for name in ("lesion_sampling", "clean_liver"):
+        for name in ("lesion_sampling", "clean_liver", "lesion_synthesis"):
             value = getattr(self, name)
             if not (np.isfinite(value) and 0 <= value <= 1):
                 raise ValueError(f"{name} must be a share between 0 and 1, got {value}")
@@ -93,8 +101,14 @@ class PatchLoader(DataLoader):
         self.parent_pid = os.getpid()
         self._locations: dict[str, dict[int, np.ndarray]] = {}
         self._lesions: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
-        self.tumour_free_ids = [c for c in self.case_ids if _tumour_free(self.folder, c)] if config.clean_liver > 0 \
-            else []
+        properties = [_properties(self.folder, c) for c in self.case_ids] \
+            if config.clean_liver > 0 or config.lesion_synthesis > 0 else []
+        self.tumour_free_ids = [c for c, props in zip(self.case_ids, properties, strict=True) if _tumour_free(props)] \
+            if config.clean_liver > 0 else []
+        self.synthesis = SynthesisStats.from_properties(properties) if config.lesion_synthesis > 0 else None
+        if config.lesion_synthesis > 0 and self.synthesis is None:
+            logger.warning("%s: no training case has tumour intensity statistics (preprocess again with this "
+                           "smoothseg); no lesions are synthesised", self.folder)
 
     # batchgenerators calls set_thread_id in each worker; reseed so workers draw different, reproducible patches,
     # and make the worker die with the trainer
@@ -219,18 +233,25 @@ class PatchLoader(DataLoader):
                 mask = self._jittered_mask(labels, start, props["spacing"])
                 patch_img[0][~mask] = cfg.fill_value
                 patch_seg[~mask] = 0
+            painted = 0
+            if self.synthesis is not None and not clean and self.rng.random() < cfg.lesion_synthesis:
+                painted = paint_lesions(patch_img[0], patch_seg, props["spacing"], self.rng, self.synthesis)
             data[b] = patch_img
             seg[b, 0] = patch_seg
-            tlvr[b] = self.clinical_tlvr.get(case_id, np.nan)
+            tlvr[b] = np.nan if painted else self.clinical_tlvr.get(case_id, np.nan)
             case_tlvr[b] = float(props.get("tlvr", np.nan))
             liver_voxels[b] = max(int(props.get("liver_voxels", 0)), 1)
         return liver_coverage({"data": data, "seg": seg, "keys": keys, "clinical_tlvr": tlvr, "case_tlvr": case_tlvr,
                                "liver_voxels": liver_voxels})
 
 
-def _tumour_free(folder: Path, case_id: str) -> bool:
+def _properties(folder: Path, case_id: str) -> dict:
+    return json.loads(case_files(folder, case_id)["properties"].read_text())
+
+
+def _tumour_free(properties: dict) -> bool:
     """Whether a preprocessed tumour-task case has no tumour voxel (from its properties' class counts)."""
-    counts = json.loads(case_files(folder, case_id)["properties"].read_text()).get("class_voxels", [])
+    counts = properties.get("class_voxels", [])
     return len(counts) > TUMOR and counts[TUMOR] == 0
 
 

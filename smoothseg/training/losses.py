@@ -193,6 +193,11 @@ class SmoothSegLoss(nn.Module):
     ``tlvr_loss`` (default :class:`TLVRLoss`). With ``tlvr_weight == 0`` the TLVR term is not computed,
     so the result equals the plain ``L_seg + vae_weight * L_VAE`` bit for bit.
 
+    With deep supervision (``deep_logits``, the network's coarser heads, finest first) ``L_seg`` becomes the
+    weighted mean ``sum_k w_k L_seg(logits_k, target_k) / sum_k w_k`` over the full-resolution logits (k = 0) and
+    the deep heads, ``w_k = 2^-k`` (nnU-Net's weights), each target downsampled to its head's size by nearest
+    neighbour; the VAE and TLVR terms use the full-resolution logits only.
+
     ``forward`` returns ``(total, parts)``; ``parts`` maps "seg", "vae", "tlvr" (those computed) and
     "total" to floats for logging.
     """
@@ -209,8 +214,16 @@ class SmoothSegLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor, vae_loss: Tensor | None = None,
                 clinical_tlvr: Tensor | None = None, liver_coverage: Tensor | None = None,
-                case_tlvr: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+                case_tlvr: Tensor | None = None,
+                deep_logits: Sequence[Tensor] | None = None) -> tuple[Tensor, dict[str, float]]:
         seg = self.seg_loss(logits, target)
+        if deep_logits:
+            labels = _as_labels(target, logits)
+            weights = [0.5 ** k for k in range(len(deep_logits) + 1)]
+            for weight, deep in zip(weights[1:], deep_logits, strict=True):
+                small = F.interpolate(labels[:, None].float(), size=deep.shape[2:], mode="nearest")[:, 0].long()
+                seg = seg + weight * self.seg_loss(deep, small)
+            seg = seg / sum(weights)
         total = seg
         parts = {"seg": float(seg.detach())}
         if vae_loss is not None and self.vae_weight:

@@ -36,7 +36,7 @@ from smoothseg.planning.plans import TASKS, Plans
 from smoothseg.planning.splits import load_fold
 from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.training.augmentation import default_num_workers, make_augmenter, training_transforms
-from smoothseg.training.config import RESUME_KEPT, TrainingConfig
+from smoothseg.training.config import RESUME_KEPT, RESUME_KEPT_ANY_TASK, TrainingConfig
 from smoothseg.training.data_loader import PatchLoader, SamplingConfig
 from smoothseg.training.distributed import DistributedContext, broadcast_from_main, from_environment, sum_over_ranks
 from smoothseg.training.distributed import start as start_distributed
@@ -85,7 +85,8 @@ class Trainer:
         for flag, value in (("--mask-leak-mm", config.mask_leak_mm), ("mask_jitter_mm", config.mask_jitter_mm)):
             if not (math.isfinite(value) and value >= 0):
                 raise SmoothSegError(f"{flag} must be a non-negative number of mm, got {value}")
-        for flag, value in (("--lesion-sampling", config.lesion_sampling), ("--clean-liver", config.clean_liver)):
+        for flag, value in (("--lesion-sampling", config.lesion_sampling), ("--clean-liver", config.clean_liver),
+                            ("--lesion-synthesis", config.lesion_synthesis)):
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise SmoothSegError(f"{flag} must be a share between 0 and 1, got {value}")
         if not (math.isfinite(config.lesion_alpha) and config.lesion_alpha >= 0):
@@ -107,7 +108,8 @@ class Trainer:
         # Channels-last on a CPU: oneDNN's 3D convolutions run a training step 1-2.5% faster; its GroupNorm kernel is
         # less exact (relative ~5e-6 per layer), which moves gradients by ~0.3% (documentation/benchmarks.md)
         self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
-        self.network = build_network(self.plan, vae=config.vae).to(self.device, memory_format=self.memory_format)
+        self.network = build_network(self.plan, vae=config.vae, deep_supervision=config.deep_supervision).to(
+            self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.network.parameters(), config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = ProgressLog()
@@ -155,9 +157,9 @@ class Trainer:
         return make_augmenter(loader, transforms, workers, seed)
 
     def _tumour_sampling(self) -> dict[str, float]:
-        """The tumour task's training sampling: lesion-balanced foreground and clean-liver negatives."""
+        """The tumour task's training sampling: lesion-balanced foreground, clean-liver negatives, lesion synthesis."""
         return {"lesion_sampling": self.config.lesion_sampling, "lesion_alpha": self.config.lesion_alpha,
-                "clean_liver": self.config.clean_liver}
+                "clean_liver": self.config.clean_liver, "lesion_synthesis": self.config.lesion_synthesis}
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _payload(self, epoch: int) -> dict[str, Any]:
@@ -200,8 +202,10 @@ class Trainer:
             raise SmoothSegError(f"{path} was trained with --optimizer {saved_optimizer}; continue it with the same "
                                  f"optimizer (got {self.config.optimizer})")
         for key, before_option in RESUME_KEPT.items():  # runs from before an option had none: its "off" value
+            if self.config.task != "tumor" and key not in RESUME_KEPT_ANY_TASK:
+                continue
             saved, now = float(ckpt.get("config", {}).get(key, before_option)), float(getattr(self.config, key))
-            if self.config.task == "tumor" and saved != now:
+            if saved != now:
                 flag = "--" + key.replace("_", "-")
                 raise SmoothSegError(f"{path} was trained with {flag} {saved:g}; continue it with the same value "
                                      f"(got {now:g})")
@@ -240,9 +244,10 @@ class Trainer:
         data, seg, tlvr, coverage, case_tlvr = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            logits, vae_loss = self.model_for_training(data)
+            logits, vae_loss, *deep = self.model_for_training(data)  # deep: the deep-supervision heads, if any
         total, parts = self.loss_fn(logits.float(), seg, vae_loss=vae_loss.float(), clinical_tlvr=tlvr,
-                                    liver_coverage=coverage, case_tlvr=case_tlvr)
+                                    liver_coverage=coverage, case_tlvr=case_tlvr,
+                                    deep_logits=[d.float() for d in deep[0]] if deep else None)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)

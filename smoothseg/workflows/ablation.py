@@ -13,11 +13,14 @@ Variants (:data:`VARIANTS`), each the full method with one component taken away:
 * ``no_lesion_sampling``: the tumour model trained with foreground patches centred per tumour voxel only
   (``lesion_sampling`` 0);
 * ``no_clean_liver``: the tumour model trained without clean-liver negatives (``clean_liver`` 0);
-* ``argmax_operating_point``: ``full``'s models, the tumour the argmax of the classes and no minimum lesion volume,
-  instead of the operating point chosen for detection.
+* ``argmax_operating_point``: ``full``'s models, the tumour the argmax of the classes and every lesion kept,
+  instead of the operating point chosen for detection;
+* ``lesion_synthesis``: the one variant that *adds* a component, off by default until measured: the tumour model
+  trained with small synthetic lesions painted into a third of its patches (``lesion_synthesis`` 0.33);
+* ``deep_supervision``: likewise added, off by default: the tumour model trained with deep supervision.
 
-Operating point: every variant but ``argmax_operating_point`` uses a tumour probability threshold and minimum lesion
-volume chosen as the fold validation chooses them (:mod:`smoothseg.inference.operating_point`, lesion F1 with at
+Operating point: every variant but ``argmax_operating_point`` uses a voxel threshold, lesion confidence and minimum
+lesion volume chosen as the fold validation chooses them (:mod:`smoothseg.inference.operating_point`, lesion F1 with at
 most 0.5 false-positive lesions per tumour-free liver), **cross-fitted**: for the cases of fold k on the same
 variant's predictions of the other ablated folds' validation cases, so no case helps choose its own operating point.
 With one fold there are no others, and the choice is made on the fold's own cases (in-sample; ``ablation.md`` says
@@ -79,7 +82,13 @@ from smoothseg.evaluation.metrics import LESION_DIAMETER_BINS, LESION_SIZE_BINS,
 from smoothseg.evaluation.strata import DIAMETER_STRATUM_COLUMN, assign_strata, format_mean_std
 from smoothseg.inference.cascade import CascadePredictor, active_contour_plan
 from smoothseg.inference.lesion_filter import remove_small_lesions
-from smoothseg.inference.operating_point import candidate_key, choose_operating_point, parse_key, tumour_mask
+from smoothseg.inference.operating_point import (
+    OperatingPoint,
+    choose_operating_point,
+    parse_key,
+    remove_doubtful_lesions,
+    tumour_mask,
+)
 from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
 from smoothseg.inference.predictor import StagePredictor
 from smoothseg.labels import TUMOR
@@ -96,7 +105,7 @@ __all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablat
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("full", "no_tlvr", "no_vae", "no_active_contour", "single_stage", "no_lesion_sampling", "no_clean_liver",
-            "argmax_operating_point")
+            "argmax_operating_point", "lesion_synthesis", "deep_supervision")
 ECE_BINS = 10
 FINAL = "checkpoint_final.pth"
 LATEST = "checkpoint_latest.pth"
@@ -113,13 +122,16 @@ class ModelSpec:
     tlvr: bool = True
     lesion_sampling: bool = True
     clean_liver: bool = True
+    synthesis: bool = False
+    deep_supervision: bool = False
 
     @property
     def key(self) -> str:
         tumour = self.task == "tumor"
         return self.task + ("" if self.vae else "_novae") + ("_notlvr" if tumour and not self.tlvr else "") + \
             ("_nolesionsampling" if tumour and not self.lesion_sampling else "") + \
-            ("_nocleanliver" if tumour and not self.clean_liver else "")
+            ("_nocleanliver" if tumour and not self.clean_liver else "") + \
+            ("_synthesis" if tumour and self.synthesis else "") + ("_deepsup" if self.deep_supervision else "")
 
 
 #: The models of each variant: (liver, tumour) for the cascade, (single,) without one.
@@ -132,7 +144,11 @@ VARIANT_MODELS: dict[str, tuple[ModelSpec, ...]] = {
     "no_lesion_sampling": (ModelSpec("liver"), ModelSpec("tumor", lesion_sampling=False)),
     "no_clean_liver": (ModelSpec("liver"), ModelSpec("tumor", clean_liver=False)),
     "argmax_operating_point": (ModelSpec("liver"), ModelSpec("tumor")),
+    "lesion_synthesis": (ModelSpec("liver"), ModelSpec("tumor", synthesis=True)),
+    "deep_supervision": (ModelSpec("liver"), ModelSpec("tumor", deep_supervision=True)),
 }
+#: The share of patches with painted lesions in the ``lesion_synthesis`` variant.
+SYNTHESIS_SHARE = 0.33
 ACTIVE_CONTOURS = {variant: variant != "no_active_contour" for variant in VARIANTS}
 #: Variants scored at argmax without a minimum lesion volume; the others at the cross-fitted operating point.
 ARGMAX_VARIANTS = ("argmax_operating_point",)
@@ -206,6 +222,7 @@ def _train(spec: ModelSpec, seed: int, fold: str, settings: AblationSettings, fo
         tlvr_weight=0.5 if spec.tlvr else 0.0, num_workers=settings.num_workers, precision=settings.precision,
         lesion_sampling=TrainingConfig.lesion_sampling if spec.lesion_sampling else 0.0,
         clean_liver=TrainingConfig.clean_liver if spec.clean_liver else 0.0,
+        lesion_synthesis=SYNTHESIS_SHARE if spec.synthesis else 0.0, deep_supervision=spec.deep_supervision,
         continue_training=(fold_folder / LATEST).exists(), validate=False)
     logger.info("ablation: training %s (seed %d, fold %s) -> %s", spec.key, seed, fold, fold_folder)
     preprocessed = single_root() if spec.task == "single" else None
@@ -274,49 +291,62 @@ class _Pair:
         return compose_labels(liver, keep_inside(labels == TUMOR, liver)), probability
 
 
-def _predict_group(pair: _Pair, raw: RawDataset, fold: str, settings: AblationSettings,
+def _predict_group(pair: Callable[[], _Pair], raw: RawDataset, fold: str, settings: AblationSettings,
                    maps: Path) -> dict[str, dict[str, Any]]:
-    """One network pass per validation case of ``fold`` for one model group: the label map and P(tumour) are kept in
-    ``maps/<case>.npz``; returned per case: the operating-point counts (:func:`candidate_rows`) and the calibration of
-    P(tumour) in the reference liver region."""
+    """One network pass per validation case of ``fold`` for one model group (``pair`` loads it, only when a case's
+    maps are missing): the label map and P(tumour) are kept in ``maps/<case>.npz``; returned per case, from those
+    kept maps: the operating-point counts (:func:`candidate_rows`) and the calibration of P(tumour) in the reference
+    liver region."""
     by_id = {c.case_id: c for c in raw.training_cases}
     out: dict[str, dict[str, Any]] = {}
+    networks: _Pair | None = None
     for case_id in validation_cases(settings.dataset, fold):
         case = by_id[case_id]
-        image, geometry = read_image(case.image(0))
-        reference_raw, _ = read_image(case.label)
+        reference_raw, geometry = read_image(case.label)
         reference = to_task_labels(reference_raw, raw.spec.task_regions)
-        labels, probability = pair.networks(image, geometry)
-        maps.mkdir(parents=True, exist_ok=True)
-        with atomic_path(maps / f"{case_id}.npz") as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, labels=labels.astype(np.uint8), probability=probability.astype(np.float16))
+        kept = maps / f"{case_id}.npz"
+        if not kept.exists():
+            networks = networks or pair()
+            image, geometry = read_image(case.image(0))
+            labels, probability = networks.networks(image, geometry)
+            maps.mkdir(parents=True, exist_ok=True)
+            with atomic_path(kept) as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(f, labels=labels.astype(np.uint8), probability=probability.astype(np.float16))
+            logger.info("ablation: fold %s case %s predicted", fold, case_id)
+        labels, probability = _load_map(kept)
         liver = reference > 0
         out[case_id] = {"operating_point": candidate_rows(labels, probability, reference == TUMOR,
                                                           geometry.spacing_zyx),
                         "calibration": calibration(probability[liver], reference[liver] == TUMOR)}
-        logger.info("ablation: fold %s case %s predicted", fold, case_id)
     return out
 
 
-def _operating_point(variant: str, fold: str, rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Where ``variant`` is scored on ``fold``: argmax without a minimum volume, or the operating point chosen on the
+def _load_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A kept prediction: the label map before post-processing and P(tumour) (float32 of the stored float16)."""
+    with np.load(path, allow_pickle=False) as saved:
+        return saved["labels"], saved["probability"].astype(np.float32)
+
+
+def _operating_point(variant: str, fold: str, rows: dict[str, dict[str, dict[str, Any]]],
+                     ) -> tuple[OperatingPoint, str]:
+    """Where ``variant`` is scored on ``fold`` and why: argmax with every lesion, or the operating point chosen on the
     other folds' cases of ``rows`` (fold -> case -> that case's group rows), on the fold's own without others."""
     if variant in ARGMAX_VARIANTS:
-        return {"threshold": None, "min_lesion_volume_ml": 0.0, "chosen_on": "fixed: argmax, no minimum volume"}
+        return OperatingPoint(), "fixed: argmax, every lesion"
     others = [f for f in rows if f != fold]
     chosen_on = others or [fold]
     per_case = {f"{f}/{c}": r["operating_point"] for f in chosen_on for c, r in rows[f].items()}
     best, _ = choose_operating_point(per_case, "f1")
-    threshold, ml = parse_key(best["key"]) if best is not None else (None, 0.0)
-    where = f"fold(s) {', '.join(chosen_on)}" + ("" if others else " (in-sample: no other fold)")
-    return {"threshold": threshold, "min_lesion_volume_ml": ml, "chosen_on": where}
+    point = parse_key(best["key"]) if best is not None else OperatingPoint()
+    return point, f"fold(s) {', '.join(chosen_on)}" + ("" if others else " (in-sample: no other fold)")
 
 
-def _score_variant(variant: str, point: dict[str, Any], raw: RawDataset, fold: str, settings: AblationSettings,
+def _score_variant(variant: str, point: OperatingPoint, raw: RawDataset, fold: str, settings: AblationSettings,
                    maps: Path, group_rows: dict[str, dict[str, Any]], contours: ActiveContourPlan,
                    ) -> dict[str, dict[str, Any]]:
-    """Per validation case of ``fold``: ``variant``'s kept prediction at ``point``, post-processed (minimum volume,
-    active contours unless switched off) and scored against the reference, with the group's calibration."""
+    """Per validation case of ``fold``: ``variant``'s kept prediction at ``point`` (voxel threshold, lesion
+    confidence), post-processed (active contours unless switched off, minimum volume) and scored against the
+    reference, with the group's calibration."""
     by_id = {c.case_id: c for c in raw.training_cases}
     out = {}
     for case_id in validation_cases(settings.dataset, fold):
@@ -324,12 +354,13 @@ def _score_variant(variant: str, point: dict[str, Any], raw: RawDataset, fold: s
         image, geometry = read_image(case.image(0))
         reference_raw, _ = read_image(case.label)
         reference = to_task_labels(reference_raw, raw.spec.task_regions)
-        with np.load(maps / f"{case_id}.npz", allow_pickle=False) as saved:
-            labels, probability = saved["labels"], saved["probability"].astype(np.float32)
-        labels = compose_labels(labels > 0, tumour_mask(labels, probability, point["threshold"]))
+        labels, probability = _load_map(maps / f"{case_id}.npz")
+        tumour, _ = remove_doubtful_lesions(tumour_mask(labels, probability, point.threshold), probability,
+                                            point.confidence)
+        labels = compose_labels(labels > 0, tumour)
         if ACTIVE_CONTOURS[variant]:
             labels = refine_and_compose(image, geometry, labels, contours)
-        labels, _ = remove_small_lesions(labels, geometry.spacing_zyx, point["min_lesion_volume_ml"])
+        labels, _ = remove_small_lesions(labels, geometry.spacing_zyx, point.min_volume_ml)
         out[case_id] = {**evaluate_case(reference, labels, geometry.spacing_zyx),
                         "calibration": group_rows[case_id]["calibration"]}
         logger.info("ablation: fold %s case %s: %s tumour Dice %.3f", fold, case_id, variant,
@@ -468,11 +499,12 @@ def ablation_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
         f"{label} {n_cases[f'n_lesions_{k}']}" for k, label, _, _ in all_bins) + ".", ""]
     points = settings.get("operating_points") or {}
     if points:
-        lines += ["## Operating points (tumour threshold | minimum lesion volume ml, per seed and fold)", "",
+        lines += ["## Operating points per seed and fold (voxel threshold, lesion confidence, minimum volume ml)", "",
                   "| variant | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
                   "|---|" + "---|" * len(seeds)]
         for variant, per_seed in points.items():
-            cells = [", ".join(f"f{fold}: {p['key']}" for fold, p in sorted(per_seed.get(seed, {}).items()))
+            cells = [", ".join(f"f{fold}: {p['key'].replace('|', ' / ')}"
+                               for fold, p in sorted(per_seed.get(seed, {}).items()))
                      for seed in seeds]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         in_sample = len(folds) == 1
@@ -548,20 +580,20 @@ def run_ablation(settings: AblationSettings) -> Path:
                 rows[fold] = _load_cache(cache)
                 if rows[fold] is None:
                     checkpoints = {s.task: _train(s, seed, fold, settings, folder, single) for s in specs}
-                    rows[fold] = _predict_group(_Pair(checkpoints, settings, contours), raw, fold, settings, maps)
+                    rows[fold] = _predict_group(lambda c=checkpoints: _Pair(c, settings, contours), raw, fold,
+                                                settings, maps)
                     _write_cache(rows[fold], cache)
             for variant in variants:  # second pass: each variant at its operating point
                 for fold in settings.folds:
-                    point = _operating_point(variant, fold, rows)
-                    key = candidate_key(point["threshold"], point["min_lesion_volume_ml"])
-                    cache = folder / "cases" / f"{variant}_seed{seed}_fold{fold}_{key.replace('|', '_')}.json"
+                    point, chosen_on = _operating_point(variant, fold, rows)
+                    cache = folder / "cases" / f"{variant}_seed{seed}_fold{fold}_{point.key.replace('|', '_')}.json"
                     scored = _load_cache(cache)
                     if scored is None:
                         maps = folder / "cases" / "maps" / f"{name}_seed{seed}_fold{fold}"
                         scored = _score_variant(variant, point, raw, fold, settings, maps, rows[fold], contours)
                         _write_cache(scored, cache)
                     results[variant].setdefault(seed, {}).update(scored)
-                    points[variant].setdefault(seed, {})[fold] = {**point, "key": key}
+                    points[variant].setdefault(seed, {})[fold] = {"key": point.key, "chosen_on": chosen_on}
     summary = summarise(results)
     recorded = {"dataset": preprocessed.name, "folds": list(settings.folds), "seeds": list(settings.seeds),
                 "variants": list(settings.variants), "liver_epochs": settings.liver_epochs,
@@ -577,7 +609,7 @@ def run_ablation(settings: AblationSettings) -> Path:
 
 
 #: The format of the per-case caches under ``ablation/cases/``; caches of another format are computed again.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 def _load_cache(path: Path) -> dict[str, Any] | None:

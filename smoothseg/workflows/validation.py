@@ -9,10 +9,10 @@ Outputs go to ``<results>/DatasetXXX/<Trainer>__tumor/fold_k/validation/``:
   ``<case>_report.json``, ``report.csv`` and ``summary.json`` (per-case status), as ``smoothseg_predict
   --save_probabilities`` writes them;
 * ``../postprocessing.json`` (in ``fold_k``): the post-processing chosen on these predictions, which are made without
-  any: the tumour operating point, a probability threshold and a minimum lesion volume chosen for lesion detection
-  (:mod:`smoothseg.inference.operating_point`, with its FROC table; ``froc.png`` here), then whether and how active
-  contours run at that threshold (:mod:`smoothseg.inference.contour_choice`), each with every candidate's validation
-  score;
+  any: the tumour operating point, a voxel threshold, a lesion confidence and a minimum lesion volume chosen for
+  lesion detection (:mod:`smoothseg.inference.operating_point`, with its FROC table; ``froc.png`` here), then whether
+  and how active contours run at that point (:mod:`smoothseg.inference.contour_choice`), each with every candidate's
+  validation score;
 * ``metrics.json``: the evaluation against the reference labels (before that filter), by
   :func:`smoothseg.evaluation.evaluate.evaluate_folders` (per-case metrics, their means and pooled overlap metrics).
 """
@@ -42,10 +42,13 @@ from smoothseg.inference.inputs import InputCase
 from smoothseg.inference.lesion_filter import candidate_dice, write_postprocessing
 from smoothseg.inference.operating_point import (
     ARGMAX,
+    FORMAT,
     MAX_FP_PER_TUMOUR_FREE,
+    OperatingPoint,
     choose_operating_point,
     objective_of,
     parse_key,
+    remove_doubtful_lesions,
     tumour_mask,
 )
 from smoothseg.inference.postprocessing import compose_labels, refine_and_compose
@@ -92,7 +95,7 @@ def validate_fold(dataset: str | int, fold: str | int, trainer: str = DEFAULT_TR
                 output)
     # predicted without post-processing, which is then chosen on these predictions
     models = replace(models or ModelOptions(), min_lesion_volume_ml=0.0, active_contour="off", progress=False,
-                     tumor_threshold=ARGMAX, save_probabilities=True)
+                     tumor_threshold=ARGMAX, min_lesion_confidence=0.0, save_probabilities=True)
     cascade = CascadePredictor.from_models(pair, models)
     table = raw.clinical()
     clinical = ClinicalTLVR(table, cascade.tumor.tlvr_models) if table is not None and cascade.tumor.tlvr_models \
@@ -117,8 +120,9 @@ def choose_postprocessing(raw: RawDataset, references: dict[str, Path], images: 
                           fold_folder: Path, plan_contours: ActiveContourPlan, source: str,
                           objective: str = "f1") -> float:
     """Choose the post-processing on the predictions of ``references``' cases (made without any, with their tumour
-    probability maps ``<case>.npz`` where present): first the tumour operating point, a probability threshold and a
-    minimum lesion volume, for ``objective`` (:mod:`smoothseg.inference.operating_point`; FROC table and plot), then
+    probability maps ``<case>.npz`` where present): first the tumour operating point, a voxel threshold, a minimum
+    lesion confidence and a minimum lesion volume, for ``objective`` (:mod:`smoothseg.inference.operating_point`;
+    FROC table and plot), then
     the active contours on the label maps at that threshold (:mod:`smoothseg.inference.contour_choice`). Writes
     ``postprocessing.json`` and ``froc.png``; returns the minimum lesion volume."""
     objective = objective_of(objective)
@@ -132,12 +136,14 @@ def choose_postprocessing(raw: RawDataset, references: dict[str, Path], images: 
         rows[case_id] = candidate_rows(prediction, probability, tumour, geometry.spacing_zyx)
         loaded[case_id] = (image, geometry, prediction, probability, tumour)
     best, table = choose_operating_point(rows, objective)
-    threshold, min_ml = parse_key(best["key"]) if best is not None else (None, 0.0)
+    point = parse_key(best["key"]) if best is not None else OperatingPoint()
     plot_froc(table, prediction_dir / FROC_PLOT, f"FROC, {source}")
     settings = candidates(plan_contours)
     at_threshold, contour_rows = {}, {}
     for case_id, (image, geometry, prediction, probability, tumour) in loaded.items():
-        labels = compose_labels(prediction > 0, tumour_mask(prediction, probability, threshold))
+        tumour_at_point, _ = remove_doubtful_lesions(tumour_mask(prediction, probability, point.threshold),
+                                                     probability, point.confidence)
+        labels = compose_labels(prediction > 0, tumour_at_point)
         contour_rows[case_id] = candidate_scores(image, geometry, labels, tumour, settings)
         at_threshold[case_id] = labels
     contours = section(contour_rows, settings)
@@ -147,8 +153,9 @@ def choose_postprocessing(raw: RawDataset, references: dict[str, Path], images: 
         labels = at_threshold[case_id]
         labels = refine_and_compose(image, geometry, labels, chosen) if chosen is not None else labels
         per_case[case_id] = candidate_dice(labels, tumour, geometry.spacing_zyx)
-    operating_point = {"objective": objective, "max_fp_per_tumour_free": MAX_FP_PER_TUMOUR_FREE,
-                       "tumor_threshold": ARGMAX if threshold is None else threshold, "min_lesion_volume_ml": min_ml,
+    operating_point = {"format": FORMAT, "objective": objective, "max_fp_per_tumour_free": MAX_FP_PER_TUMOUR_FREE,
+                       "tumor_threshold": ARGMAX if point.threshold is None else point.threshold,
+                       "min_lesion_confidence": point.confidence, "min_lesion_volume_ml": point.min_volume_ml,
                        "chosen": best, "froc": table, "per_case": rows}
     return write_postprocessing(fold_folder, per_case, source, extra={"active_contour": contours},
                                 operating_point=json_safe(operating_point))
