@@ -81,8 +81,8 @@ def test_ablation_runs_every_variant_over_two_seeds_and_resumes(planned: Path, d
     models = folder / "models"
     for seed in (0, 1):
         assert sorted(p.name for p in (models / f"seed_{seed}").iterdir()) == [
-            "liver", "liver_novae", "single", "tumor", "tumor_nocleanliver", "tumor_nolesionsampling", "tumor_notlvr",
-            "tumor_deepsup", "tumor_novae", "tumor_synthesis"]
+            "liver", "liver_novae", "single", "tumor", "tumor_deepsup", "tumor_nocleanliver", "tumor_nolesionsampling",
+            "tumor_notlvr", "tumor_novae", "tumor_synthesis"]
     checkpoints = {p.relative_to(models).parts[1]: p for p in models.rglob("checkpoint_final.pth")
                    if p.relative_to(models).parts[0] == "seed_0"}
     assert not load_checkpoint(checkpoints["tumor_novae"])["network_kwargs"]["vae"]

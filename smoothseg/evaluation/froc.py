@@ -92,28 +92,35 @@ def candidate_rows(labels: np.ndarray, probability: np.ndarray | None, reference
 
 
 def plot_froc(table: Sequence[dict[str, Any]], path: Path, title: str = "FROC of the fold validation") -> Path:
-    """Lesion sensitivity against false-positive lesions per case, one line per minimum lesion volume over the
-    thresholds (argmax as a separate marker), the chosen operating point circled; written atomically as PNG."""
+    """The FROC curves: lesion sensitivity against false-positive lesions per case as the lesion confidence sweeps
+    0 ... 0.95, one curve per voxel threshold, at the chosen minimum volume (and, dashed, without one); the chosen
+    operating point circled. Written atomically as PNG."""
     fig = Figure(figsize=(5.5, 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for ml in sorted({row["min_lesion_volume_ml"] for row in table}):
-        rows = [r for r in table if r["min_lesion_volume_ml"] == ml and r["threshold"] != "argmax"]
-        rows.sort(key=lambda r: r["threshold"])
-        line, = ax.plot([r["fp_per_case"] for r in rows], [r["sensitivity"] for r in rows], marker=".",
-                        label=f">= {ml:g} ml")
-        for r in table:
-            if r["min_lesion_volume_ml"] == ml and r["threshold"] == "argmax":
-                ax.plot([r["fp_per_case"]], [r["sensitivity"]], marker="s", color=line.get_color(), linestyle="none")
-    for r in table:
-        if r.get("chosen"):
-            label = f"chosen: {r['threshold']}, >= {r['min_lesion_volume_ml']:g} ml"
-            ax.plot([r["fp_per_case"]], [r["sensitivity"]], marker="o", markersize=14, markerfacecolor="none",
-                    color="black", linestyle="none", label=label)
+    chosen = next((r for r in table if r.get("chosen")), None)
+    volumes = sorted({0.0, chosen["min_lesion_volume_ml"]} if chosen else {0.0})
+    thresholds = list(dict.fromkeys(r["threshold"] for r in table))
+    for threshold in thresholds:
+        color = None
+        for ml in volumes:
+            rows = sorted((r for r in table if r["threshold"] == threshold and r["min_lesion_volume_ml"] == ml),
+                          key=lambda r: r["min_lesion_confidence"])
+            if not rows:
+                continue
+            label = f"voxels: {threshold}, >= {ml:g} ml" if ml == volumes[-1] else None  # dashed: no minimum
+            line, = ax.plot([r["fp_per_case"] for r in rows], [r["sensitivity"] for r in rows], marker=".",
+                            color=color, linestyle="-" if ml == volumes[-1] else "--", label=label)
+            color = line.get_color()
+    if chosen is not None:
+        label = (f"chosen: {chosen['threshold']}, confidence >= {chosen['min_lesion_confidence']:g}, "
+                 f">= {chosen['min_lesion_volume_ml']:g} ml")
+        ax.plot([chosen["fp_per_case"]], [chosen["sensitivity"]], marker="o", markersize=14, markerfacecolor="none",
+                color="black", linestyle="none", label=label)
     ax.set_xlabel("false-positive lesions per case")
     ax.set_ylabel("lesion sensitivity")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{title}\n(squares: argmax; lines: P(tumour) >= 0.2 ... 0.9)", fontsize=9)
+    ax.set_title(f"{title}\n(each curve: lesion confidence 0 ... 0.95, right to left)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
