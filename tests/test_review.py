@@ -87,7 +87,8 @@ def test_review_page_shows_every_case_self_contained(tmp_path: Path) -> None:
     assert len(page.ranges) == 2 and all(r["max"] == "5" for r in page.ranges)  # 6 slices through the liver
     assert all(src.startswith("data:image/jpeg;base64,") for src in page.sources)
     assert all(link.startswith("#") for link in page.links)  # nothing outside the file
-    frames = re.search(r"const FRAMES = (\{.*?\});", text, flags=re.DOTALL).group(1)
+    frames = re.search(r'<script type="application/json" id="frames">(.*?)</script>', text, flags=re.DOTALL).group(1)
+    assert "Content-Security-Policy" in text and "onclick" not in text and "oninput" not in text
     assert frames.count("data:image/jpeg;base64,") == 12
     first = Image.open(io.BytesIO(base64.b64decode(page.sources[0].split(",", 1)[1])))
     assert first.width > first.height  # prediction and reference side by side

@@ -19,6 +19,7 @@ Slices are shown in the radiological convention: the arrays are brought to the c
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -139,6 +140,7 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 _SCRIPT = """
+const FRAMES = JSON.parse(document.getElementById('frames').textContent);
 function sortTable(col) {
   const table = document.getElementById('cases'), body = table.tBodies[0];
   const rows = Array.from(body.rows), asc = table.dataset.col != col || table.dataset.dir != 'asc';
@@ -150,12 +152,30 @@ function sortTable(col) {
   rows.forEach(r => body.appendChild(r));
   table.dataset.col = col; table.dataset.dir = asc ? 'asc' : 'desc';
 }
-function show(id, k) {
-  const frames = FRAMES[id];
-  document.getElementById('img-' + id).src = frames[k];
-  document.getElementById('pos-' + id).textContent = (Number(k) + 1) + ' / ' + frames.length;
+function show(index, k) {
+  const frames = FRAMES[index];
+  document.getElementById('img-' + index).src = frames[k];
+  document.getElementById('pos-' + index).textContent = (Number(k) + 1) + ' / ' + frames.length;
 }
+document.querySelectorAll('#cases th').forEach(th => th.addEventListener('click', () => sortTable(th.dataset.col)));
+document.querySelectorAll('input.slices').forEach(
+  input => input.addEventListener('input', () => show(input.dataset.case, input.value)));
 """
+
+
+def _json_for_html(value) -> str:
+    """JSON that cannot close the ``<script>`` element it is embedded in (``<``, ``>`` and ``&`` escaped)."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _csp(script: str, style: str) -> str:
+    """A Content-Security-Policy that allows this page's own script and style (by hash) and data-URI images, and
+    nothing else: no other script, no inline event handler, no network."""
+    def digest(text: str) -> str:
+        return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+    return (f"default-src 'none'; script-src {digest(script)}; style-src {digest(style)}; img-src data:; "
+            "base-uri 'none'; form-action 'none'")
+
 
 _STYLE = """
 body { font-family: sans-serif; background: #111; color: #ddd; margin: 1.5em; }
@@ -168,17 +188,21 @@ a { color: #8cf; } .case { margin: 2em 0; padding-top: 1em; border-top: 2px soli
 
 
 def render_page(cases: Sequence[ReviewCase], title: str, with_reference: bool) -> str:
-    """The HTML page (see the module docstring)."""
+    """The HTML page (see the module docstring).
+
+    No value from a case (ids come from file and folder names, i.e. patient identifiers) enters JavaScript source or
+    an event handler: elements are addressed by the case's position, handlers are attached by the page's own script,
+    the slices travel as JSON in a ``<script type="application/json">`` element, and a Content-Security-Policy allows
+    only the page's own script and style (by hash) and data-URI images."""
     columns = ["case", "liver (ml)", "tumour (ml)", "TLVR", "lesions", "largest lesion (mm)", "lowest confidence"]
     if with_reference:
         columns += ["Dice liver", "Dice tumour"]
-    head = "".join(f'<th onclick="sortTable({i})">{html.escape(c)}</th>' for i, c in enumerate(columns))
+    head = "".join(f'<th data-col="{i}">{html.escape(c)}</th>' for i, c in enumerate(columns))
     rows = []
-    for case in cases:
+    for index, case in enumerate(cases):
         r = case.report
         largest = r["lesions"][0]["max_diameter_mm"] if r["lesions"] else None
-        cid = html.escape(case.case_id)
-        values = [(case.case_id, f'<a href="#case-{cid}">{cid}</a>'),
+        values = [(case.case_id, f'<a href="#case-{index}">{html.escape(case.case_id)}</a>'),
                   (r["liver_volume_ml"], _fmt(r["liver_volume_ml"])),
                   (r["tumour_volume_ml"], _fmt(r["tumour_volume_ml"])),
                   (r["tlvr"], _fmt(r["tlvr"], 3)), (r["lesion_count"], str(r["lesion_count"])),
@@ -187,26 +211,30 @@ def render_page(cases: Sequence[ReviewCase], title: str, with_reference: bool) -
             values += [(case.dice.get(k), _fmt(case.dice.get(k), 3)) for k in ("liver", "tumor")]
         cells = "".join(f'<td data-v="{html.escape("" if v is None else str(v))}">{text}</td>' for v, text in values)
         rows.append(f"<tr>{cells}</tr>")
-    frames = {case.case_id: case.axial for case in cases}
+    frames = [case.axial for case in cases]
     sections = []
     side = " (left: prediction, right: reference)" if with_reference else ""
-    for case in cases:
-        cid = html.escape(case.case_id)
+    for index, case in enumerate(cases):
+        name = html.escape(case.case_id)
         n = len(case.axial)
         sections.append(
-            f'<div class="case" id="case-{cid}"><h2>{cid}</h2>'
+            f'<div class="case" id="case-{index}"><h2>{name}</h2>'
             f'<p class="key">axial{side}; <span class="liver">liver</span>, <span class="tumor">tumour</span> '
             f'outlines; slide from superior (left end) to inferior</p><div class="views"><div>'
-            f'<img id="img-{cid}" src="{case.axial[n // 2]}" alt="axial slices of {cid}"><br>'
-            f'<input type="range" min="0" max="{n - 1}" value="{n // 2}" oninput="show(\'{cid}\', this.value)"> '
-            f'<span id="pos-{cid}">{n // 2 + 1} / {n}</span></div>'
-            f'<div><img src="{case.coronal}" alt="coronal view of {cid}"><br><span class="key">coronal, through the '
+            f'<img id="img-{index}" src="{case.axial[n // 2]}" alt="axial slices of {name}"><br>'
+            f'<input class="slices" type="range" min="0" max="{n - 1}" value="{n // 2}" data-case="{index}"> '
+            f'<span id="pos-{index}">{n // 2 + 1} / {n}</span></div>'
+            f'<div><img src="{case.coronal}" alt="coronal view of {name}"><br><span class="key">coronal, through the '
             f'liver</span></div></div></div>')
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{_csp(_SCRIPT, _STYLE)}">'
+            f"<title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>{len(cases)} case(s). Click a column to sort; click a case to see it.</p>"
             f'<table id="cases"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            f"{''.join(sections)}<script>const FRAMES = {json.dumps(frames)};{_SCRIPT}</script></body></html>\n")
+            f"{''.join(sections)}"
+            f'<script type="application/json" id="frames">{_json_for_html(frames)}</script>'
+            f"<script>{_SCRIPT}</script></body></html>\n")
 
 
 def _lowest_confidence(report: Path) -> float | None:
