@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import run_cli
+from dicom_builders import make_ct_series, write_datasets
 from PIL import Image
 
-from smoothseg.dataset.io import Geometry, write_image
+from smoothseg.dataset.io import Geometry, read_image, write_image
 from smoothseg.evaluation.review import write_review
 
 
@@ -110,4 +111,29 @@ def test_review_cli_without_references(tmp_path: Path) -> None:
     assert len(page.rows) == 2 and all(len(row) == 7 for row in page.rows)  # no Dice columns
     missing = run_cli("review", "-i", str(tmp_path / "nowhere"), "-p", str(predictions), "-o", str(tmp_path / "x.html"),
                       home=tmp_path)
-    assert missing.returncode == 2 and "no image for case case0" in missing.stderr
+    assert missing.returncode == 2 and "nowhere: input not found" in missing.stderr
+    (images / "case1_0000.nii.gz").unlink()
+    lacking = run_cli("review", "-i", str(images), "-p", str(predictions), "-o", str(tmp_path / "x.html"),
+                      home=tmp_path)
+    assert lacking.returncode == 2 and "no image for case case1" in lacking.stderr
+
+
+def test_review_reads_dicom_series_folders_as_predict_does(tmp_path: Path) -> None:
+    """A folder of DICOM series (one sub-folder per case, files out of slice order, as smoothseg_predict takes it)
+    works as the image input; the table is that of the NIfTI copy of the same image."""
+    images, predictions, _ = _cohort(tmp_path)
+    ct, geometry = read_image(images / "case0_0000.nii.gz")  # axial, unflipped
+    datasets = make_ct_series("case0", ct, origin=geometry.origin, pixel_spacing=geometry.spacing[:2][::-1],
+                              slice_step=geometry.spacing[2])
+    write_datasets(datasets, tmp_path / "dicom" / "case0", order=list(reversed(range(len(datasets)))))
+    write_image(ct, geometry, tmp_path / "nifti" / "case0_0000.nii.gz")
+    only = tmp_path / "pred0"
+    only.mkdir()
+    (only / "case0.nii.gz").write_bytes((predictions / "case0.nii.gz").read_bytes())
+    rows = []
+    for source in ("dicom", "nifti"):
+        page = _Page()
+        page.feed(write_review(tmp_path / source, only, tmp_path / f"{source}.html", max_slices=4)
+                  .read_text(encoding="utf-8"))
+        rows.append(page.rows)
+    assert rows[0] == rows[1] and rows[0][0][0] == "case0" and float(rows[0][0][1]) > 0

@@ -21,8 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("smoothseg_review", "Write one self-contained HTML page to review a cohort's predictions: "
                          "a sortable case table and, per case, a slice scroller with liver and tumour outlines "
                          "(prediction and reference side by side).")
-    parser.add_argument("-i", required=True, type=Path, help="folder of the CT images (<case>_0000<ending> or "
-                                                             "<case><ending>)")
+    parser.add_argument("-i", required=True, type=Path, help="the CT images, as smoothseg_predict -i takes them "
+                                                             "(<case>_0000<ending>, <case><ending>, or DICOM series "
+                                                             "sub-folders)")
     parser.add_argument("-p", required=True, type=Path, help="folder of the predicted label maps (0/1/2)")
     parser.add_argument("-r", type=Path, default=None, help="folder of reference label maps (adds Dice and a "
                                                             "reference view)")

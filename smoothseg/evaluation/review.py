@@ -38,7 +38,7 @@ from smoothseg.dataset.io import Geometry, read_image
 from smoothseg.dataset.orientation import Orientation
 from smoothseg.errors import SmoothSegError
 from smoothseg.evaluation.matching import list_label_files, regions_for, to_task_labels
-from smoothseg.evaluation.overlay_files import find_case_image
+from smoothseg.inference.inputs import find_input_cases
 from smoothseg.inference.report import case_report
 from smoothseg.labels import LIVER, TUMOR
 from smoothseg.logging_setup import progress_bar
@@ -259,17 +259,20 @@ def write_review(images_dir: str | Path, predictions_dir: str | Path, output: st
                  max_slices: int = 16, max_size: int = 192) -> Path:
     """Write the review page of every prediction in ``predictions_dir`` (see the module docstring).
 
-    Images are found in ``images_dir`` as ``<case>_0000<ending>`` or ``<case><ending>``; references (optional) are
-    mapped to 0/1/2 with ``dataset``'s ``task_regions`` (default liver {1, 2}, tumour {2}).
+    Images are found in ``images_dir`` exactly as ``smoothseg_predict`` finds its inputs
+    (:func:`~smoothseg.inference.inputs.find_input_cases`: ``<case>_0000<ending>``, ``<case><ending>`` or a DICOM
+    series sub-folder named by the case); references (optional) are mapped to 0/1/2 with ``dataset``'s
+    ``task_regions`` (default liver {1, 2}, tumour {2}).
     """
     predictions = _labels_by_case(Path(predictions_dir))
     if not predictions:
         raise SmoothSegError(f"{predictions_dir}: no predicted label maps")
+    inputs = {case.case_id: case.path for case in find_input_cases(images_dir)}  # what smoothseg_predict reads
     references = _labels_by_case(Path(references_dir)) if references_dir is not None else {}
     regions: TaskRegions = regions_for(dataset)
     cases = []
     for case_id, path in progress_bar(sorted(predictions.items()), desc="review", unit="case"):
-        image_path = find_case_image(images_dir, case_id)
+        image_path = inputs.get(case_id)
         if image_path is None:
             raise SmoothSegError(f"{images_dir}: no image for case {case_id}")
         image, geometry = read_image(image_path)
