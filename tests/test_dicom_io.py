@@ -122,3 +122,36 @@ def test_a_folder_with_two_series_fails_naming_them(models: Path, tmp_path: Path
         summary = predict(inputs, tmp_path / "out", models=FAST, options=CohortOptions(**INLINE))
     (outcome,) = summary.cases
     assert outcome.status == "failed" and "2 DICOM series" in outcome.message and "mixed" in outcome.message
+
+
+def test_anonymised_sparse_headers_write_a_seg_or_fail_naming_the_empty_uids(models: Path, tmp_path: Path,
+                                                                            caplog) -> None:
+    """Empty patient attributes and no SeriesNumber (as research exports have them) still give a SEG that references
+    its series; empty instance and series UIDs fail that case with a message naming them (a SEG cannot reference
+    them) while the other case finishes, and -v (debug) logs where it failed."""
+    inputs = tmp_path / "in"
+    sparse = make_ct_series("", _hu(seed=0), origin=(0.0, 0.0, 0.0), pixel_spacing=(0.9, 0.8), slice_step=2.5)
+    for ds in sparse:
+        ds.PatientID, ds.PatientSex, ds.PatientBirthDate, ds.PatientName, ds.AccessionNumber = "", "", "", "", ""
+        del ds.SeriesNumber
+    write_datasets(sparse, inputs / "sparse")
+    blank = make_ct_series("", _hu(seed=1), origin=(0.0, 0.0, 0.0), pixel_spacing=(0.9, 0.8), slice_step=2.5)
+    for ds in blank:
+        ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID = "", "", ""
+    write_datasets(blank, inputs / "blank")
+    caplog.set_level("DEBUG", logger="smoothseg")
+    with using_roots(results=models):
+        summary = predict(inputs, tmp_path / "seg", models=FAST, options=CohortOptions(output_format="dcm", **INLINE))
+    outcomes = {c.case_id: c for c in summary.cases}
+    assert outcomes["sparse"].status == "ok"
+    seg = hd.seg.segread(tmp_path / "seg" / "sparse.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sparse[0].SeriesInstanceUID
+    assert {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == \
+        {ds.SOPInstanceUID for ds in sparse}
+    failed = outcomes["blank"]
+    assert failed.status == "failed"
+    for words in ("SOPInstanceUID is empty or missing in 12 of 12 slice(s)", "SeriesInstanceUID",
+                  "StudyInstanceUID", "--output-format .nii.gz or seg.nrrd", "blank"):
+        assert words in failed.message
+    assert not (tmp_path / "seg" / "blank.dcm").exists()
+    assert any("case blank failed here" in r.getMessage() and "Traceback" in r.getMessage() for r in caplog.records)

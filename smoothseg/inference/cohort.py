@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,13 +218,16 @@ class _CohortRun:
     def outputs(self, case: InputCase) -> tuple[Path, Path]:
         return output_paths(self.output_dir, case, self.ending)
 
-    def record(self, case: InputCase, status: str, message: str = "", **fields: Any) -> None:
+    def record(self, case: InputCase, status: str, message: str = "", detail: str = "", **fields: Any) -> None:
+        """Record a case's outcome; ``detail`` (a failure's traceback) goes to the debug log (``-v``)."""
         output, _ = self.outputs(case)
         timings = {k: round(v, 3) for k, v in self.timings.pop(case.case_id, {}).items()}
         self.outcomes[case.case_id] = CaseOutcome(case.case_id, str(case.path), str(output), status, message,
                                                   timings_s=timings, **fields)
         if status == "failed":
             logger.error("case %s failed: %s", case.case_id, message)
+            if detail:
+                logger.debug("case %s failed here:\n%s", case.case_id, detail.rstrip())
         elif status == "ok":
             logger.info("case %s: %s, %d lesion(s)", case.case_id, "liver found" if fields.get("liver_found")
                         else "NO LIVER FOUND", fields.get("lesion_count") or 0)
@@ -231,7 +235,7 @@ class _CohortRun:
 
     def finished(self, job: FinishJob, outcome: Outcome) -> None:
         if not outcome.ok:
-            self.record(job.case, "failed", outcome.message)
+            self.record(job.case, "failed", outcome.message, outcome.detail)
             return
         liver_found, lesion_count, timings = outcome.value
         self.timings.setdefault(job.case.case_id, {}).update(timings)
@@ -242,12 +246,12 @@ class _CohortRun:
         """Run the networks on a loaded case and hand it to the finisher."""
         case = job.case
         if not outcome.ok:
-            self.record(case, "failed", outcome.message)
+            self.record(case, "failed", outcome.message, outcome.detail)
             return
         try:
             finish, timings = network_job(self.cascade, self.clinical, case, outcome.value, *self.outputs(case))
         except Exception as exc:  # noqa: BLE001 - one case's failure must not stop the cohort
-            self.record(case, "failed", failure_message(exc, case.path))
+            self.record(case, "failed", failure_message(exc, case.path), traceback.format_exc())
             return
         self.timings[case.case_id] = timings
         for done in self.finisher.submit(finish):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -38,6 +39,7 @@ class Outcome:
     ok: bool
     value: Any = None
     message: str = ""
+    detail: str = ""  # the failure's traceback, logged at debug level (-v) by the parent
 
 
 def failure_message(exc: BaseException, path: Path) -> str:
@@ -60,7 +62,7 @@ def load_case(job: LoadJob) -> Outcome:
         data, _, properties = job.preprocessor.preprocess(image, geometry)
         return Outcome(True, (image, geometry, (data, properties), time.perf_counter() - t0, warnings))
     except Exception as exc:  # noqa: BLE001 - one case's failure must not stop the cohort
-        return Outcome(False, message=failure_message(exc, job.case.path))
+        return Outcome(False, message=failure_message(exc, job.case.path), detail=traceback.format_exc())
 
 
 @dataclass
@@ -94,7 +96,7 @@ def finish_case(job: FinishJob) -> Outcome:
         timings = {"active_contour": t1 - t0, "write": time.perf_counter() - t1}
         return Outcome(True, (liver_found, report["lesion_count"], timings))
     except Exception as exc:  # noqa: BLE001
-        return Outcome(False, message=failure_message(exc, job.case.path))
+        return Outcome(False, message=failure_message(exc, job.case.path), detail=traceback.format_exc())
 
 
 class WorkerStage:

@@ -73,6 +73,30 @@ def _series_files(folder: Path) -> list[str]:
     return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
+#: What a DICOM SEG needs of its source instances to reference them (Type 1 in the CT Image IOD).
+REFERENCE_ATTRIBUTES = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
+
+
+def _check_references(datasets: list, source: Path, path: Path) -> None:
+    """Refuse a source series whose UIDs cannot be referenced: empty or missing UIDs (as many anonymised research
+    exports have) or one SOP Instance UID on several slices. A SEG written from them would point at nothing; patient
+    and study attributes that are empty (Type 2: PatientID, PatientSex, birth date, accession number) are fine."""
+    problems = []
+    for name in REFERENCE_ATTRIBUTES:
+        empty = sum(not str(getattr(ds, name, "") or "").strip() for ds in datasets)
+        if empty:
+            problems.append(f"{name} is empty or missing in {empty} of {len(datasets)} slice(s)")
+    uids = [str(getattr(ds, "SOPInstanceUID", "") or "") for ds in datasets]
+    repeated = len([u for u in uids if u]) - len({u for u in uids if u})
+    if repeated:
+        problems.append(f"{repeated} slice(s) repeat another slice's SOPInstanceUID")
+    if problems:
+        raise ImageWriteError(path, f"a DICOM SEG references its source instances by UID, but in {source} "
+                                    f"{'; '.join(problems)} (an anonymised export?). Write a NIfTI or 3D Slicer label "
+                                    "map instead (--output-format .nii.gz or seg.nrrd), or export the series with its "
+                                    "UIDs")
+
+
 def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source: Path, path: Path) -> Path:
     """A binary DICOM Segmentation of ``labels`` referencing the CT series in ``source`` (see the module docstring).
 
@@ -88,6 +112,7 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source: Path, path: 
 
     files = _series_files(source)
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    _check_references(datasets, source, path)
     labels = np.asarray(labels)
     if labels.shape[0] != len(datasets) or labels.shape[1:] != (int(datasets[0].Rows), int(datasets[0].Columns)):
         raise ImageWriteError(path, f"label map {labels.shape} does not match the {len(datasets)} slices of "
