@@ -3,6 +3,7 @@ source series referenced, and clear refusals."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import SimpleITK as sitk
 import torch
 from dicom_builders import hd, make_ct_series, write_datasets
 from inference_helpers import make_constant, make_model_pair
+from pydicom.uid import generate_uid
 
 from smoothseg.dataset.io import Geometry, read_image, write_image
 from smoothseg.errors import SmoothSegError
@@ -155,3 +157,64 @@ def test_anonymised_sparse_headers_write_a_seg_or_fail_naming_the_empty_uids(mod
         assert words in failed.message
     assert not (tmp_path / "seg" / "blank.dcm").exists()
     assert any("case blank failed here" in r.getMessage() and "Traceback" in r.getMessage() for r in caplog.records)
+
+
+def _irregular(folder: Path, *, offsets=None, shear_mm: float = 0.0, modality: str = "CT", duplicate: str = "",
+               seed: int = 0) -> list:
+    """A 12-slice CT series of the HCC-TACE-Seg layout with one irregularity, written out of slice order."""
+    hu = _hu(seed=seed)
+    datasets = make_ct_series(folder.name, hu, origin=(-20.0, 30.0, 100.0), pixel_spacing=(0.9, 0.8),
+                              slice_step=2.5 if offsets is None else offsets)
+    for k, ds in enumerate(datasets):
+        ds.Modality = modality
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + shear_mm * k, z]
+    if duplicate:
+        extra = copy.deepcopy(datasets[5])
+        extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        extra.InstanceNumber = 99
+        if duplicate == "differing":
+            extra.PixelData = (np.asarray(hu[6], np.int32) + 1024).astype(np.uint16).tobytes()
+        datasets = datasets + [extra]
+    write_datasets(datasets, folder, order=list(range(len(datasets)))[::-1])
+    return datasets
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"offsets": [2.5 * k for k in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12)]},
+     ["missing slice(s): a gap of 5.00 mm between 112.50 and 117.50 mm (instances 6 and 7)", "median step being 2.50"]),
+    ({"duplicate": "identical"}, ["duplicate slice position(s): two slices at 112.50 and 112.50 mm"]),
+    ({"duplicate": "differing"}, ["duplicate slice position(s)"]),
+    ({"shear_mm": 2.0}, ["move 2.00 mm within the slice plane per slice", "tilted gantry"]),
+    ({"modality": "MR"}, ["Modality is MR, not CT", "--allow-non-ct"]),
+])
+def test_irregular_series_fail_their_case_naming_the_problem_and_the_others_finish(
+        change: dict, words: list[str], models: Path, tmp_path: Path) -> None:
+    """Each row of the PACS-inputs table: a series with a gap, a duplicate, a shear or another modality no longer
+    passes silently with a wrong geometry; it fails with the reason (summary, exit status), the clean one finishes."""
+    inputs = tmp_path / "in"
+    _irregular(inputs / "clean")
+    _irregular(inputs / "odd", **change)
+    with using_roots(results=models):
+        summary = predict(inputs, tmp_path / "out", models=FAST, options=CohortOptions(**INLINE))
+    outcomes = {c.case_id: c for c in summary.cases}
+    assert outcomes["clean"].status == "ok" and not summary.ok
+    assert outcomes["odd"].status == "failed" and str(inputs / "odd") in outcomes["odd"].message
+    for text in words:
+        assert text in outcomes["odd"].message
+    assert not (tmp_path / "out" / "odd.nii.gz").exists()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["n_failed"] == 1
+
+
+def test_a_regular_series_passes_the_checks_and_mr_passes_with_allow_non_ct(models: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    datasets = _irregular(inputs / "mr", modality="MR")
+    with using_roots(results=models):
+        summary = predict(inputs, tmp_path / "out", models=FAST,
+                          options=CohortOptions(allow_non_ct=True, **INLINE))
+    assert summary.ok
+    _, geometry = read_image(tmp_path / "out" / "mr.nii.gz")
+    np.testing.assert_allclose(geometry.spacing, (0.8, 0.9, 2.5), atol=1e-4)
+    np.testing.assert_allclose(geometry.origin, datasets[0].ImagePositionPatient, atol=1e-4)
+    with pytest.raises(SmoothSegError, match="Modality is MR"):
+        read_image(inputs / "mr")

@@ -238,8 +238,10 @@ def _check_finite(path: Path, values: np.ndarray, shape_zyx: tuple[int, ...]) ->
                                    f"{tuple(int(v) for v in first)})")
 
 
-def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: bool = True) -> sitk.Image:
-    """Read a file or DICOM series folder into a SimpleITK image, checking it is 3D, scalar, complete and finite."""
+def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: bool = True,
+              allow_non_ct: bool = False) -> sitk.Image:
+    """Read a file or DICOM series folder into a SimpleITK image, checking it is 3D, scalar, complete and finite, and
+    that a DICOM series is a regular CT stack (:func:`dicom_series_problems`)."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file does not exist")
@@ -249,13 +251,82 @@ def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: 
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(_dicom_file_names(path, series_uid))
+            reader.MetaDataDictionaryArrayUpdateOn()  # the slices' own headers, for the checks below
             image = reader.Execute()
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ImageReadError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
     _check_3d(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel())
+    if path.is_dir():
+        problems = dicom_series_problems(reader, allow_non_ct=allow_non_ct)
+        if problems:
+            raise ImageReadError(path, "; ".join(problems))
     return image
+
+
+def _numbers(text: str) -> np.ndarray:
+    return np.array([float(v) for v in text.strip().split("\\")], dtype=float)
+
+
+def dicom_series_problems(reader: sitk.ImageSeriesReader, *, allow_non_ct: bool = False) -> list[str]:
+    """What makes a read DICOM series unsafe to use as one regular volume, from each slice's own header (``reader``
+    after ``Execute`` with ``MetaDataDictionaryArrayUpdateOn``). The slices are in the reader's order (sorted along
+    the slice normal); a volume built from them has one slice spacing and one direction, so every departure from a
+    regular, orthogonal stack would put voxels in the wrong place without a word:
+
+    * a Modality other than CT (the models are CT models), unless ``allow_non_ct``;
+    * slices whose orientation (ImageOrientationPatient) differs from the first one's;
+    * two slices at the same position along the normal (a duplicate: identical or not);
+    * a step more than 1.5 times the median step (missing slices), naming the positions and instance numbers;
+    * positions that move within the slice plane from slice to slice by more than 1% of the step or 0.05 mm (a
+      tilted gantry or sheared series: the direction would be taken from the shear).
+    """
+    n = len(reader.GetFileNames())
+
+    def tag(i: int, key: str) -> str | None:
+        return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else None
+
+    problems = []
+    modality = tag(0, "0008|0060")
+    if modality is not None and modality.upper() != "CT" and not allow_non_ct:
+        problems.append(f"Modality is {modality or 'empty'}, not CT: the models segment CT (use --allow-non-ct if "
+                        "you know what you do)")
+    orientation, position = tag(0, "0020|0037"), [tag(i, "0020|0032") for i in range(n)]
+    if n < 2 or orientation is None or any(p is None for p in position):
+        return problems
+    iop = _numbers(orientation)
+    normal = np.cross(iop[:3], iop[3:])
+    turned = [i for i in range(1, n) if tag(i, "0020|0037") is not None and
+              np.abs(_numbers(tag(i, "0020|0037")) - iop).max() > 1e-4]
+    if turned:
+        problems.append(f"{len(turned)} slice(s) have another orientation than the first (e.g. slice {turned[0] + 1})")
+    points = np.array([_numbers(p) for p in position])
+    along = points @ normal
+    order = np.argsort(along, kind="stable")  # the checks look at the stack sorted along the normal
+    if np.any(np.diff(along) < 0) and np.any(np.diff(along) > 0):
+        problems.append("the slices are not in position order (the reader could not sort them)")
+    points, along = points[order], along[order]
+    steps = np.diff(along)
+    median = float(np.median(np.abs(steps)))
+    instance = [tag(int(i), "0020|0013") or "?" for i in order]
+
+    def where(k: int) -> str:
+        return f"{along[k]:.2f} and {along[k + 1]:.2f} mm (instances {instance[k]} and {instance[k + 1]})"
+
+    duplicates = [k for k in range(n - 1) if abs(steps[k]) <= max(1e-3 * median, 1e-3)]
+    if duplicates:
+        problems.append(f"{len(duplicates)} duplicate slice position(s): two slices at {where(duplicates[0])}")
+    if median > 0:
+        gaps = [k for k in range(n - 1) if abs(steps[k]) > 1.5 * median]
+        if gaps:
+            problems.append(f"missing slice(s): a gap of {abs(steps[gaps[0]]):.2f} mm between {where(gaps[0])}, "
+                            f"the median step being {median:.2f} mm ({len(gaps)} gap(s))")
+        in_plane = np.linalg.norm(np.diff(points, axis=0) - steps[:, None] * normal, axis=1)
+        if in_plane.max() > max(0.01 * median, 0.05):
+            problems.append(f"slice positions move {in_plane.max():.2f} mm within the slice plane per slice (a "
+                            "tilted gantry or sheared series): the volume would not be orthogonal")
+    return problems
 
 
 def _read_nifti(path: Path, check_finite: bool) -> sitk.Image:
@@ -274,15 +345,17 @@ def _read_nifti(path: Path, check_finite: bool) -> sitk.Image:
     return image
 
 
-def read_image(path: str | Path, *, series_uid: str | None = None, check_finite: bool = True
-               ) -> tuple[np.ndarray, Geometry]:
+def read_image(path: str | Path, *, series_uid: str | None = None, check_finite: bool = True,
+               allow_non_ct: bool = False) -> tuple[np.ndarray, Geometry]:
     """Read a 3D image into a ``(z, y, x)`` array and its :class:`Geometry`.
 
     Raises :class:`ImageReadError` (naming the file) when the file is missing, unreadable or
-    truncated, not 3D, multi-channel, or (with ``check_finite``) holds NaN or Inf voxels.
+    truncated, not 3D, multi-channel, or (with ``check_finite``) holds NaN or Inf voxels; for a DICOM series folder
+    also when the slices do not form a regular CT stack (:func:`dicom_series_problems`; ``allow_non_ct`` lets other
+    modalities through).
     """
     path = Path(path)
-    image = read_sitk(path, series_uid, check_finite=check_finite)
+    image = read_sitk(path, series_uid, check_finite=check_finite, allow_non_ct=allow_non_ct)
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:  # pragma: no cover - SimpleITK reads lazily only for some formats

@@ -57,7 +57,7 @@ def load_case(job: LoadJob) -> Outcome:
     """Worker: read the image (validated by read_image) and preprocess it for the liver stage."""
     try:
         t0 = time.perf_counter()
-        image, geometry = read_image(job.case.path)
+        image, geometry = read_image(job.case.path, allow_non_ct=job.case.allow_non_ct)
         warnings = ct_input_warnings(image)
         data, _, properties = job.preprocessor.preprocess(image, geometry)
         return Outcome(True, (image, geometry, (data, properties), time.perf_counter() - t0, warnings))

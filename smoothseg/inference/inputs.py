@@ -28,6 +28,7 @@ class InputCase:
     case_id: str
     path: Path
     ending: str
+    allow_non_ct: bool = False  # read a DICOM series whose Modality is not CT (smoothseg_predict --allow-non-ct)
 
     @property
     def is_dicom(self) -> bool:
