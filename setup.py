@@ -32,7 +32,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4", "pydicom>=2.4", "highdicom>=0.22",
-                 "openpyxl>=3.1", "dask[distributed]>=2024.1", "playwright>=1.40"],
+                 "openpyxl>=3.1", "dask[distributed]>=2024.1", "playwright>=1.40",
+                 "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "pyjpegls>=1.2"],
         "dicom": ["pydicom>=2.4", "highdicom>=0.22", "openpyxl>=3.1"],
         "cluster": ["dask[distributed]>=2024.1"],
     },

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from dicom_builders import hd, make_ct_series, write_datasets
 from inference_helpers import make_constant, make_model_pair
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from smoothseg.dataset.io import Geometry, read_image, write_image
 from smoothseg.errors import SmoothSegError
@@ -218,3 +218,20 @@ def test_a_regular_series_passes_the_checks_and_mr_passes_with_allow_non_ct(mode
     np.testing.assert_allclose(geometry.origin, datasets[0].ImagePositionPatient, atol=1e-4)
     with pytest.raises(SmoothSegError, match="Modality is MR"):
         read_image(inputs / "mr")
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda s: s.name)
+def test_compressed_transfer_syntaxes_of_pacs_exports_read_exactly(syntax, tmp_path: Path) -> None:
+    """RLE, JPEG-LS and JPEG 2000 (lossless) series, encoded here by pydicom, read voxel for voxel as the plain
+    series, with per-slice rescale honoured (each slice its own intercept)."""
+    hu = _hu(seed=3)
+    datasets = make_ct_series("packed", hu, origin=(-20.0, 30.0, 100.0), pixel_spacing=(0.9, 0.8), slice_step=2.5)
+    for k, ds in enumerate(datasets):  # a different stored offset per slice, undone by its own RescaleIntercept
+        ds.RescaleIntercept = -1024 - 10 * k
+        ds.PixelData = (np.asarray(hu[k], np.int32) + 1024 + 10 * k).astype(np.uint16).tobytes()
+        ds.compress(syntax)
+    write_datasets(datasets, tmp_path / "packed", order=list(range(len(datasets)))[::-1])
+    array, geometry = read_image(tmp_path / "packed")
+    np.testing.assert_array_equal(array, hu)
+    np.testing.assert_allclose(geometry.spacing, (0.8, 0.9, 2.5), atol=1e-4)
+    np.testing.assert_allclose(geometry.origin, (-20.0, 30.0, 100.0), atol=1e-4)
