@@ -235,3 +235,27 @@ def test_compressed_transfer_syntaxes_of_pacs_exports_read_exactly(syntax, tmp_p
     np.testing.assert_array_equal(array, hu)
     np.testing.assert_allclose(geometry.spacing, (0.8, 0.9, 2.5), atol=1e-4)
     np.testing.assert_allclose(geometry.origin, (-20.0, 30.0, 100.0), atol=1e-4)
+
+
+def test_a_multiframe_enhanced_ct_reads_as_its_single_frame_series(tmp_path: Path) -> None:
+    """A legacy-converted Enhanced CT object (one file, all frames; highdicom builds it from the series) gives the
+    same voxels and geometry as the single-frame series it came from; a frame missing is refused as in a series."""
+    hu = _hu(seed=4)
+    datasets = make_ct_series("frames", hu, origin=(-20.0, 30.0, 100.0), pixel_spacing=(0.9, 0.8), slice_step=2.5)
+    write_datasets(datasets, tmp_path / "series")
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(datasets[::-1], series_instance_uid=generate_uid(),
+                                                        series_number=9, sop_instance_uid=generate_uid(),
+                                                        instance_number=1)
+    (tmp_path / "enhanced").mkdir()
+    enhanced.save_as(tmp_path / "enhanced" / "ct.dcm")
+    series, series_geometry = read_image(tmp_path / "series")
+    frames, frames_geometry = read_image(tmp_path / "enhanced")
+    np.testing.assert_array_equal(frames, series)
+    assert not frames_geometry.differences(series_geometry)
+    gap = hd.legacy.LegacyConvertedEnhancedCTImage(datasets[:5] + datasets[6:], series_instance_uid=generate_uid(),
+                                                   series_number=9, sop_instance_uid=generate_uid(),
+                                                   instance_number=1)
+    (tmp_path / "gap").mkdir()
+    gap.save_as(tmp_path / "gap" / "ct.dcm")
+    with pytest.raises(SmoothSegError, match=r"missing slice\(s\): a gap of 5.00 mm .*frame 5 and frame 6"):
+        read_image(tmp_path / "gap")

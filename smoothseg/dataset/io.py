@@ -249,8 +249,11 @@ def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: 
         return _read_nifti(path, check_finite)
     try:
         if path.is_dir():
+            files = _dicom_file_names(path, series_uid)
+            if len(files) == 1 and _frames(files[0]) > 1:
+                return _read_multiframe(path, files[0], allow_non_ct)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(_dicom_file_names(path, series_uid))
+            reader.SetFileNames(files)
             reader.MetaDataDictionaryArrayUpdateOn()  # the slices' own headers, for the checks below
             image = reader.Execute()
         else:
@@ -265,15 +268,26 @@ def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: 
     return image
 
 
+def _frames(file: str) -> int:
+    """NumberOfFrames of a DICOM file (1 when absent or unreadable)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    try:
+        reader.ReadImageInformation()
+        return int(reader.GetMetaData("0028|0008").strip()) if reader.HasMetaDataKey("0028|0008") else 1
+    except (RuntimeError, ValueError):
+        return 1
+
+
 def _numbers(text: str) -> np.ndarray:
     return np.array([float(v) for v in text.strip().split("\\")], dtype=float)
 
 
-def dicom_series_problems(reader: sitk.ImageSeriesReader, *, allow_non_ct: bool = False) -> list[str]:
-    """What makes a read DICOM series unsafe to use as one regular volume, from each slice's own header (``reader``
-    after ``Execute`` with ``MetaDataDictionaryArrayUpdateOn``). The slices are in the reader's order (sorted along
-    the slice normal); a volume built from them has one slice spacing and one direction, so every departure from a
-    regular, orthogonal stack would put voxels in the wrong place without a word:
+def stack_problems(positions: np.ndarray, orientations: list[np.ndarray], modality: str | None,
+                   instances: list[str], *, allow_non_ct: bool = False) -> list[str]:
+    """What makes a stack of DICOM slices (or frames) unsafe to use as one regular volume. A volume has one slice
+    spacing and one direction, so every departure from a regular, orthogonal stack would put voxels in the wrong
+    place without a word:
 
     * a Modality other than CT (the models are CT models), unless ``allow_non_ct``;
     * slices whose orientation (ImageOrientationPatient) differs from the first one's;
@@ -281,27 +295,23 @@ def dicom_series_problems(reader: sitk.ImageSeriesReader, *, allow_non_ct: bool 
     * a step more than 1.5 times the median step (missing slices), naming the positions and instance numbers;
     * positions that move within the slice plane from slice to slice by more than 1% of the step or 0.05 mm (a
       tilted gantry or sheared series: the direction would be taken from the shear).
+
+    ``positions`` ``(n, 3)`` and ``orientations`` (6 values each) in the stack's order, ``instances`` the instance
+    (or frame) numbers to name.
     """
-    n = len(reader.GetFileNames())
-
-    def tag(i: int, key: str) -> str | None:
-        return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else None
-
     problems = []
-    modality = tag(0, "0008|0060")
     if modality is not None and modality.upper() != "CT" and not allow_non_ct:
         problems.append(f"Modality is {modality or 'empty'}, not CT: the models segment CT (use --allow-non-ct if "
                         "you know what you do)")
-    orientation, position = tag(0, "0020|0037"), [tag(i, "0020|0032") for i in range(n)]
-    if n < 2 or orientation is None or any(p is None for p in position):
+    n = len(positions)
+    if n < 2 or not orientations:
         return problems
-    iop = _numbers(orientation)
+    iop = orientations[0]
     normal = np.cross(iop[:3], iop[3:])
-    turned = [i for i in range(1, n) if tag(i, "0020|0037") is not None and
-              np.abs(_numbers(tag(i, "0020|0037")) - iop).max() > 1e-4]
+    turned = [i for i in range(1, len(orientations)) if np.abs(orientations[i] - iop).max() > 1e-4]
     if turned:
         problems.append(f"{len(turned)} slice(s) have another orientation than the first (e.g. slice {turned[0] + 1})")
-    points = np.array([_numbers(p) for p in position])
+    points = np.asarray(positions, dtype=float)
     along = points @ normal
     order = np.argsort(along, kind="stable")  # the checks look at the stack sorted along the normal
     if np.any(np.diff(along) < 0) and np.any(np.diff(along) > 0):
@@ -309,7 +319,7 @@ def dicom_series_problems(reader: sitk.ImageSeriesReader, *, allow_non_ct: bool 
     points, along = points[order], along[order]
     steps = np.diff(along)
     median = float(np.median(np.abs(steps)))
-    instance = [tag(int(i), "0020|0013") or "?" for i in order]
+    instance = [instances[int(i)] for i in order]
 
     def where(k: int) -> str:
         return f"{along[k]:.2f} and {along[k + 1]:.2f} mm (instances {instance[k]} and {instance[k + 1]})"
@@ -327,6 +337,72 @@ def dicom_series_problems(reader: sitk.ImageSeriesReader, *, allow_non_ct: bool 
             problems.append(f"slice positions move {in_plane.max():.2f} mm within the slice plane per slice (a "
                             "tilted gantry or sheared series): the volume would not be orthogonal")
     return problems
+
+
+def dicom_series_problems(reader: sitk.ImageSeriesReader, *, allow_non_ct: bool = False) -> list[str]:
+    """:func:`stack_problems` of a read series, from each slice's own header (``reader`` after ``Execute`` with
+    ``MetaDataDictionaryArrayUpdateOn``)."""
+    n = len(reader.GetFileNames())
+
+    def tag(i: int, key: str) -> str | None:
+        return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else None
+
+    positions = [tag(i, "0020|0032") for i in range(n)]
+    orientations = [tag(i, "0020|0037") for i in range(n)]
+    if any(p is None for p in positions) or any(o is None for o in orientations):
+        positions, orientations = [], []
+    return stack_problems(np.array([_numbers(p) for p in positions]).reshape(-1, 3),
+                          [_numbers(o) for o in orientations], tag(0, "0008|0060"),
+                          [tag(i, "0020|0013") or "?" for i in range(n)], allow_non_ct=allow_non_ct)
+
+
+def _read_multiframe(path: Path, file: str, allow_non_ct: bool) -> sitk.Image:
+    """One multi-frame (Enhanced or legacy-converted enhanced) CT object: frames sorted along the slice normal,
+    geometry from the functional groups (positions per frame, orientation, pixel spacing), stored values rescaled
+    (the frame's own slope and intercept where given), checked as a series is (:func:`stack_problems`)."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageReadError(path, 'a multi-frame DICOM object needs pydicom: pip install -e ".[dicom]"') from None
+    ds = pydicom.dcmread(file)
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    frames = ds.PerFrameFunctionalGroupsSequence
+
+    def group(k: int, name: str):
+        own = frames[k].get(name)
+        return own[0] if own else (shared.get(name)[0] if shared is not None and shared.get(name) else None)
+
+    try:
+        positions = np.array([[float(v) for v in group(k, "PlanePositionSequence").ImagePositionPatient]
+                              for k in range(len(frames))])
+        orientations = [np.array([float(v) for v in group(k, "PlaneOrientationSequence").ImageOrientationPatient])
+                        for k in range(len(frames))]
+        pixel_spacing = [float(v) for v in group(0, "PixelMeasuresSequence").PixelSpacing]
+    except (AttributeError, TypeError, IndexError) as exc:
+        raise ImageReadError(path, f"multi-frame object without plane positions, orientation or pixel spacing "
+                                   f"({exc})") from None
+    problems = stack_problems(positions, orientations, str(ds.get("Modality", "")) or None,
+                              [f"frame {k + 1}" for k in range(len(frames))], allow_non_ct=allow_non_ct)
+    if problems:
+        raise ImageReadError(path, "; ".join(problems))
+    stored = ds.pixel_array.astype(np.float64).reshape(len(frames), int(ds.Rows), int(ds.Columns))
+    values = np.empty(stored.shape, dtype=np.float32)
+    for k in range(len(frames)):
+        rescale = group(k, "PixelValueTransformationSequence")
+        slope = float(getattr(rescale, "RescaleSlope", 1.0)) if rescale is not None else 1.0
+        intercept = float(getattr(rescale, "RescaleIntercept", 0.0)) if rescale is not None else 0.0
+        values[k] = stored[k] * slope + intercept
+    iop = orientations[0]
+    normal = np.cross(iop[:3], iop[3:])
+    order = np.argsort(positions @ normal, kind="stable")
+    along = (positions @ normal)[order]
+    step = float(np.median(np.diff(along))) if len(frames) > 1 else 1.0
+    direction = np.column_stack([iop[:3], iop[3:], normal]).ravel()
+    array = values[order]
+    if np.allclose(array, np.round(array)) and np.abs(array).max() < 32768:
+        array = np.round(array).astype(np.int16)
+    geometry = Geometry((pixel_spacing[1], pixel_spacing[0], step), tuple(positions[order[0]]), tuple(direction))
+    return to_sitk(array, geometry)
 
 
 def _read_nifti(path: Path, check_finite: bool) -> sitk.Image:
