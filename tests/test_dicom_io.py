@@ -183,8 +183,7 @@ def _irregular(folder: Path, *, offsets=None, shear_mm: float = 0.0, modality: s
 @pytest.mark.parametrize("change, words", [
     ({"offsets": [2.5 * k for k in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12)]},
      ["missing slice(s): a gap of 5.00 mm between 112.50 and 117.50 mm (instances 6 and 7)", "median step being 2.50"]),
-    ({"duplicate": "identical"}, ["duplicate slice position(s): two slices at 112.50 and 112.50 mm"]),
-    ({"duplicate": "differing"}, ["duplicate slice position(s)"]),
+    ({"duplicate": "differing"}, ["duplicate slice position(s): two slices at 112.50 and 112.50 mm"]),
     ({"shear_mm": 2.0}, ["move 2.00 mm within the slice plane per slice", "tilted gantry"]),
     ({"modality": "MR"}, ["Modality is MR, not CT", "--allow-non-ct"]),
 ])
@@ -259,3 +258,40 @@ def test_a_multiframe_enhanced_ct_reads_as_its_single_frame_series(tmp_path: Pat
     gap.save_as(tmp_path / "gap" / "ct.dcm")
     with pytest.raises(SmoothSegError, match=r"missing slice\(s\): a gap of 5.00 mm .*frame 5 and frame 6"):
         read_image(tmp_path / "gap")
+
+
+def test_an_exact_duplicate_slice_is_dropped_with_a_warning_in_the_report(models: Path, tmp_path: Path) -> None:
+    """A slice present twice with the same pixels: the copy is dropped, the label map has the clean series' grid,
+    and the case report says what was dropped."""
+    inputs = tmp_path / "in"
+    clean = _irregular(inputs / "clean")
+    _irregular(inputs / "twice", duplicate="identical")
+    with using_roots(results=models):
+        summary = predict(inputs, tmp_path / "out", models=FAST, options=CohortOptions(**INLINE))
+    assert summary.ok
+    _, clean_geometry = read_image(tmp_path / "out" / "clean.nii.gz")
+    labels, geometry = read_image(tmp_path / "out" / "twice.nii.gz")
+    assert labels.shape[0] == len(clean) and not geometry.differences(clean_geometry)
+    report = json.loads((tmp_path / "out" / "twice_report.json").read_text())
+    assert any("1 duplicate DICOM slice(s)" in w for w in report["input_warnings"])
+    assert not json.loads((tmp_path / "out" / "clean_report.json").read_text())["input_warnings"]
+
+
+def test_the_seg_of_a_deduplicated_series_references_the_slices_it_was_computed_on(models: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Read back with highdicom: one frame per slice of the label map, each on the source instance it was
+    computed on (one of the two identical slices stands for both)."""
+    inputs = tmp_path / "in"
+    datasets = _irregular(inputs / "twice", duplicate="identical")
+    with using_roots(results=models):
+        assert predict(inputs, tmp_path / "nifti", models=FAST, options=CohortOptions(**INLINE)).ok
+        assert predict(inputs, tmp_path / "seg", models=FAST, options=CohortOptions(output_format="dcm", **INLINE)).ok
+    labels, _ = read_image(tmp_path / "nifti" / "twice.nii.gz")
+    seg = hd.seg.segread(tmp_path / "seg" / "twice.dcm")
+    referenced = [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    assert len(referenced) == len(set(referenced)) == len(datasets) - 1 == labels.shape[0]  # one of the two kept
+    by_position = sorted(datasets, key=lambda d: float(d.ImagePositionPatient[2]))
+    order = [d.SOPInstanceUID for d in by_position if d.SOPInstanceUID in set(referenced)]
+    pixels = seg.get_pixels_by_source_instance(order, segment_numbers=[1, 2])
+    np.testing.assert_array_equal(pixels[..., 0], labels == 1)
+    np.testing.assert_array_equal(pixels[..., 1], labels == 2)

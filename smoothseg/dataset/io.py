@@ -239,33 +239,86 @@ def _check_finite(path: Path, values: np.ndarray, shape_zyx: tuple[int, ...]) ->
 
 
 def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: bool = True,
-              allow_non_ct: bool = False) -> sitk.Image:
+              allow_non_ct: bool = False, notes: list[str] | None = None) -> sitk.Image:
     """Read a file or DICOM series folder into a SimpleITK image, checking it is 3D, scalar, complete and finite, and
-    that a DICOM series is a regular CT stack (:func:`dicom_series_problems`)."""
+    that a DICOM series is a regular CT stack (:func:`dicom_series_problems`). Slices that repeat another slice
+    exactly (same position, same pixels) are dropped, with a line appended to ``notes`` when given."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file does not exist")
     if image_ending(path) in (".nii", ".nii.gz") and path.is_file():
         return _read_nifti(path, check_finite)
-    try:
-        if path.is_dir():
-            files = _dicom_file_names(path, series_uid)
-            if len(files) == 1 and _frames(files[0]) > 1:
-                return _read_multiframe(path, files[0], allow_non_ct)
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(files)
-            reader.MetaDataDictionaryArrayUpdateOn()  # the slices' own headers, for the checks below
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ImageReadError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
-    _check_3d(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel())
     if path.is_dir():
+        files = _dicom_file_names(path, series_uid)
+        if len(files) == 1 and _frames(files[0]) > 1:
+            return _read_multiframe(path, files[0], allow_non_ct)
+        reader, image = _read_series(path, files)
+        kept = _without_exact_duplicates(reader, image)
+        if len(kept) < len(files):
+            dropped = [Path(f).name for f in files if f not in kept]
+            if notes is not None:
+                notes.append(f"{len(dropped)} duplicate DICOM slice(s) with the same position and pixels as another "
+                             f"were dropped: {', '.join(dropped[:5])}")
+            reader, image = _read_series(path, kept)
         problems = dicom_series_problems(reader, allow_non_ct=allow_non_ct)
         if problems:
             raise ImageReadError(path, "; ".join(problems))
+        return image
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageReadError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
+    _check_3d(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel())
     return image
+
+
+def dicom_series_files(path: str | Path, series_uid: str | None = None) -> list[str]:
+    """The files of a DICOM series folder that make up the volume :func:`read_image` reads, in its slice order (exact
+    duplicates dropped): what a DICOM SEG of that volume references."""
+    path = Path(path)
+    files = _dicom_file_names(path, series_uid)
+    if len(files) == 1:
+        return files
+    reader, image = _read_series(path, files)
+    return _without_exact_duplicates(reader, image)
+
+
+def _read_series(path: Path, files: list[str]) -> tuple[sitk.ImageSeriesReader, sitk.Image]:
+    """Read the DICOM ``files`` as one 3D image, keeping each slice's header for the checks."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageReadError(path, f"unreadable or truncated image ({_first_line(exc)})") from None
+    _check_3d(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel())
+    return reader, image
+
+
+def _without_exact_duplicates(reader: sitk.ImageSeriesReader, image: sitk.Image) -> list[str]:
+    """The reader's files without those that repeat an earlier one's position and pixels exactly (the image holds one
+    slice per file, in the reader's order), sorted along the slice normal when any was dropped. Slices at one
+    position with different pixels are kept, and refused by the checks."""
+    files = list(reader.GetFileNames())
+    keys = ("0020|0032", "0020|0037")
+    if not all(reader.HasMetaDataKey(i, key) for i in range(len(files)) for key in keys):
+        return files
+    iop = _numbers(reader.GetMetaData(0, "0020|0037"))
+    along = np.array([_numbers(reader.GetMetaData(i, "0020|0032")) for i in range(len(files))]) @ np.cross(iop[:3],
+                                                                                                         iop[3:])
+    array = None
+    drop: set[int] = set()
+    for i in range(len(files)):
+        for j in range(i + 1, len(files)):
+            if j in drop or abs(along[i] - along[j]) > 1e-3:
+                continue
+            array = sitk.GetArrayViewFromImage(image) if array is None else array
+            if np.array_equal(array[i], array[j]):
+                drop.add(j)
+    if not drop:
+        return files
+    return [files[k] for k in np.argsort(along, kind="stable") if k not in drop]  # GDCM could not sort them
 
 
 def _frames(file: str) -> int:
@@ -422,16 +475,16 @@ def _read_nifti(path: Path, check_finite: bool) -> sitk.Image:
 
 
 def read_image(path: str | Path, *, series_uid: str | None = None, check_finite: bool = True,
-               allow_non_ct: bool = False) -> tuple[np.ndarray, Geometry]:
+               allow_non_ct: bool = False, notes: list[str] | None = None) -> tuple[np.ndarray, Geometry]:
     """Read a 3D image into a ``(z, y, x)`` array and its :class:`Geometry`.
 
     Raises :class:`ImageReadError` (naming the file) when the file is missing, unreadable or
     truncated, not 3D, multi-channel, or (with ``check_finite``) holds NaN or Inf voxels; for a DICOM series folder
     also when the slices do not form a regular CT stack (:func:`dicom_series_problems`; ``allow_non_ct`` lets other
-    modalities through).
+    modalities through). What was cleaned up on the way (exact duplicate slices dropped) is appended to ``notes``.
     """
     path = Path(path)
-    image = read_sitk(path, series_uid, check_finite=check_finite, allow_non_ct=allow_non_ct)
+    image = read_sitk(path, series_uid, check_finite=check_finite, allow_non_ct=allow_non_ct, notes=notes)
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:  # pragma: no cover - SimpleITK reads lazily only for some formats

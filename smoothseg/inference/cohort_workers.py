@@ -57,8 +57,9 @@ def load_case(job: LoadJob) -> Outcome:
     """Worker: read the image (validated by read_image) and preprocess it for the liver stage."""
     try:
         t0 = time.perf_counter()
-        image, geometry = read_image(job.case.path, allow_non_ct=job.case.allow_non_ct)
-        warnings = ct_input_warnings(image)
+        notes: list[str] = []  # what the reader cleaned up (e.g. duplicate DICOM slices dropped)
+        image, geometry = read_image(job.case.path, allow_non_ct=job.case.allow_non_ct, notes=notes)
+        warnings = notes + ct_input_warnings(image)
         data, _, properties = job.preprocessor.preprocess(image, geometry)
         return Outcome(True, (image, geometry, (data, properties), time.perf_counter() - t0, warnings))
     except Exception as exc:  # noqa: BLE001 - one case's failure must not stop the cohort

@@ -17,12 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from smoothseg import __version__
 from smoothseg.atomic import atomic_path
-from smoothseg.dataset.io import IMAGE_ENDINGS, Geometry, to_sitk, write_image, write_sitk
-from smoothseg.errors import ImageWriteError, SmoothSegError
+from smoothseg.dataset.io import IMAGE_ENDINGS, Geometry, dicom_series_files, to_sitk, write_image, write_sitk
+from smoothseg.errors import ImageReadError, ImageWriteError, SmoothSegError
 from smoothseg.labels import LIVER, TUMOR
 
 __all__ = ["DICOM_SEG", "OUTPUT_ENDINGS", "SLICER_SEG", "write_label_map", "write_tumour_probability"]
@@ -65,14 +64,6 @@ def write_slicer_segmentation(labels: np.ndarray, geometry: Geometry, path: Path
     return write_sitk(image, path, compress=True)
 
 
-def _series_files(folder: Path) -> list[str]:
-    reader = sitk.ImageSeriesReader()
-    series = list(reader.GetGDCMSeriesIDs(str(folder)))
-    if len(series) != 1:
-        raise SmoothSegError(f"{folder}: expected one DICOM series, found {len(series)}")
-    return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-
-
 #: What a DICOM SEG needs of its source instances to reference them (Type 1 in the CT Image IOD).
 REFERENCE_ATTRIBUTES = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 
@@ -110,7 +101,10 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source: Path, path: 
     except ImportError:
         raise SmoothSegError('DICOM SEG output needs highdicom: pip install -e ".[dicom]"') from None
 
-    files = _series_files(source)
+    try:
+        files = dicom_series_files(source)  # the files of the volume that was segmented (exact duplicates dropped)
+    except ImageReadError as exc:
+        raise ImageWriteError(path, f"cannot list the source series: {exc}") from None
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     _check_references(datasets, source, path)
     labels = np.asarray(labels)
