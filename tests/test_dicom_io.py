@@ -295,3 +295,61 @@ def test_the_seg_of_a_deduplicated_series_references_the_slices_it_was_computed_
     pixels = seg.get_pixels_by_source_instance(order, segment_numbers=[1, 2])
     np.testing.assert_array_equal(pixels[..., 0], labels == 1)
     np.testing.assert_array_equal(pixels[..., 1], labels == 2)
+
+
+def test_resample_irregular_fills_a_gap_on_the_clean_series_grid(models: Path, tmp_path: Path) -> None:
+    """--resample-irregular with a slice missing: the label map has the geometry of the clean 13-slice series the
+    gap was cut from, the kept slices are the clean ones, the missing one the mean of its neighbours; the report
+    names the resampling, and a DICOM SEG of it is refused (its slices are not the source's)."""
+    inputs = tmp_path / "in"
+    odd = _irregular(inputs / "odd", offsets=[2.5 * k for k in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12)])
+    hu = _hu(seed=0)
+    write_datasets(make_ct_series("ref", np.concatenate([hu[:6], hu[5:6], hu[6:]]), origin=(-20.0, 30.0, 100.0),
+                                  pixel_spacing=(0.9, 0.8), slice_step=2.5), tmp_path / "reference")
+    clean, clean_geometry = read_image(tmp_path / "reference")
+    with pytest.raises(SmoothSegError, match="--resample-irregular resamples it"):
+        read_image(inputs / "odd")
+    notes: list[str] = []
+    resampled, geometry = read_image(inputs / "odd", resample_irregular=True, notes=notes)
+    assert not geometry.differences(clean_geometry) and resampled.shape == clean.shape == (13, 40, 36)
+    assert notes and "resampled onto a regular orthogonal grid" in notes[0] and "gap of 5.00 mm" in notes[0]
+    np.testing.assert_array_equal(resampled[:6], clean[:6])
+    np.testing.assert_array_equal(resampled[7:], clean[7:])
+    np.testing.assert_allclose(resampled[6], (odd[5].pixel_array.astype(float) + odd[6].pixel_array) / 2 - 1024,
+                               atol=0.5)
+    with using_roots(results=models):
+        summary = predict(inputs, tmp_path / "out", models=FAST,
+                          options=CohortOptions(resample_irregular=True, **INLINE))
+        seg = predict(inputs, tmp_path / "seg", models=FAST,
+                      options=CohortOptions(resample_irregular=True, output_format="dcm", **INLINE))
+    assert summary.ok
+    labels, label_geometry = read_image(tmp_path / "out" / "odd.nii.gz")
+    assert labels.shape == clean.shape and not label_geometry.differences(clean_geometry)
+    report = json.loads((tmp_path / "out" / "odd_report.json").read_text())
+    assert any("resampled onto a regular orthogonal grid" in w for w in report["input_warnings"])
+    (failed,) = seg.cases
+    assert failed.status == "failed" and "not a regular stack" in failed.message and "DICOM SEG" in failed.message
+
+
+def test_resample_irregular_straightens_a_sheared_stack_where_the_anatomy_is(tmp_path: Path) -> None:
+    """A tilted-gantry series: slice k sits 1 mm further along y per slice and holds the same anatomy there (its
+    rows shifted by k). Resampled onto the orthogonal grid it is the straight series again, voxel for voxel wherever
+    a sheared slice covered it; the geometry is the straight series' own."""
+    straight = _hu(shape=(12, 40, 36), seed=5)
+    sheared = np.full(straight.shape, -1024, np.int16)
+    for k in range(12):  # row r of slice k lies at y0 + k + r: the straight series' row r + k
+        sheared[k, :40 - k] = straight[k, k:]
+    write_datasets(make_ct_series("straight", straight, origin=(-20.0, 30.0, 100.0), pixel_spacing=(1.0, 0.8),
+                                  slice_step=2.5), tmp_path / "straight")
+    tilted = make_ct_series("tilted", sheared, origin=(-20.0, 30.0, 100.0), pixel_spacing=(1.0, 0.8), slice_step=2.5)
+    for k, ds in enumerate(tilted):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + k * 1.0, z]
+    write_datasets(tilted, tmp_path / "tilted")
+    expected, expected_geometry = read_image(tmp_path / "straight")
+    with pytest.raises(SmoothSegError, match="move 1.00 mm within the slice plane"):
+        read_image(tmp_path / "tilted")
+    resampled, geometry = read_image(tmp_path / "tilted", resample_irregular=True)
+    assert not geometry.differences(expected_geometry)
+    for k in range(12):  # rows k..39 of the straight slice were covered by sheared rows 0..39-k
+        np.testing.assert_array_equal(resampled[k, k:], expected[k, k:])

@@ -51,7 +51,8 @@ def _body(args: argparse.Namespace) -> int:
         output_format=args.output_format, continue_prediction=args.continue_prediction,
         num_processes_preprocessing=args.npp,
         num_processes_postprocessing=args.nps, num_parts=args.num_parts, part_id=args.part_id,
-        clinical_csv=args.clinical, progress=not args.quiet, allow_non_ct=args.allow_non_ct)
+        clinical_csv=args.clinical, progress=not args.quiet, allow_non_ct=args.allow_non_ct,
+        resample_irregular=args.resample_irregular)
     if args.dask_workers is not None or args.dask_scheduler is not None:
         summary = predict_on_dask(args.i, args.o, DaskSettings(args.dask_workers, args.dask_scheduler), dataset=args.d,
                                   folds=args.f, checkpoint=args.chk, trainer=args.tr, models=models, options=options)
@@ -104,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-lesion-confidence", dest="min_lesion_confidence", type=_confidence, default=None,
                         help="drop lesions whose highest tumour probability is below this (0-1; 0 keeps all); "
                              "default: the one chosen on the models' validation folds (postprocessing.json)")
+    parser.add_argument("--resample-irregular", dest="resample_irregular", action="store_true",
+                        help="resample DICOM series with missing slices or a sheared (tilted-gantry) stack onto a "
+                             "regular orthogonal grid instead of refusing them; the label map lies on that grid and "
+                             "the report says so")
     parser.add_argument("--allow-non-ct", dest="allow_non_ct", action="store_true",
                         help="read DICOM series whose Modality is not CT (refused by default: the models are CT "
                              "models); for users who know what they do")

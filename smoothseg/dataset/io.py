@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from smoothseg.atomic import atomic_path
 from smoothseg.errors import ImageReadError, ImageWriteError, SmoothSegError
@@ -239,10 +240,13 @@ def _check_finite(path: Path, values: np.ndarray, shape_zyx: tuple[int, ...]) ->
 
 
 def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: bool = True,
-              allow_non_ct: bool = False, notes: list[str] | None = None) -> sitk.Image:
+              allow_non_ct: bool = False, resample_irregular: bool = False,
+              notes: list[str] | None = None) -> sitk.Image:
     """Read a file or DICOM series folder into a SimpleITK image, checking it is 3D, scalar, complete and finite, and
     that a DICOM series is a regular CT stack (:func:`dicom_series_problems`). Slices that repeat another slice
-    exactly (same position, same pixels) are dropped, with a line appended to ``notes`` when given."""
+    exactly (same position, same pixels) are dropped, and with ``resample_irregular`` a series with gaps or a shear is
+    resampled onto a regular orthogonal grid (:func:`resample_stack`) instead of refused; either adds a line to
+    ``notes`` when given."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file does not exist")
@@ -261,7 +265,12 @@ def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: 
                              f"were dropped: {', '.join(dropped[:5])}")
             reader, image = _read_series(path, kept)
         problems = dicom_series_problems(reader, allow_non_ct=allow_non_ct)
-        if problems:
+        if problems and resample_irregular and all(p.endswith(RESAMPLABLE) for p in problems):
+            image = _resampled_series(reader, image)
+            if notes is not None:
+                notes.append("irregular DICOM series resampled onto a regular orthogonal grid (the label map lies on "
+                             "that grid): " + "; ".join(p[:-len(RESAMPLABLE)] for p in problems))
+        elif problems:
             raise ImageReadError(path, "; ".join(problems))
         return image
     try:
@@ -281,6 +290,17 @@ def dicom_series_files(path: str | Path, series_uid: str | None = None) -> list[
         return files
     reader, image = _read_series(path, files)
     return _without_exact_duplicates(reader, image)
+
+
+def _resampled_series(reader: sitk.ImageSeriesReader, image: sitk.Image) -> sitk.Image:
+    """The read series (one slice per file, in the reader's order) resampled by :func:`resample_stack`."""
+    n = len(reader.GetFileNames())
+    positions = np.array([_numbers(reader.GetMetaData(i, "0020|0032")) for i in range(n)])
+    orientation = _numbers(reader.GetMetaData(0, "0020|0037"))
+    array, geometry = resample_stack(sitk.GetArrayFromImage(image), positions, orientation, image.GetSpacing()[:2])
+    if np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.integer):
+        array = np.round(array).astype(np.int16)
+    return to_sitk(array, geometry)
 
 
 def _read_series(path: Path, files: list[str]) -> tuple[sitk.ImageSeriesReader, sitk.Image]:
@@ -384,12 +404,48 @@ def stack_problems(positions: np.ndarray, orientations: list[np.ndarray], modali
         gaps = [k for k in range(n - 1) if abs(steps[k]) > 1.5 * median]
         if gaps:
             problems.append(f"missing slice(s): a gap of {abs(steps[gaps[0]]):.2f} mm between {where(gaps[0])}, "
-                            f"the median step being {median:.2f} mm ({len(gaps)} gap(s))")
+                            f"the median step being {median:.2f} mm ({len(gaps)} gap(s)){RESAMPLABLE}")
         in_plane = np.linalg.norm(np.diff(points, axis=0) - steps[:, None] * normal, axis=1)
         if in_plane.max() > max(0.01 * median, 0.05):
             problems.append(f"slice positions move {in_plane.max():.2f} mm within the slice plane per slice (a "
-                            "tilted gantry or sheared series): the volume would not be orthogonal")
+                            f"tilted gantry or sheared series): the volume would not be orthogonal{RESAMPLABLE}")
     return problems
+
+
+#: Ends the problems that ``--resample-irregular`` resolves (a gap, a shear) instead of refusing the case.
+RESAMPLABLE = " (--resample-irregular resamples it onto a regular orthogonal grid)"
+
+
+def resample_stack(slices: np.ndarray, positions: np.ndarray, orientation: np.ndarray, pixel_spacing_xy,
+                   fill: float = -1024.0) -> tuple[np.ndarray, Geometry]:
+    """A stack of slices ``(n, rows, cols)`` at ``positions`` (any order, with gaps or shear) resampled onto the
+    regular orthogonal grid that starts at the lowest slice: spacing along the normal the median step, each target
+    slice interpolated linearly between its two neighbours along the normal, and shifted within its plane by its
+    (interpolated) in-plane offset (linear interpolation; ``fill`` outside), as dcm2niix and 3D Slicer do for a
+    tilted gantry. Returns the float32 array and its geometry (origin the lowest slice's position, direction the
+    row, column and normal cosines)."""
+    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    normal = np.cross(row, col)
+    points = np.asarray(positions, dtype=float)
+    order = np.argsort(points @ normal, kind="stable")
+    slices, points = np.asarray(slices, dtype=np.float32)[order], points[order]
+    along = points @ normal
+    step = float(np.median(np.diff(along)))
+    count = int(round((along[-1] - along[0]) / step)) + 1
+    offsets = points - points[0] - (along - along[0])[:, None] * normal  # in-plane offsets from the first slice
+    sx, sy = float(pixel_spacing_xy[0]), float(pixel_spacing_xy[1])
+    out = np.empty((count, *slices.shape[1:]), dtype=np.float32)
+    for t in range(count):
+        z = along[0] + t * step
+        k = int(np.clip(np.searchsorted(along, z, side="right") - 1, 0, len(along) - 2))
+        w = float(np.clip((z - along[k]) / (along[k + 1] - along[k]), 0.0, 1.0))
+        plane = (1 - w) * slices[k] + w * slices[k + 1] if w > 0 else slices[k]
+        offset = (1 - w) * offsets[k] + w * offsets[k + 1]
+        shift = (float(offset @ col) / sy, float(offset @ row) / sx)  # (rows, columns) in voxels
+        out[t] = ndimage.shift(plane, shift, order=1, mode="constant", cval=fill) if np.abs(shift).max() > 1e-3 \
+            else plane
+    geometry = Geometry((sx, sy, step), tuple(points[0]), tuple(np.column_stack([row, col, normal]).ravel()))
+    return out, geometry
 
 
 def dicom_series_problems(reader: sitk.ImageSeriesReader, *, allow_non_ct: bool = False) -> list[str]:
@@ -475,16 +531,19 @@ def _read_nifti(path: Path, check_finite: bool) -> sitk.Image:
 
 
 def read_image(path: str | Path, *, series_uid: str | None = None, check_finite: bool = True,
-               allow_non_ct: bool = False, notes: list[str] | None = None) -> tuple[np.ndarray, Geometry]:
+               allow_non_ct: bool = False, resample_irregular: bool = False,
+               notes: list[str] | None = None) -> tuple[np.ndarray, Geometry]:
     """Read a 3D image into a ``(z, y, x)`` array and its :class:`Geometry`.
 
     Raises :class:`ImageReadError` (naming the file) when the file is missing, unreadable or
     truncated, not 3D, multi-channel, or (with ``check_finite``) holds NaN or Inf voxels; for a DICOM series folder
     also when the slices do not form a regular CT stack (:func:`dicom_series_problems`; ``allow_non_ct`` lets other
-    modalities through). What was cleaned up on the way (exact duplicate slices dropped) is appended to ``notes``.
+    modalities through; ``resample_irregular`` resamples a series with gaps or a shear instead). What was cleaned up
+    on the way (exact duplicate slices dropped, a series resampled) is appended to ``notes``.
     """
     path = Path(path)
-    image = read_sitk(path, series_uid, check_finite=check_finite, allow_non_ct=allow_non_ct, notes=notes)
+    image = read_sitk(path, series_uid, check_finite=check_finite, allow_non_ct=allow_non_ct,
+                      resample_irregular=resample_irregular, notes=notes)
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:  # pragma: no cover - SimpleITK reads lazily only for some formats

@@ -65,6 +65,7 @@ class CohortOptions:
     clinical_csv: Path | None = None
     progress: bool = True  # a progress bar over the cases (drawn on a terminal only)
     allow_non_ct: bool = False  # read DICOM series of another modality than CT (refused by default)
+    resample_irregular: bool = False  # resample DICOM series with gaps or shear instead of refusing them
 
 
 @dataclass
@@ -316,8 +317,9 @@ def prepare_run(input_path: str | Path, output_dir: str | Path, options: CohortO
     if input_path.is_dir() and output_dir.resolve() == input_path.resolve():
         raise SmoothSegError(f"{output_dir}: the output folder must differ from the input folder")
     cases = select_part(find_input_cases(input_path), options.num_parts, options.part_id)
-    if options.allow_non_ct:
-        cases = [replace(case, allow_non_ct=True) for case in cases]
+    if options.allow_non_ct or options.resample_irregular:
+        cases = [replace(case, allow_non_ct=options.allow_non_ct, resample_irregular=options.resample_irregular)
+                 for case in cases]
     check_output_format(cases, ending)
     ensure_writable_folder(output_dir)  # before the models load and any case is computed
     pair = select_models(dataset, list(folds) if folds else None, checkpoint or DEFAULT_CHECKPOINT,

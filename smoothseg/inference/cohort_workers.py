@@ -58,7 +58,8 @@ def load_case(job: LoadJob) -> Outcome:
     try:
         t0 = time.perf_counter()
         notes: list[str] = []  # what the reader cleaned up (e.g. duplicate DICOM slices dropped)
-        image, geometry = read_image(job.case.path, allow_non_ct=job.case.allow_non_ct, notes=notes)
+        image, geometry = read_image(job.case.path, allow_non_ct=job.case.allow_non_ct,
+                                     resample_irregular=job.case.resample_irregular, notes=notes)
         warnings = notes + ct_input_warnings(image)
         data, _, properties = job.preprocessor.preprocess(image, geometry)
         return Outcome(True, (image, geometry, (data, properties), time.perf_counter() - t0, warnings))

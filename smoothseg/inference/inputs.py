@@ -29,6 +29,7 @@ class InputCase:
     path: Path
     ending: str
     allow_non_ct: bool = False  # read a DICOM series whose Modality is not CT (smoothseg_predict --allow-non-ct)
+    resample_irregular: bool = False  # resample a DICOM series with gaps or shear (--resample-irregular)
 
     @property
     def is_dicom(self) -> bool:

@@ -20,7 +20,15 @@ import numpy as np
 
 from smoothseg import __version__
 from smoothseg.atomic import atomic_path
-from smoothseg.dataset.io import IMAGE_ENDINGS, Geometry, dicom_series_files, to_sitk, write_image, write_sitk
+from smoothseg.dataset.io import (
+    IMAGE_ENDINGS,
+    Geometry,
+    dicom_series_files,
+    stack_problems,
+    to_sitk,
+    write_image,
+    write_sitk,
+)
 from smoothseg.errors import ImageReadError, ImageWriteError, SmoothSegError
 from smoothseg.labels import LIVER, TUMOR
 
@@ -107,6 +115,14 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source: Path, path: 
         raise ImageWriteError(path, f"cannot list the source series: {exc}") from None
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     _check_references(datasets, source, path)
+    irregular = stack_problems(np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets]),
+                               [np.array([float(v) for v in ds.ImageOrientationPatient]) for ds in datasets], None,
+                               [str(getattr(ds, "InstanceNumber", "?")) for ds in datasets])
+    if irregular:
+        raise ImageWriteError(path, f"{source} is not a regular stack ({irregular[0].split(' (--')[0]}): its label map "
+                                    "lies on a resampled grid whose slices are not the source's, which a DICOM SEG "
+                                    "cannot reference. Write a NIfTI or 3D Slicer label map (--output-format .nii.gz "
+                                    "or seg.nrrd)")
     labels = np.asarray(labels)
     if labels.shape[0] != len(datasets) or labels.shape[1:] != (int(datasets[0].Rows), int(datasets[0].Columns)):
         raise ImageWriteError(path, f"label map {labels.shape} does not match the {len(datasets)} slices of "
