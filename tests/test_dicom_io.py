@@ -274,6 +274,8 @@ def test_an_exact_duplicate_slice_is_dropped_with_a_warning_in_the_report(models
     assert labels.shape[0] == len(clean) and not geometry.differences(clean_geometry)
     report = json.loads((tmp_path / "out" / "twice_report.json").read_text())
     assert any("1 duplicate DICOM slice(s)" in w for w in report["input_warnings"])
+    counts = json.loads((tmp_path / "out" / "summary.json").read_text())["input_warnings"]
+    assert counts == {"N duplicate DICOM slice(s) with the same position and pixels as another were dropped": 1}
     assert not json.loads((tmp_path / "out" / "clean_report.json").read_text())["input_warnings"]
 
 
@@ -353,3 +355,32 @@ def test_resample_irregular_straightens_a_sheared_stack_where_the_anatomy_is(tmp
     assert not geometry.differences(expected_geometry)
     for k in range(12):  # rows k..39 of the straight slice were covered by sheared rows 0..39-k
         np.testing.assert_array_equal(resampled[k, k:], expected[k, k:])
+
+
+def test_a_localizer_and_an_odd_sized_image_in_the_series_folder_are_skipped_with_a_note(tmp_path: Path) -> None:
+    """A scout (ImageType LOCALIZER, coronal) and an image of another size in the same series: skipped, named in the
+    notes; the stack is the clean series. Two equally large stacks are refused."""
+    datasets = make_ct_series("p", _hu(seed=6), origin=(-20.0, 30.0, 100.0), pixel_spacing=(0.9, 0.8), slice_step=2.5,
+                              series_uid="1.2.826.0.1.3680043.10.999.1")
+    write_datasets(datasets, tmp_path / "clean")
+    scout = make_ct_series("p", _hu(shape=(1, 48, 40), seed=7), origin=(-20.0, 30.0, 100.0), pixel_spacing=(1, 1),
+                           slice_step=1.0, orientation=(1, 0, 0, 0, 0, -1), series_uid="1.2.826.0.1.3680043.10.999.1")
+    scout[0].ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    other = make_ct_series("p", _hu(shape=(1, 20, 20), seed=8), origin=(-20.0, 30.0, 200.0), pixel_spacing=(0.9, 0.8),
+                           slice_step=2.5, series_uid="1.2.826.0.1.3680043.10.999.1")
+    write_datasets(datasets, tmp_path / "mixed")
+    write_datasets(scout, tmp_path / "mixed", prefix="scout-")
+    write_datasets(other, tmp_path / "mixed", prefix="other-")
+    expected, expected_geometry = read_image(tmp_path / "clean")
+    notes: list[str] = []
+    array, geometry = read_image(tmp_path / "mixed", notes=notes)
+    np.testing.assert_array_equal(array, expected)
+    assert not geometry.differences(expected_geometry)
+    assert len(notes) == 1 and "2 DICOM image(s) that do not belong to the CT stack were skipped" in notes[0]
+    assert "scout-001.dcm" in notes[0] and "other-001.dcm" in notes[0]
+    twins = make_ct_series("p", _hu(shape=(12, 20, 20), seed=9), origin=(-20.0, 30.0, 100.0), pixel_spacing=(0.9, 0.8),
+                           slice_step=2.5, series_uid="1.2.826.0.1.3680043.10.999.1")
+    write_datasets(datasets, tmp_path / "two")
+    write_datasets(twins, tmp_path / "two", prefix="twin-")
+    with pytest.raises(SmoothSegError, match="no single consistent CT stack"):
+        read_image(tmp_path / "two")

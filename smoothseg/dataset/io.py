@@ -256,7 +256,17 @@ def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: 
         files = _dicom_file_names(path, series_uid)
         if len(files) == 1 and _frames(files[0]) > 1:
             return _read_multiframe(path, files[0], allow_non_ct)
-        reader, image = _read_series(path, files)
+        try:
+            reader, image = _read_series(path, files)
+            odd = any("another orientation" in problem for problem in dicom_series_problems(reader, allow_non_ct=True))
+        except ImageReadError:  # e.g. slices of another size in the stack
+            odd = True
+        if odd:  # a localizer or other odd images among the slices: keep the one consistent stack, if there is one
+            files, skipped = _consistent_stack(path, files)
+            if notes is not None:
+                notes.append(f"{len(skipped)} DICOM image(s) that do not belong to the CT stack were skipped "
+                             f"(localizer, or another size or orientation): {', '.join(skipped[:5])}")
+            reader, image = _read_series(path, files)
         kept = _without_exact_duplicates(reader, image)
         if len(kept) < len(files):
             dropped = [Path(f).name for f in files if f not in kept]
@@ -301,6 +311,38 @@ def _resampled_series(reader: sitk.ImageSeriesReader, image: sitk.Image) -> sitk
     if np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.integer):
         array = np.round(array).astype(np.int16)
     return to_sitk(array, geometry)
+
+
+def _consistent_stack(path: Path, files: list[str]) -> tuple[list[str], list[str]]:
+    """``(kept, skipped file names)``: the files of the largest group sharing one size and orientation that are not
+    localizers (ImageType LOCALIZER); refused when that group has fewer than 2 images or another group is as large
+    (two stacks: which one is the CT is not for smoothseg to guess). Reads each file's header (only for series that
+    did not read as one stack)."""
+    groups: dict[tuple, list[str]] = {}
+    skipped = []
+    for file in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(file)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            skipped.append(Path(file).name)
+            continue
+        image_type = reader.GetMetaData("0008|0008").upper() if reader.HasMetaDataKey("0008|0008") else ""
+        if "LOCALIZER" in image_type:
+            skipped.append(Path(file).name)
+            continue
+        orientation = tuple(np.round(_numbers(reader.GetMetaData("0020|0037")), 4)) \
+            if reader.HasMetaDataKey("0020|0037") else ()
+        groups.setdefault((reader.GetSize()[:2], orientation), []).append(file)
+    sizes = sorted((len(g) for g in groups.values()), reverse=True)
+    if not sizes or sizes[0] < 2 or (len(sizes) > 1 and sizes[1] == sizes[0]):
+        raise ImageReadError(path, f"no single consistent CT stack: {len(files)} image(s) in {len(groups)} group(s) "
+                                   f"of one size and orientation, of {', '.join(map(str, sizes)) or 'none'} image(s), "
+                                   f"{len(skipped)} localizer or unreadable")
+    largest = max(groups.values(), key=len)
+    skipped += [Path(f).name for g in groups.values() if g is not largest for f in g]
+    return [f for f in files if f in set(largest)], sorted(skipped)
 
 
 def _read_series(path: Path, files: list[str]) -> tuple[sitk.ImageSeriesReader, sitk.Image]:

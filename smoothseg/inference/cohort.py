@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -187,13 +189,22 @@ def skipped_outcome(case: InputCase, output_dir: Path, ending: str | None) -> Ca
                        "outputs of this model exist (--continue)")
 
 
+def warning_kind(warning: str) -> str:
+    """The kind of an input warning, for counting: its text before the first colon, numbers as ``N``."""
+    return re.sub(r"\d+", "N", warning.split(":")[0]).strip()
+
+
 def write_summary(outcomes: Sequence[CaseOutcome], output_dir: Path, model_info: dict[str, Any],
                   options: CohortOptions, summary_name: str = SUMMARY_NAME, **extra: Any) -> PredictionSummary:
-    """``summary.json`` (the outcomes, the model, the options) and ``report.csv`` (every report in the folder)."""
+    """``summary.json`` (the outcomes, the model, the options, the input warnings of this run's cases counted per
+    kind) and ``report.csv`` (every report in the folder)."""
     summary = PredictionSummary(list(outcomes), output_dir)
-    write_json({**summary.to_dict(), "model": model_info, "options": _options_dict(options), **extra},
-               output_dir / summary_name)
-    write_cohort_report(read_case_reports(output_dir), output_dir / REPORT_CSV)
+    reports = read_case_reports(output_dir)
+    ids = {o.case_id for o in outcomes}
+    kinds = Counter(warning_kind(w) for r in reports if r.get("case_id") in ids for w in r.get("input_warnings") or [])
+    write_json({**summary.to_dict(), "input_warnings": dict(sorted(kinds.items())), "model": model_info,
+                "options": _options_dict(options), **extra}, output_dir / summary_name)
+    write_cohort_report(reports, output_dir / REPORT_CSV)
     logger.info("%s", summary.text())
     return summary
 
