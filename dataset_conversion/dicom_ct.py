@@ -5,8 +5,9 @@
   that are not DICOM, or are corrupted, are listed with the reason rather than raised.
 * :func:`build_ct_volume` stacks single-frame CT instances into a ``(z, y, x)`` int16 array of Hounsfield units and
   its :class:`~smoothseg.dataset.io.Geometry`, sorted along the slice normal, with every geometry check that makes
-  the stack a proper volume (one orientation, one in-plane grid, no duplicate positions, even slice spacing, no
-  gantry tilt).
+  the stack a proper volume (one in-plane grid here; one orientation, no duplicate position, no missing slice, even
+  spacing and no gantry tilt by :func:`smoothseg.dataset.io.stack_problems`, the checks of every DICOM series
+  smoothseg reads).
 
 pydicom is optional (the ``dicom`` extra); :func:`require_dicom_libraries` raises a clear error when it is missing.
 """
@@ -26,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset_conversion.report import ConversionError
-from smoothseg.dataset.io import Geometry
+from smoothseg.dataset.io import Geometry, stack_problems
 from smoothseg.errors import SmoothSegError
 
 logger = logging.getLogger("smoothseg.conversion.dicom")
@@ -36,12 +37,8 @@ ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABELMAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 
-#: Relative tolerance on the spacing between consecutive slices (1 %).
-SLICE_SPACING_RTOL = 0.01
 #: Direction cosines that differ by less than this count as the same orientation.
 ORIENTATION_TOL = 1e-4
-#: In-plane drift of slice positions allowed, as a fraction of the smaller pixel spacing.
-INPLANE_DRIFT_TOL = 0.01
 
 _INT16 = np.iinfo(np.int16)
 
@@ -262,39 +259,26 @@ def stack_slices(slices: Sequence[DicomFile]) -> SliceStack:
     ordered = [slices[i] for i in order]
     offsets = offsets[order]
     row_spacing, col_spacing = first.pixel_spacing  # DICOM: (between rows = y, between columns = x)
-    slice_spacing = _check_slice_spacing(ordered, offsets, first)
     positions = np.array([s.position for s in ordered])
-    drift = positions - positions[0] - np.outer(offsets - offsets[0], normal)
-    worst = int(np.argmax(np.linalg.norm(drift, axis=1)))
-    if np.linalg.norm(drift[worst]) > INPLANE_DRIFT_TOL * min(row_spacing, col_spacing):
-        raise ConversionError(f"{ordered[worst].path}: slice position is off the slice normal by "
-                              f"{np.linalg.norm(drift[worst]):.3f} mm (gantry tilt?); tilted volumes are not supported")
+    # the same checks as every DICOM series smoothseg reads (smoothseg.dataset.io.stack_problems): one place
+    problems = stack_problems(positions, [np.asarray(s.orientation, float) for s in ordered], None,
+                              [f"{s.path.name} (acquisition {s.acquisition_number})" for s in ordered])
+    if problems:
+        hint = " (two phases stacked in one volume?)" if any("duplicate" in p for p in problems) else ""
+        raise ConversionError(f"{first.path.parent}: the CT slices do not form one regular volume: "
+                              + "; ".join(p.split(" (--resample-irregular")[0] for p in problems) + hint)
+    slice_spacing = _slice_spacing(offsets, first)
     direction = np.column_stack([row_dir, col_dir, normal]) + 0.0  # + 0.0 turns -0.0 into 0.0
     geometry = Geometry((col_spacing, row_spacing, slice_spacing), tuple(positions[0]), tuple(direction.ravel()))
     return SliceStack(ordered, geometry, int(first.rows), int(first.columns))
 
 
-def _check_slice_spacing(ordered: list[DicomFile], offsets: np.ndarray, first: DicomFile) -> float:
-    if len(ordered) == 1:
+def _slice_spacing(offsets: np.ndarray, first: DicomFile) -> float:
+    """The mean distance between consecutive slices (checked regular before); 1 mm for a single slice."""
+    if len(offsets) == 1:
         logger.warning("%s: a single slice; slice spacing set to 1 mm", first.path)
         return 1.0
-    gaps = np.diff(offsets)
-    dupes = np.flatnonzero(gaps < 1e-3)
-    if dupes.size:
-        a, b = ordered[dupes[0]], ordered[dupes[0] + 1]
-        raise ConversionError(
-            f"{a.path} and {b.path} lie at the same position ({offsets[dupes[0]]:.3f} mm along the normal; "
-            f"acquisition numbers {a.acquisition_number} and {b.acquisition_number}); "
-            f"{dupes.size} duplicate position(s) in all: two phases stacked in one volume")
-    spacing = float((offsets[-1] - offsets[0]) / (len(ordered) - 1))
-    bad = np.flatnonzero(np.abs(gaps - spacing) > SLICE_SPACING_RTOL * spacing)
-    if bad.size:
-        i = int(bad[0])
-        raise ConversionError(
-            f"inconsistent slice spacing: {gaps.min():.4g} to {gaps.max():.4g} mm (mean {spacing:.4g} mm); "
-            f"first irregular gap of {gaps[i]:.4g} mm between {ordered[i].path} and {ordered[i + 1].path} "
-            f"(missing slices?)")
-    return spacing
+    return float((offsets[-1] - offsets[0]) / (len(offsets) - 1))
 
 
 @dataclass

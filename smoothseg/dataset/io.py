@@ -408,6 +408,8 @@ def stack_problems(positions: np.ndarray, orientations: list[np.ndarray], modali
     * slices whose orientation (ImageOrientationPatient) differs from the first one's;
     * two slices at the same position along the normal (a duplicate: identical or not);
     * a step more than 1.5 times the median step (missing slices), naming the positions and instance numbers;
+    * a step that differs from the median by more than ``SLICE_STEP_RTOL`` otherwise (uneven spacing: each slice
+      after it would be misplaced by the difference);
     * positions that move within the slice plane from slice to slice by more than 1% of the step or 0.05 mm (a
       tilted gantry or sheared series: the direction would be taken from the shear).
 
@@ -447,6 +449,12 @@ def stack_problems(positions: np.ndarray, orientations: list[np.ndarray], modali
         if gaps:
             problems.append(f"missing slice(s): a gap of {abs(steps[gaps[0]]):.2f} mm between {where(gaps[0])}, "
                             f"the median step being {median:.2f} mm ({len(gaps)} gap(s)){RESAMPLABLE}")
+        uneven = [k for k in range(n - 1) if k not in gaps and k not in duplicates
+                  and abs(abs(steps[k]) - median) > max(SLICE_STEP_RTOL * median, 1e-3)]
+        if uneven:
+            problems.append(f"uneven slice spacing: a step of {abs(steps[uneven[0]]):.3f} mm between "
+                            f"{where(uneven[0])}, the median step being {median:.3f} mm ({len(uneven)} uneven "
+                            f"step(s)){RESAMPLABLE}")
         in_plane = np.linalg.norm(np.diff(points, axis=0) - steps[:, None] * normal, axis=1)
         if in_plane.max() > max(0.01 * median, 0.05):
             problems.append(f"slice positions move {in_plane.max():.2f} mm within the slice plane per slice (a "
@@ -454,6 +462,8 @@ def stack_problems(positions: np.ndarray, orientations: list[np.ndarray], modali
     return problems
 
 
+#: Steps between slices may differ from the median step by this fraction (1 %) before the stack counts as uneven.
+SLICE_STEP_RTOL = 0.01
 #: Ends the problems that ``--resample-irregular`` resolves (a gap, a shear) instead of refusing the case.
 RESAMPLABLE = " (--resample-irregular resamples it onto a regular orthogonal grid)"
 
