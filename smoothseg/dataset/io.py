@@ -256,24 +256,7 @@ def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: 
         files = _dicom_file_names(path, series_uid)
         if len(files) == 1 and _frames(files[0]) > 1:
             return _read_multiframe(path, files[0], allow_non_ct)
-        try:
-            reader, image = _read_series(path, files)
-            odd = any("another orientation" in problem for problem in dicom_series_problems(reader, allow_non_ct=True))
-        except ImageReadError:  # e.g. slices of another size in the stack
-            odd = True
-        if odd:  # a localizer or other odd images among the slices: keep the one consistent stack, if there is one
-            files, skipped = _consistent_stack(path, files)
-            if notes is not None:
-                notes.append(f"{len(skipped)} DICOM image(s) that do not belong to the CT stack were skipped "
-                             f"(localizer, or another size or orientation): {', '.join(skipped[:5])}")
-            reader, image = _read_series(path, files)
-        kept = _without_exact_duplicates(reader, image)
-        if len(kept) < len(files):
-            dropped = [Path(f).name for f in files if f not in kept]
-            if notes is not None:
-                notes.append(f"{len(dropped)} duplicate DICOM slice(s) with the same position and pixels as another "
-                             f"were dropped: {', '.join(dropped[:5])}")
-            reader, image = _read_series(path, kept)
+        reader, image = _read_stack(path, files, notes)
         problems = dicom_series_problems(reader, allow_non_ct=allow_non_ct)
         if problems and resample_irregular and all(p.endswith(RESAMPLABLE) for p in problems):
             image = _resampled_series(reader, image)
@@ -292,14 +275,38 @@ def read_sitk(path: str | Path, series_uid: str | None = None, *, check_finite: 
 
 
 def dicom_series_files(path: str | Path, series_uid: str | None = None) -> list[str]:
-    """The files of a DICOM series folder that make up the volume :func:`read_image` reads, in its slice order (exact
-    duplicates dropped): what a DICOM SEG of that volume references."""
+    """The files of a DICOM series folder that make up the volume :func:`read_image` reads, in its slice order (odd
+    images skipped, exact duplicates dropped): what a DICOM SEG of that volume references."""
     path = Path(path)
     files = _dicom_file_names(path, series_uid)
     if len(files) == 1:
         return files
-    reader, image = _read_series(path, files)
-    return _without_exact_duplicates(reader, image)
+    reader, _ = _read_stack(path, files, None)
+    return list(reader.GetFileNames())
+
+
+def _read_stack(path: Path, files: list[str], notes: list[str] | None) -> tuple[sitk.ImageSeriesReader, sitk.Image]:
+    """Read a series' ``files`` as one stack: images that do not belong to it (a localizer, another size or
+    orientation) skipped, then exact duplicate slices dropped, each with a line in ``notes`` when given."""
+    try:
+        reader, image = _read_series(path, files)
+        odd = any("another orientation" in problem for problem in dicom_series_problems(reader, allow_non_ct=True))
+    except ImageReadError:  # e.g. slices of another size in the stack
+        odd = True
+    if odd:  # a localizer or other odd images among the slices: keep the one consistent stack, if there is one
+        files, skipped = _consistent_stack(path, files)
+        if notes is not None:
+            notes.append(f"{len(skipped)} DICOM image(s) that do not belong to the CT stack were skipped "
+                         f"(localizer, or another size or orientation): {', '.join(skipped[:5])}")
+        reader, image = _read_series(path, files)
+    kept = _without_exact_duplicates(reader, image)
+    if len(kept) < len(files):
+        dropped = [Path(f).name for f in files if f not in kept]
+        if notes is not None:
+            notes.append(f"{len(dropped)} duplicate DICOM slice(s) with the same position and pixels as another "
+                         f"were dropped: {', '.join(dropped[:5])}")
+        reader, image = _read_series(path, kept)
+    return reader, image
 
 
 def _resampled_series(reader: sitk.ImageSeriesReader, image: sitk.Image) -> sitk.Image:

@@ -46,7 +46,7 @@ from smoothseg.masks.components import connected_lesions
 
 __all__ = ["ARGMAX", "CONFIDENCES", "FORMAT", "MAX_FP_PER_TUMOUR_FREE", "OBJECTIVES", "THRESHOLDS", "OperatingPoint",
            "candidate_key", "choose_operating_point", "froc_table", "objective_of", "operating_point_from_folders",
-           "parse_key", "pooled_choice", "remove_doubtful_lesions", "threshold_value", "tumour_mask"]
+           "parse_key", "pooled_choice", "remove_doubtful_lesions", "threshold_value", "tumour_at", "tumour_mask"]
 
 ARGMAX = "argmax"
 THRESHOLDS: tuple[str | float, ...] = (ARGMAX, 0.2, 0.3, 0.4)
@@ -110,6 +110,14 @@ def remove_doubtful_lesions(tumour: np.ndarray, probability: np.ndarray | None, 
     peak = np.asarray(ndimage.maximum(probability, components, index=np.arange(1, n + 1)), dtype=float)
     doubtful = np.concatenate([[False], peak < min_confidence])
     return (tumour & ~doubtful[components]) if doubtful.any() else tumour, int(doubtful.sum())
+
+
+def tumour_at(labels: np.ndarray, probability: np.ndarray | None, point: OperatingPoint) -> np.ndarray:
+    """The tumour of a cascade label map at ``point``'s voxel threshold and lesion confidence (its minimum volume is
+    applied after the active contours, by :func:`~smoothseg.inference.lesion_filter.remove_small_lesions`)."""
+    tumour, _ = remove_doubtful_lesions(tumour_mask(labels, probability, point.threshold), probability,
+                                        point.confidence)
+    return tumour
 
 
 def _ratio(a: float, b: float) -> float:

@@ -86,8 +86,7 @@ from smoothseg.inference.operating_point import (
     OperatingPoint,
     choose_operating_point,
     parse_key,
-    remove_doubtful_lesions,
-    tumour_mask,
+    tumour_at,
 )
 from smoothseg.inference.postprocessing import compose_labels, postprocess_liver, refine_and_compose
 from smoothseg.inference.predictor import StagePredictor
@@ -355,9 +354,7 @@ def _score_variant(variant: str, point: OperatingPoint, raw: RawDataset, fold: s
         reference_raw, _ = read_image(case.label)
         reference = to_task_labels(reference_raw, raw.spec.task_regions)
         labels, probability = _load_map(maps / f"{case_id}.npz")
-        tumour, _ = remove_doubtful_lesions(tumour_mask(labels, probability, point.threshold), probability,
-                                            point.confidence)
-        labels = compose_labels(labels > 0, tumour)
+        labels = compose_labels(labels > 0, tumour_at(labels, probability, point))
         if ACTIVE_CONTOURS[variant]:
             labels = refine_and_compose(image, geometry, labels, contours)
         labels, _ = remove_small_lesions(labels, geometry.spacing_zyx, point.min_volume_ml)

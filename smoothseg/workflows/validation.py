@@ -48,8 +48,7 @@ from smoothseg.inference.operating_point import (
     choose_operating_point,
     objective_of,
     parse_key,
-    remove_doubtful_lesions,
-    tumour_mask,
+    tumour_at,
 )
 from smoothseg.inference.postprocessing import compose_labels, refine_and_compose
 from smoothseg.knowledge.clinical_tlvr import ClinicalTLVR
@@ -141,9 +140,7 @@ def choose_postprocessing(raw: RawDataset, references: dict[str, Path], images: 
     settings = candidates(plan_contours)
     at_threshold, contour_rows = {}, {}
     for case_id, (image, geometry, prediction, probability, tumour) in loaded.items():
-        tumour_at_point, _ = remove_doubtful_lesions(tumour_mask(prediction, probability, point.threshold),
-                                                     probability, point.confidence)
-        labels = compose_labels(prediction > 0, tumour_at_point)
+        labels = compose_labels(prediction > 0, tumour_at(prediction, probability, point))
         contour_rows[case_id] = candidate_scores(image, geometry, labels, tumour, settings)
         at_threshold[case_id] = labels
     contours = section(contour_rows, settings)
