@@ -18,6 +18,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["smoothseg", "smoothseg.*", "dataset_conversion", "dataset_conversion.*"]),
+    package_data={"smoothseg.serve": ["static/*"]},
     install_requires=[
         "torch>=2.1",
         "numpy>=1.24",
@@ -33,9 +34,11 @@ setup(
     extras_require={
         "test": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4", "pydicom>=2.4", "highdicom>=0.22",
                  "openpyxl>=3.1", "dask[distributed]>=2024.1", "playwright>=1.40",
-                 "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "pyjpegls>=1.2"],
+                 "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "pyjpegls>=1.2",
+                 "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
         "dicom": ["pydicom>=2.4", "highdicom>=0.22", "openpyxl>=3.1"],
         "cluster": ["dask[distributed]>=2024.1"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "pydicom>=2.4", "highdicom>=0.22"],
     },
     entry_points={
         "console_scripts": [
@@ -53,6 +56,7 @@ setup(
             "smoothseg_review=smoothseg.cli.review:main",
             "smoothseg_demo=smoothseg.cli.demo:main",
             "smoothseg_ablate=smoothseg.cli.ablate:main",
+            "smoothseg_serve=smoothseg.cli.serve:main",
         ],
     },
 )

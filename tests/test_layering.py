@@ -39,6 +39,7 @@ LAYERS: list[list[str]] = [
     ["evaluation"],
     ["synthetic"],
     ["workflows"],
+    ["serve"],
     ["cli"],
 ]
 

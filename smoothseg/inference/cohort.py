@@ -15,7 +15,7 @@ import logging
 import re
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -138,17 +138,25 @@ def network_job(cascade: CascadePredictor, clinical: ClinicalTLVR | None, case: 
 
 
 def predict_case_files(cascade: CascadePredictor, clinical: ClinicalTLVR | None, case: InputCase, output_dir: Path,
-                       ending: str | None) -> CaseOutcome:
+                       ending: str | None, on_stage: Callable[[str, float], None] | None = None) -> CaseOutcome:
     """One case, start to end, in this process: read, networks, post-processing, atomic writes. Never raises: a
-    failure is the outcome's message (for runners that fan cases out, e.g. :mod:`smoothseg.inference.dask_cohort`)."""
+    failure is the outcome's message (for runners that fan cases out, e.g. :mod:`smoothseg.inference.dask_cohort`).
+    ``on_stage(stage, fraction done)`` hears of each step as it starts (the serve worker's progress)."""
+    def stage(name: str, fraction: float) -> None:
+        if on_stage is not None:
+            on_stage(name, fraction)
+
     output, report_path = output_paths(output_dir, case, ending)
+    stage("reading the image", 0.02)
     loaded = load_case(LoadJob(case, cascade.liver.preprocessor))
     if not loaded.ok:
         return CaseOutcome(case.case_id, str(case.path), str(output), "failed", loaded.message)
     try:
+        stage("liver and tumour networks", 0.1)
         finish, timings = network_job(cascade, clinical, case, loaded.value, output, report_path)
     except Exception as exc:  # noqa: BLE001 - the case fails, not the runner
         return CaseOutcome(case.case_id, str(case.path), str(output), "failed", failure_message(exc, case.path))
+    stage("post-processing and writing", 0.8)
     finished = finish_case(finish)
     if not finished.ok:
         return CaseOutcome(case.case_id, str(case.path), str(output), "failed", finished.message)

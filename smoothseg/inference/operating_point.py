@@ -201,9 +201,10 @@ def threshold_value(value: str | float | None) -> float | None:
     return t
 
 
-def pooled_choice(tables: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[OperatingPoint, str] | None:
-    """The operating point chosen again on the pooled per-case tables of several folds' ``operating_point`` sections
-    (``(fold, section)`` pairs); None when none has one."""
+def pooled_best(tables: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any] | None:
+    """The candidate row (its FROC figures on the pooled cases, plus ``objective`` and ``folds``) chosen again on the
+    pooled per-case tables of several folds' ``operating_point`` sections (``(fold, section)`` pairs); None when
+    none has one."""
     per_case: dict[str, Mapping[str, Any]] = {}
     objectives, limits, used = set(), set(), []
     for fold, section in tables:
@@ -215,12 +216,25 @@ def pooled_choice(tables: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[Oper
         return None
     objective = sorted(objectives)[0] if len(objectives) == 1 else "f1"
     best, _ = choose_operating_point(per_case, objective, min(limits))
+    return None if best is None else {**best, "objective": objective, "folds": used}
+
+
+def pooled_choice(tables: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[OperatingPoint, str] | None:
+    """The operating point chosen again on the pooled per-case tables of several folds (:func:`pooled_best`)."""
+    best = pooled_best(tables)
     if best is None:
         return None
-    return parse_key(best["key"]), (f"chosen for {objective} on {len(per_case)} validation case(s) of "
-                                    f"{', '.join(used)} (lesion F1 {best['f1']:.3f}, sensitivity "
+    return parse_key(best["key"]), (f"chosen for {best['objective']} on {best['n_cases']} validation case(s) of "
+                                    f"{', '.join(best['folds'])} (lesion F1 {best['f1']:.3f}, sensitivity "
                                     f"{best['sensitivity']:.3f}, {best['fp_per_tumour_free']:.2f} FP per tumour-free "
                                     "liver)")
+
+
+def validation_sections(fold_folders: Iterable[Path]) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(fold, operating_point section)`` of every tumour fold folder whose validation has one of this format."""
+    return [(fold, data["operating_point"]) for fold, data in read_fold_choices([Path(f) for f in fold_folders])
+            if isinstance(data.get("operating_point"), dict) and data["operating_point"].get("per_case")
+            and data["operating_point"].get("format") == FORMAT]
 
 
 def operating_point_from_folders(fold_folders: Iterable[Path]) -> tuple[OperatingPoint, str]:
@@ -229,9 +243,7 @@ def operating_point_from_folders(fold_folders: Iterable[Path]) -> tuple[Operatin
     of an older smoothseg) argmax, every lesion, and the pooled Dice choice of the minimum volume."""
     fold_folders = [Path(f) for f in fold_folders]
     folds = read_fold_choices(fold_folders)
-    sections = [(fold, data["operating_point"]) for fold, data in folds
-                if isinstance(data.get("operating_point"), dict) and data["operating_point"].get("per_case")
-                and data["operating_point"].get("format") == FORMAT]
+    sections = validation_sections(fold_folders)
     if folds and len(sections) == len(folds):
         pooled = pooled_choice(sections)
         if pooled is not None:

@@ -7,7 +7,9 @@ Per case (``<case>_report.json``):
 * ``clinical_tlvr_prediction``: the TLVR predicted from the case's clinical variables by the tumour model's TLVR
   regression (averaged over folds), when a clinical row and a fitted regression exist, else null;
 * ``lesions``: the connected components (26-connectivity) of the tumour, largest first, each with
-  ``volume_ml``, ``max_diameter_mm`` (largest voxel-centre distance, from the real spacing), ``mean_hu`` (mean of
+  ``volume_ml``, ``max_diameter_mm`` (largest voxel-centre distance, from the real spacing),
+  ``max_axial_diameter_mm`` (the same on the patient's axial slices, the largest of them), ``axial_slice_range`` and
+  ``largest_axial_slice`` (axial slice indices counted from the feet, as the serve viewer shows them), ``mean_hu`` (mean of
   the original image over the lesion), ``centroid_index_xyz`` (continuous voxel index i, j, k in the file's order,
   as ITK/ITK-SNAP count), ``centroid_mm`` (physical coordinates of that index, from origin, spacing and
   direction; LPS for DICOM-derived images) and ``confidence``: the highest tumour probability of the tumour stage
@@ -35,11 +37,12 @@ from scipy import ndimage
 
 from smoothseg.atomic import json_safe, write_json, write_text
 from smoothseg.dataset.io import Geometry
+from smoothseg.dataset.orientation import Orientation
 from smoothseg.labels import TUMOR
 from smoothseg.masks.components import connected_lesions
 from smoothseg.masks.measures import max_diameter_mm, volume_ml
 
-__all__ = ["CSV_COLUMNS", "case_report", "write_case_report", "write_cohort_report"]
+__all__ = ["CSV_COLUMNS", "case_report", "lesion_table", "ordered_lesions", "write_case_report", "write_cohort_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +51,50 @@ CSV_COLUMNS = ("case_id", "liver_found", "liver_volume_ml", "tumour_volume_ml", 
                "lesion_count", "largest_lesion_volume_ml", "largest_lesion_diameter_mm", "input", "output")
 
 
+def ordered_lesions(tumour: np.ndarray) -> tuple[np.ndarray, int]:
+    """The lesions (26-connected components of ``tumour``) numbered as every report numbers them: 1 = the largest
+    (most voxels), ties by centroid (z, y, x); returns the relabelled map and the count."""
+    labels, n = connected_lesions(tumour, connectivity=3)
+    if n <= 1:
+        return labels, n
+    index = np.arange(1, n + 1)
+    voxels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    centroids = np.array(ndimage.center_of_mass(labels > 0, labels, index)).round(3)
+    order = np.lexsort((*centroids.T[::-1], -voxels))  # last key first: voxels, then z, y, x
+    renumber = np.zeros(n + 1, dtype=labels.dtype)
+    renumber[index[order]] = index
+    return renumber[labels], n
+
+
+def _axial_measures(mask: np.ndarray, box: tuple[slice, ...], orientation: Orientation,
+                    spacing_zyx: tuple[float, float, float], shape: tuple[int, ...]) -> dict[str, Any]:
+    """Slice range, largest slice and longest in-plane diameter of one lesion on the patient's axial slices, counted
+    from the feet (the canonical head-feet axis of :mod:`smoothseg.dataset.orientation`, as the viewer shows them)."""
+    canonical = orientation.to_canonical(mask)
+    z_axis_original = orientation.axes[0]
+    first = box[z_axis_original].start
+    counts = canonical.reshape(canonical.shape[0], -1).sum(axis=1)
+    occupied = np.flatnonzero(counts)
+    if orientation.flips[0]:
+        base = shape[z_axis_original] - box[z_axis_original].stop
+    else:
+        base = first
+    in_plane = orientation.canonical_tuple(spacing_zyx)[1:]
+    diameter = max(max_diameter_mm(canonical[k], in_plane) for k in occupied)
+    return {"max_axial_diameter_mm": diameter,
+            "axial_slice_range": [int(base + occupied[0]), int(base + occupied[-1])],
+            "largest_axial_slice": int(base + np.argmax(counts))}
+
+
 def lesion_table(image: np.ndarray, tumour: np.ndarray, geometry: Geometry,
                  probability: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """One entry per lesion (26-connected component of ``tumour``), largest first; ``probability`` (the tumour
-    probability map on the same grid) gives each its ``confidence``."""
+    """One entry per lesion (:func:`ordered_lesions`), largest first; ``probability`` (the tumour probability map on
+    the same grid) gives each its ``confidence``."""
     spacing = geometry.spacing_zyx
-    labels, n = connected_lesions(tumour, connectivity=3)
+    labels, n = ordered_lesions(tumour)
     if n == 0:
         return []
+    orientation = Orientation.from_direction(geometry.direction)
     boxes = ndimage.find_objects(labels, max_label=n)
     lesions = []
     for index, box in enumerate(boxes, start=1):
@@ -63,16 +102,17 @@ def lesion_table(image: np.ndarray, tumour: np.ndarray, geometry: Geometry,
         centroid_zyx = np.array(ndimage.center_of_mass(mask)) + np.array([s.start for s in box])
         centroid_xyz = centroid_zyx[::-1]
         lesions.append({
+            "lesion": index,
             "volume_ml": volume_ml(mask, spacing),
             "max_diameter_mm": max_diameter_mm(mask, spacing),
+            **_axial_measures(mask, box, orientation, spacing, labels.shape),
             "mean_hu": float(np.mean(image[box][mask], dtype=np.float64)),
             "voxels": int(np.count_nonzero(mask)),
             "centroid_index_xyz": [round(float(v), 3) for v in centroid_xyz],
             "centroid_mm": [round(float(v), 3) for v in geometry.index_to_physical(centroid_xyz)],
             "confidence": None if probability is None else round(float(np.max(probability[box][mask])), 4),
         })
-    lesions.sort(key=lambda lesion: (-lesion["voxels"], lesion["centroid_index_xyz"][::-1]))
-    return [{"lesion": i, **{k: json_safe(v) for k, v in lesion.items()}} for i, lesion in enumerate(lesions, start=1)]
+    return [{k: json_safe(v) for k, v in lesion.items()} for lesion in lesions]
 
 
 def case_report(case_id: str, image: np.ndarray, labels: np.ndarray, geometry: Geometry, *,

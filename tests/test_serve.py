@@ -1,0 +1,378 @@
+"""``smoothseg_serve`` end to end: a real server process (uvicorn + its worker process) on a free loopback port, a
+real HTTP client, tiny untrained models, phantom CTs. What a served job writes must equal ``smoothseg_predict``'s
+output; bad uploads are refused or fail with their reason while the service goes on; jobs outlive a dead worker and
+a restarted server; nothing outside a job's whitelisted files is served; binding beyond loopback needs a token."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gzip
+import io
+import json
+import os
+import re
+import signal
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="smoothseg_serve needs its extra (pip install -e .[serve])")
+httpx = pytest.importorskip("httpx")
+
+from cli_helpers import run_cli  # noqa: E402
+from inference_helpers import TINY_DATASET  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    phantom_file,
+    rss_mb,
+    start_server,
+    submit,
+    tiny_results,
+    wait_for,
+)
+
+from smoothseg.dataset.io import Geometry, read_image  # noqa: E402
+from smoothseg.dataset.orientation import Orientation  # noqa: E402
+from smoothseg.inference.report import lesion_table  # noqa: E402
+from smoothseg.serve.app import remove_expired  # noqa: E402
+from smoothseg.serve.findings import findings_text  # noqa: E402
+from smoothseg.serve.jobs import MAX_ATTEMPTS, JobStore, new_job_id  # noqa: E402
+from smoothseg.serve.uploads import UploadError, check_zip  # noqa: E402
+from smoothseg.serve.viewer import slice_bytes, write_view  # noqa: E402
+from smoothseg.serve.worker import ServeSettings  # noqa: E402
+
+MAX_UPLOAD_GB = "0.01"  # 10.7 MB: the phantoms fit, the over-size test does not
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("serve")
+    results = tiny_results(root / "results")
+    inputs = root / "inputs"
+    inputs.mkdir()
+    return {"root": root, "results": results, "home": root / "home",
+            "ct": phantom_file(inputs / "ct.nii.gz", seed=3), "ct2": phantom_file(inputs / "other.nii.gz", seed=4)}
+
+
+@pytest.fixture(scope="module")
+def server(setup: dict):
+    running = start_server(setup["results"], setup["root"] / "data", setup["home"], "--max-upload-gb", MAX_UPLOAD_GB)
+    yield running
+    running.stop()
+
+
+# -- the service, end to end ------------------------------------------------------------------------------------------
+def test_a_served_job_equals_smoothseg_predict(server, setup: dict, tmp_path: Path) -> None:
+    with server.client() as client:
+        answer = submit(client, setup["ct"], "patient scan.nii.gz")
+        assert answer.status_code == 201 and answer.json()["state"] == "queued"
+        job = wait_for(client, answer.json()["id"])
+        assert job["state"] == "done", job
+        assert job["files"] == ["labels.nii.gz", "labels.seg.nrrd", "report.json", "findings.txt"]
+        downloads = {}
+        for name in job["files"]:
+            response = client.get(f"/api/jobs/{job['id']}/files/{name}")
+            assert response.status_code == 200
+            (tmp_path / name).write_bytes(response.content)
+            downloads[name] = tmp_path / name
+        meta = client.get(f"/api/jobs/{job['id']}/view").json()
+        axial = client.get(f"/api/jobs/{job['id']}/view/axial/{meta['planes']['axial']['slices'] // 2}").content
+
+    # the command line on the same file with the same models
+    done = run_cli("predict", "-i", str(setup["ct"]), "-o", str(tmp_path / "cli"), "-d", TINY_DATASET, "-device",
+                   "cpu", home=setup["home"], extra_env={"SMOOTHSEG_RESULTS": str(setup["results"]),
+                                                         "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    expected, expected_geometry = read_image(tmp_path / "cli" / "ct.nii.gz", check_finite=False)
+    served, served_geometry = read_image(downloads["labels.nii.gz"], check_finite=False)
+    _, image_geometry = read_image(setup["ct"])
+    assert served_geometry.differences(image_geometry) == [] and expected_geometry.differences(image_geometry) == []
+    assert set(np.unique(served)) <= {0, 1, 2}
+    assert np.mean(served != expected) <= 1e-4  # equal up to floating-point ties
+    slicer, slicer_geometry = read_image(downloads["labels.seg.nrrd"], check_finite=False)
+    assert np.array_equal(slicer, served) and slicer_geometry.differences(image_geometry) == []
+
+    report = json.loads(downloads["report.json"].read_text())
+    cli_report = json.loads((tmp_path / "cli" / "ct_report.json").read_text())
+    assert report["input"] == "patient scan.nii.gz" and report["lesion_count"] == cli_report["lesion_count"]
+    assert report["liver_volume_ml"] == pytest.approx(cli_report["liver_volume_ml"], rel=1e-3)
+    assert "/jobs/" not in json.dumps(report["input"]) and report["output"] == "labels.nii.gz"
+    _every_number_of_the_text_is_in_the_report(downloads["findings.txt"].read_text(), report)
+
+    # the viewer's middle axial slice is the CT's, in display orientation, followed by its labels
+    image, geometry = read_image(setup["ct"])
+    canonical = Orientation.from_direction(geometry.direction).to_canonical(image)
+    k = meta["planes"]["axial"]["slices"] // 2
+    n = canonical.shape[1] * canonical.shape[2]
+    assert np.array_equal(np.frombuffer(axial[:2 * n], "<i2").reshape(canonical.shape[1:]), canonical[k])
+    labels_canonical = Orientation.from_direction(geometry.direction).to_canonical(served)
+    assert np.array_equal(np.frombuffer(axial[2 * n:], np.uint8).reshape(canonical.shape[1:]), labels_canonical[k])
+
+
+def _numbers(text: str) -> list[str]:
+    return re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])", text)
+
+
+def _every_number_of_the_text_is_in_the_report(text: str, report: dict) -> None:
+    """Each number printed in the findings is a number of the report, rounded as printed."""
+    values: list[float] = []
+
+    def collect(node) -> None:
+        if isinstance(node, bool) or node is None:
+            return
+        if isinstance(node, (int, float)):
+            values.append(abs(float(node)))
+        elif isinstance(node, dict):
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                collect(value)
+
+    collect(report)
+    numbers = _numbers(text)
+    assert numbers, text
+    for number in numbers:
+        digits = len(number.split(".")[1]) if "." in number else 0
+        assert any(f"{v:.{digits}f}" == number for v in values), f"{number} in the findings is not in the report"
+
+
+def test_findings_numbers_come_from_the_report_and_a_made_up_one_is_caught() -> None:
+    report = {"liver_found": True, "liver_volume_ml": 1534.27, "tumour_volume_ml": 12.345, "tlvr": 0.008046,
+              "clinical_tlvr_prediction": 0.0123, "lesion_count": 1,
+              "lesions": [{"lesion": 1, "volume_ml": 12.345, "max_axial_diameter_mm": 31.04, "max_diameter_mm": 33.5,
+                           "axial_slice_range": [40, 52], "largest_axial_slice": 46,
+                           "centroid_mm": [-101.25, 20.0, -333.3], "confidence": 0.97}],
+              "model": {"dataset": "Dataset900_SyntheticLiver", "model_id": "ab12cd34"},
+              "model_validation": {"n_cases": 24, "n_tumour_free": 8, "mean_dice": 0.631, "sensitivity": 0.52,
+                                   "fp_per_tumour_free": 0.4, "sensitivity_lt1ml": 0.0, "sensitivity_1to10ml": 0.12,
+                                   "sensitivity_ge10ml": 0.5}}
+    text = findings_text(report)
+    assert "Not for diagnosis" in text and "Lesion 1: 12.35 ml" in text and "slices 40-52" in text
+    assert "0.0123" in text and "24 cross-validation cases" in text
+    _every_number_of_the_text_is_in_the_report(text, report)
+    with pytest.raises(AssertionError, match="47"):
+        _every_number_of_the_text_is_in_the_report(text.replace("(largest 46)", "(largest 47)"), report)
+
+
+def test_a_corrupt_upload_fails_with_its_reason_and_the_next_job_succeeds(server, setup: dict, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(gzip.compress(b"\x5c\x01\x00\x00" + b"\x00" * 200)[:150])
+    with server.client() as client:
+        bad = submit(client, broken).json()["id"]
+        good = submit(client, setup["ct2"]).json()["id"]
+        failed = wait_for(client, bad)
+        assert failed["state"] == "failed" and failed["files"] == []
+        assert "broken.nii.gz" in failed["error"] and str(server.log.parent) not in failed["error"]
+        assert wait_for(client, good)["state"] == "done"
+        assert client.get("/api/health").json()["worker"]["restarts"] == 0
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_uploads_refused_before_queueing(server, setup: dict, tmp_path: Path) -> None:
+    with server.client() as client:
+        def post(name: str, data: bytes, **fields: str) -> httpx.Response:
+            return client.post("/api/jobs", files={"file": (name, data)}, data=fields)
+
+        before = client.get("/api/health").json()["jobs"]
+        answer = post("scan.png", b"\x89PNG....")
+        assert answer.status_code == 400 and "not an accepted upload" in answer.json()["detail"]
+        answer = post("series.zip", _zip({"../../evil.dcm": b"x" * 200}))
+        assert answer.status_code == 400 and "outside" in answer.json()["detail"]
+        answer = post("series.zip", _zip({"/etc/evil.dcm": b"x"}))
+        assert answer.status_code == 400 and "outside" in answer.json()["detail"]
+        answer = post("series.zip", b"not a zip at all")
+        assert answer.status_code == 400 and "not a zip" in answer.json()["detail"]
+        assert post("empty.nii.gz", b"").status_code == 400
+        answer = post("ct.nii.gz", setup["ct"].read_bytes(), weight_kg="70")
+        assert answer.status_code == 400 and "unknown clinical field 'weight_kg'" in answer.json()["detail"]
+        assert client.post("/api/jobs", data={"x": "1"}).status_code == 400
+        too_big = post("big.nii.gz", os.urandom(int(float(MAX_UPLOAD_GB) * 1024 ** 3) + 1024))
+        assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
+        assert client.get("/api/health").json()["jobs"] == before  # nothing was queued
+    assert not any((server.log.parent / "data" / "jobs").glob("*/input/*.part"))
+
+
+def test_path_traversal_and_unknown_names_are_refused(server, setup: dict) -> None:
+    with server.client() as client:
+        job = wait_for(client, submit(client, setup["ct"]).json()["id"])
+        assert job["state"] == "done"
+        for name in ("..%2Fjobs.sqlite", "..%2F..%2Fjobs.sqlite", "%2e%2e%2finput%2fimage.nii.gz", "ct.nii.gz",
+                     "view%2Fct.npy", "report.json%00"):
+            assert client.get(f"/api/jobs/{job['id']}/files/{name}").status_code == 404, name
+        for job_id in ("..%2F..%2Fjobs.sqlite", "0" * 31, job["id"].upper(), "../" + job["id"]):
+            assert client.get(f"/api/jobs/{job_id}").status_code == 404, job_id
+        assert client.get(f"/api/jobs/{job['id']}/view/..%2Fct/0").status_code == 404
+        assert client.get(f"/api/jobs/{job['id']}/view/axial/100000").status_code == 404
+        assert client.get("/static/..%2F..%2Fjobs.py").status_code == 404
+        assert client.get(f"/api/jobs/{job['id']}/files/report.json").status_code == 200
+
+
+def test_killing_the_worker_requeues_its_job(server, setup: dict, tmp_path: Path) -> None:
+    with server.client() as client:
+        pid = client.get("/api/health").json()["worker"]["pid"]
+        restarts = client.get("/api/health").json()["worker"]["restarts"]
+        job_id = submit(client, setup["ct"]).json()["id"]
+        wait_for(client, job_id, ("running",), interval=0.02)
+        os.kill(pid, signal.SIGKILL)
+        job = wait_for(client, job_id)
+        assert job["state"] == "done" and job["attempts"] == 2, job
+        worker = client.get("/api/health").json()["worker"]
+        assert worker["restarts"] == restarts + 1 and worker["pid"] != pid and worker["alive"]
+
+
+def test_twenty_uploads_at_once_all_end_and_memory_stays_bounded(server, setup: dict) -> None:
+    with server.client() as client:
+        first = wait_for(client, submit(client, setup["ct"]).json()["id"])
+        assert first["state"] == "done"
+        worker = client.get("/api/health").json()["worker"]
+        before = rss_mb(worker["pid"])
+
+        def one(i: int) -> str:
+            with server.client() as own:
+                answer = submit(own, setup["ct"] if i % 2 else setup["ct2"], f"case {i}.nii.gz")
+                assert answer.status_code == 201, answer.text
+                return answer.json()["id"]
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            ids = list(pool.map(one, range(20)))
+        assert len(set(ids)) == 20
+        ends = [wait_for(client, job_id, timeout=600) for job_id in ids]
+        assert [job["state"] for job in ends] == ["done"] * 20, [job["error"] for job in ends]
+        after = client.get("/api/health").json()["worker"]
+        assert after["pid"] == worker["pid"]  # one worker, models loaded once
+        assert rss_mb(after["pid"]) < before + 300.0
+
+
+def test_jobs_survive_a_server_restart(setup: dict, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = start_server(setup["results"], data, setup["home"])
+    with first.client() as client:
+        ids = [submit(client, setup["ct"]).json()["id"] for _ in range(2)]
+    first.stop()  # SIGTERM: the worker goes with the server, jobs stay queued or running
+    store = JobStore(data / "jobs.sqlite")
+    assert {store.get(i).state for i in ids} <= {"queued", "running", "done"}
+    store.close()
+    second = start_server(setup["results"], data, setup["home"])
+    try:
+        with second.client() as client:
+            assert [wait_for(client, i)["state"] for i in ids] == ["done"] * 2
+    finally:
+        second.stop()
+
+
+def test_a_token_guards_the_page_and_every_api_call(setup: dict, tmp_path: Path) -> None:
+    token = "correct-horse-battery-staple-42"
+    server = start_server(setup["results"], tmp_path / "data", setup["home"], token=token)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+            assert anonymous.get("/api/health").status_code == 401
+            assert anonymous.post("/api/jobs", files={"file": ("ct.nii.gz", b"x")}).status_code == 401
+            assert anonymous.get("/", headers={"Authorization": "Bearer wrong-token-000000000"}).status_code == 401
+            page = anonymous.get("/")
+            assert page.status_code == 401 and 'name="token"' in page.text
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+            assert anonymous.post("/login", data={"token": "nope"}).status_code == 401
+            signed_in = anonymous.post("/login", data={"token": token})
+            assert signed_in.status_code == 303 and token not in signed_in.headers["set-cookie"]
+            assert anonymous.get("/").status_code == 200 and anonymous.get("/api/health").status_code == 200
+        with server.client() as client:
+            assert client.get("/api/health").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_binding_beyond_loopback_needs_a_token(setup: dict) -> None:
+    done = run_cli("serve", "--models", str(setup["results"]), "--host", "0.0.0.0", "--port", "8999",
+                   home=setup["home"], timeout=60)
+    assert done.returncode == 2 and "--token" in done.stderr and "0.0.0.0" in done.stderr
+    short = run_cli("serve", "--models", str(setup["results"]), "--token", "short", home=setup["home"], timeout=60)
+    assert short.returncode == 2 and "16 characters" in short.stderr
+
+
+# -- the parts ------------------------------------------------------------------------------------------------------
+def test_the_queue_hands_each_job_to_one_claimer_and_gives_up_after_max_attempts(tmp_path: Path) -> None:
+    stores = [JobStore(tmp_path / "jobs.sqlite") for _ in range(4)]
+    ids = [new_job_id() for _ in range(30)]
+    for job_id in ids:
+        stores[0].create(job_id, "x.nii.gz", ".nii.gz", {})
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        claimed = pool.map(lambda s: [job.id for job in iter(lambda: s.claim(os.getpid()), None)], stores)
+    claimed = [job_id for batch in claimed for job_id in batch]
+    assert sorted(claimed) == sorted(ids)  # every job once, none twice
+    for s in stores:
+        s.close()
+
+
+def test_a_job_whose_worker_keeps_dying_is_given_up_after_max_attempts(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job_id = new_job_id()
+    store.create(job_id, "x.nii.gz", ".nii.gz", {})
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert store.claim(4242).attempts == attempt
+        assert store.requeue_running(4241, "worker died") == ([], [])  # another worker's jobs only
+        assert store.requeue_running(4242, "worker died") == ([job_id], [])
+        assert store.get(job_id).state == "queued"
+    assert store.claim(4242).attempts == MAX_ATTEMPTS
+    assert store.requeue_running(4242, "the worker died") == ([], [job_id])
+    job = store.get(job_id)
+    assert job.state == "failed" and "the worker died" in job.error and f"{MAX_ATTEMPTS} tries" in job.error
+    store.close()
+
+
+def test_retention_deletes_old_jobs_and_their_files(tmp_path: Path) -> None:
+    settings = ServeSettings(data=tmp_path, keep_days=7)
+    store = JobStore(settings.database)
+    old, recent = new_job_id(), new_job_id()
+    for job_id in (old, recent):
+        store.create(job_id, "x.nii.gz", ".nii.gz", {})
+        (tmp_path / "jobs" / job_id / "out").mkdir(parents=True)
+        store.fail(job_id, "test")
+    removed = remove_expired(store, settings, now=time.time() + 7 * 86400 + 60)
+    assert sorted(removed) == sorted([old, recent])
+    assert store.get(old) is None and not (tmp_path / "jobs" / old).exists()
+    assert remove_expired(store, settings) == []
+    store.close()
+
+
+def test_zip_checks(tmp_path: Path) -> None:
+    good = tmp_path / "good.zip"
+    good.write_bytes(_zip({"series/1.dcm": b"x" * 10, "series/2.dcm": b"y" * 10}))
+    check_zip(good, 1000)
+    for members, problem in (({"a/../../b.dcm": b"x"}, "outside"), ({"C:/b.dcm": b"x"}, "outside"),
+                             ({"\\evil.dcm": b"x"}, "outside"), ({"big.dcm": b"0" * 5000}, "unpacks to")):
+        bad = tmp_path / "bad.zip"
+        bad.write_bytes(_zip(members))
+        with pytest.raises(UploadError, match=problem):
+            check_zip(bad, 1000)
+
+
+def test_axial_measures_and_viewer_slices_do_not_depend_on_how_the_file_is_stored(tmp_path: Path) -> None:
+    """The same anatomy stored feet-first and head-first: same axial slice range, same displayed slice."""
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-100, 200, size=(20, 24, 28)).astype(np.int16)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[2:18, 3:21, 3:25] = 1
+    labels[5:9, 8:12, 10:16] = 2  # slices 5-8 from the feet
+    spacing = (0.8, 0.7, 2.5)
+    plain = Geometry(spacing, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    flipped = Geometry(spacing, (0.0, 0.0, 19 * 2.5), (1, 0, 0, 0, 1, 0, 0, 0, -1))
+    a = lesion_table(ct, labels == 2, plain)[0]
+    b = lesion_table(ct[::-1], labels[::-1] == 2, flipped)[0]
+    assert a["axial_slice_range"] == b["axial_slice_range"] == [5, 8]
+    assert a["largest_axial_slice"] == b["largest_axial_slice"]
+    assert a["max_axial_diameter_mm"] == pytest.approx(np.hypot(3 * 0.7, 5 * 0.8))
+    assert b["max_axial_diameter_mm"] == pytest.approx(a["max_axial_diameter_mm"])
+    write_view(ct, plain, labels, {"lesions": [a]}, tmp_path / "plain")
+    write_view(ct[::-1], flipped, labels[::-1], {"lesions": [b]}, tmp_path / "flipped")
+    for plane, index in (("axial", 6), ("coronal", 10), ("sagittal", 12)):
+        assert slice_bytes(tmp_path / "plain", plane, index) == slice_bytes(tmp_path / "flipped", plane, index)
