@@ -34,8 +34,8 @@ def tiny_results(folder: Path) -> Path:
 def phantom_file(path: Path, seed: int = 3, shape: tuple[int, int, int] = (24, 64, 64)) -> Path:
     """The central ``shape`` (z, y, x) of a small phantom, with its geometry (a few tiles per stage: fast jobs)."""
     phantom = make_phantom(np.random.default_rng(seed), "small")
-    start = [(n - m) // 2 for n, m in zip(phantom.image.shape, shape)]
-    crop = tuple(slice(a, a + m) for a, m in zip(start, shape))
+    start = [(n - m) // 2 for n, m in zip(phantom.image.shape, shape, strict=True)]
+    crop = tuple(slice(a, a + m) for a, m in zip(start, shape, strict=True))
     origin = phantom.geometry.index_to_physical(np.array(start[::-1], dtype=float))
     geometry = Geometry(phantom.geometry.spacing, tuple(float(v) for v in origin), phantom.geometry.direction)
     return write_image(phantom.image[crop], geometry, path)

@@ -9,9 +9,9 @@ Per case (``<case>_report.json``):
 * ``lesions``: the connected components (26-connectivity) of the tumour, largest first, each with
   ``volume_ml``, ``max_diameter_mm`` (largest voxel-centre distance, from the real spacing),
   ``max_axial_diameter_mm`` (the same on the patient's axial slices, the largest of them), ``axial_slice_range`` and
-  ``largest_axial_slice`` (axial slice indices counted from the feet, as the serve viewer shows them), ``mean_hu`` (mean of
-  the original image over the lesion), ``centroid_index_xyz`` (continuous voxel index i, j, k in the file's order,
-  as ITK/ITK-SNAP count), ``centroid_mm`` (physical coordinates of that index, from origin, spacing and
+  ``largest_axial_slice`` (axial slice indices counted from the feet, as the serve viewer shows them), ``mean_hu``
+  (mean of the original image over the lesion), ``centroid_index_xyz`` (continuous voxel index i, j, k in the
+  file's order, as ITK/ITK-SNAP count), ``centroid_mm`` (physical coordinates of that index, from origin, spacing and
   direction; LPS for DICOM-derived images) and ``confidence``: the highest tumour probability of the tumour stage
   inside the lesion, the score the operating point thresholds (null when no probability map was given), so that a
   reader can look at the doubtful lesions first;
