@@ -17,7 +17,7 @@ COMMANDS = {
     "plan_and_preprocess": "usage.md", "train": "usage.md", "predict": "inference.md", "export_model": "inference.md",
     "install_model": "inference.md", "evaluate": "evaluation.md", "plot_overlay": "evaluation.md",
     "convert_hcc_tace_seg": "hcc_tace_seg.md", "convert_msd": "hcc_tace_seg.md", "review": "inference.md",
-    "ablate": "evaluation.md",
+    "ablate": "evaluation.md", "serve": "serve.md",
 }
 COMMON = {"-h", "--help", "-v", "--verbose", "-q", "--quiet"}
 

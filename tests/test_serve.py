@@ -170,6 +170,32 @@ def test_a_corrupt_upload_fails_with_its_reason_and_the_next_job_succeeds(server
         assert client.get("/api/health").json()["worker"]["restarts"] == 0
 
 
+def test_a_zipped_dicom_series_gets_a_dicom_seg_referencing_it(server, setup: dict, tmp_path: Path) -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from dicom_builders import make_ct_series, write_datasets
+
+    image, _ = read_image(setup["ct"])
+    datasets = make_ct_series("SERVE01", image.astype(np.int16), origin=(-80.0, -60.0, 10.0),
+                              pixel_spacing=(2.6, 2.6), slice_step=5.0)
+    paths = write_datasets(datasets, tmp_path / "export" / "DICOM" / "series 1")
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in paths:
+            bundle.write(path, path.relative_to(tmp_path / "export"))
+    with server.client() as client:
+        job = wait_for(client, submit(client, archive).json()["id"])
+        assert job["state"] == "done", job
+        assert "seg.dcm" in job["files"]
+        seg = pydicom.dcmread(io.BytesIO(client.get(f"/api/jobs/{job['id']}/files/seg.dcm").content))
+        labels = client.get(f"/api/jobs/{job['id']}/files/labels.nii.gz").content
+    assert seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == datasets[0].SeriesInstanceUID
+    (tmp_path / "labels.nii.gz").write_bytes(labels)
+    served, geometry = read_image(tmp_path / "labels.nii.gz", check_finite=False)
+    assert served.shape == image.shape
+    assert np.allclose(geometry.spacing, (2.6, 2.6, 5.0)) and np.allclose(geometry.origin, (-80.0, -60.0, 10.0))
+
+
 def _zip(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

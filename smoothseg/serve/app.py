@@ -72,6 +72,7 @@ class Supervisor:
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._messages: Any = None
 
     def start(self) -> None:
         """Queue again the jobs a previous server left running, start the worker, wait for its models (raises
@@ -87,7 +88,9 @@ class Supervisor:
         self._thread.start()
 
     def _spawn(self) -> None:
-        messages = self.context.Queue()
+        if self._messages is not None:
+            self._messages.close()
+        messages = self._messages = self.context.Queue()
         self.process = self.context.Process(target=worker_main, args=(self.settings, messages),
                                             name="smoothseg-worker", daemon=True)
         self.process.start()
@@ -144,6 +147,9 @@ class Supervisor:
             self.process.join(10)
             if self.process.is_alive():
                 self.process.kill()
+        if self._messages is not None:
+            self._messages.close()
+            self._messages.join_thread()
 
 
 def remove_expired(store: JobStore, settings: ServeSettings, now: float | None = None) -> list[str]:

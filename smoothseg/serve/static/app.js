@@ -91,7 +91,7 @@
         return;
       }
       $("job-state").textContent = job.state;
-      $("job-stage").textContent = job.stage;
+      $("job-stage").textContent = job.state === "running" ? job.stage : "";
       $("job-progress").value = job.progress;
       if (job.state === "failed") { showError("The job failed: " + (job.error || "no reason given")); return; }
       if (job.state === "done") { await showResult(job); return; }
