@@ -13,9 +13,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 from inference_helpers import TINY_DATASET, make_model_pair
 
 from smoothseg.dataset.io import Geometry, write_image
+from smoothseg.knowledge.tlvr import TLVRRegressor
+from smoothseg.models.checkpoint import load_checkpoint, save_checkpoint
 from smoothseg.synthetic.phantom import make_phantom
 
 
@@ -26,9 +29,26 @@ def free_port() -> int:
 
 
 def tiny_results(folder: Path) -> Path:
-    """A results root with untrained tiny liver + tumour models (``Dataset950_TinyModels``)."""
-    make_model_pair(folder)
+    """A results root with untrained tiny liver + tumour models (``Dataset950_TinyModels``); the tumour model carries
+    a fitted TLVR regression on ``AFP``, ``Age`` (numeric) and ``Sex`` (categorical), as a trained one does."""
+    pair = make_model_pair(folder)
+    rng = np.random.default_rng(0)
+    clinical = pd.DataFrame({"AFP": rng.uniform(1, 400, 16), "Age": rng.uniform(40, 80, 16),
+                             "Sex": ["M", "F"] * 8})
+    regression = TLVRRegressor(numeric_features=["AFP", "Age"], categorical_features=["Sex"])
+    regression.fit(clinical, np.clip(clinical["AFP"] / 2000 + rng.normal(0, 0.01, 16), 0, 1))
+    for checkpoint in pair.checkpoints("tumor"):
+        payload = load_checkpoint(checkpoint)
+        payload["tlvr_model"] = regression.to_dict()
+        save_checkpoint(payload, checkpoint)
     return folder
+
+
+def clinical_prediction(results: Path, row: dict[str, object]) -> float:
+    """What the tiny tumour model's TLVR regression predicts for one clinical row."""
+    (checkpoint,) = results.glob("*/*__tumor/fold_0/checkpoint_final.pth")
+    regression = TLVRRegressor.from_dict(load_checkpoint(checkpoint)["tlvr_model"])
+    return float(regression.predict(pd.DataFrame([row]))[0])
 
 
 def phantom_file(path: Path, seed: int = 3, shape: tuple[int, int, int] = (24, 64, 64)) -> Path:

@@ -25,6 +25,7 @@ httpx = pytest.importorskip("httpx")
 from cli_helpers import run_cli  # noqa: E402
 from inference_helpers import TINY_DATASET  # noqa: E402
 from serve_helpers import (  # noqa: E402
+    clinical_prediction,
     phantom_file,
     rss_mb,
     start_server,
@@ -109,6 +110,24 @@ def test_a_served_job_equals_smoothseg_predict(server, setup: dict, tmp_path: Pa
     assert np.array_equal(np.frombuffer(axial[:2 * n], "<i2").reshape(canonical.shape[1:]), canonical[k])
     labels_canonical = Orientation.from_direction(geometry.direction).to_canonical(served)
     assert np.array_equal(np.frombuffer(axial[2 * n:], np.uint8).reshape(canonical.shape[1:]), labels_canonical[k])
+
+
+def test_clinical_values_give_the_clinical_tlvr_and_bad_ones_are_refused(server, setup: dict) -> None:
+    with server.client() as client:
+        features = client.get("/api/model").json()["clinical_features"]
+        assert features == [{"name": "AFP", "kind": "numeric"}, {"name": "Age", "kind": "numeric"},
+                            {"name": "Sex", "kind": "categorical"}]
+        answer = submit(client, setup["ct"], Age="sixty")
+        assert answer.status_code == 400 and "'Age' must be a number" in answer.json()["detail"]
+        job = wait_for(client, submit(client, setup["ct"], AFP="250", Age="64", Sex="F").json()["id"])
+        report = client.get(f"/api/jobs/{job['id']}/files/report.json").json()
+        findings = client.get(f"/api/jobs/{job['id']}/files/findings.txt").text
+        plain = wait_for(client, submit(client, setup["ct"], AFP="", Age="").json()["id"])  # blank: no values
+        plain_report = client.get(f"/api/jobs/{plain['id']}/files/report.json").json()
+    expected = clinical_prediction(setup["results"], {"AFP": 250.0, "Age": 64.0, "Sex": "F"})
+    assert report["clinical_tlvr_prediction"] == pytest.approx(expected, abs=1e-9)
+    assert f"predicted from the clinical values {expected:.4f}" in findings
+    assert plain_report["clinical_tlvr_prediction"] is None
 
 
 def _numbers(text: str) -> list[str]:
