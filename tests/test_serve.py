@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 pytest.importorskip("fastapi", reason="smoothseg_serve needs its extra (pip install -e .[serve])")
 httpx = pytest.importorskip("httpx")
@@ -174,6 +175,14 @@ def test_findings_numbers_come_from_the_report_and_a_made_up_one_is_caught() -> 
     _every_number_of_the_text_is_in_the_report(text, report)
     with pytest.raises(AssertionError, match="47"):
         _every_number_of_the_text_is_in_the_report(text.replace("(largest 46)", "(largest 47)"), report)
+    # with two lesions, each line carries its own lesion's numbers
+    second = {**report["lesions"][0], "lesion": 2, "volume_ml": 0.61, "max_axial_diameter_mm": 9.2,
+              "axial_slice_range": [12, 13], "largest_axial_slice": 12, "confidence": 0.81}
+    lines = findings_text({**report, "lesions": [report["lesions"][0], second]}).splitlines()
+    (first_line,) = [line for line in lines if "Lesion 1:" in line]
+    (second_line,) = [line for line in lines if "Lesion 2:" in line]
+    assert "12.35 ml" in first_line and "slices 40-52" in first_line and "confidence 0.97" in first_line
+    assert "0.61 ml" in second_line and "9.2 mm" in second_line and "slices 12-13 (largest 12)" in second_line
 
 
 def test_a_corrupt_upload_fails_with_its_reason_and_the_next_job_succeeds(server, setup: dict, tmp_path: Path) -> None:
@@ -241,6 +250,34 @@ def test_uploads_refused_before_queueing(server, setup: dict, tmp_path: Path) ->
         answer = post("ct.nii.gz", setup["ct"].read_bytes(), weight_kg="70")
         assert answer.status_code == 400 and "unknown clinical field 'weight_kg'" in answer.json()["detail"]
         assert client.post("/api/jobs", data={"x": "1"}).status_code == 400
+        answer = post("ct.nii.gz", setup["ct"].read_bytes(), Age="nan")
+        assert answer.status_code == 400 and "must be a number" in answer.json()["detail"]
+        # headers that make ITK read another file of the server are refused
+        nrrd = (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n"
+                b"data file: /etc/passwd\n\n")
+        answer = post("ct.nrrd", nrrd)
+        assert answer.status_code == 400 and "separate data file" in answer.json()["detail"]
+        mha = (b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_SHORT\n"
+               b"ElementDataFile = /etc/passwd\n")
+        answer = post("ct.mha", mha)
+        assert answer.status_code == 400 and "separate data file" in answer.json()["detail"]
+        # a chunked upload (no Content-Length) is cut off at the limit while it streams
+        boundary = "smoothsegboundary"
+
+        def body():
+            yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                   'filename="big.nii.gz"\r\n\r\n').encode()
+            for _ in range(12):
+                yield b"\0" * (1024 * 1024)
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        chunked = client.post("/api/jobs", content=body(),
+                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert chunked.status_code == 413
+        # another site's page cannot post jobs, nor reach the server through a rebound host name
+        assert client.post("/api/jobs", files={"file": ("ct.nii.gz", b"x")},
+                           headers={"Origin": "https://evil.example"}).status_code == 403
+        assert client.get("/api/health", headers={"Host": "evil.example"}).status_code == 400
         too_big = post("big.nii.gz", os.urandom(int(float(MAX_UPLOAD_GB) * 1024 ** 3) + 1024))
         assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
         assert client.get("/api/health").json()["jobs"] == before  # nothing was queued
@@ -303,14 +340,17 @@ def test_jobs_survive_a_server_restart(setup: dict, tmp_path: Path) -> None:
     first = start_server(setup["results"], data, setup["home"])
     with first.client() as client:
         ids = [submit(client, setup["ct"]).json()["id"] for _ in range(2)]
-    first.stop()  # SIGTERM: the worker goes with the server, jobs stay queued or running
+        wait_for(client, ids[0], ("running",), interval=0.02)
+    first.stop()  # SIGTERM: the worker goes with the server; the first job is left running, the second queued
     store = JobStore(data / "jobs.sqlite")
-    assert {store.get(i).state for i in ids} <= {"queued", "running", "done"}
+    assert [store.get(i).state for i in ids] == ["running", "queued"]
     store.close()
     second = start_server(setup["results"], data, setup["home"])
     try:
         with second.client() as client:
-            assert [wait_for(client, i)["state"] for i in ids] == ["done"] * 2
+            ends = [wait_for(client, i) for i in ids]
+        assert [job["state"] for job in ends] == ["done"] * 2
+        assert [job["attempts"] for job in ends] == [1, 1]  # a server stop does not count as a failed try
     finally:
         second.stop()
 
@@ -362,13 +402,17 @@ def test_a_job_whose_worker_keeps_dying_is_given_up_after_max_attempts(tmp_path:
     store = JobStore(tmp_path / "jobs.sqlite")
     job_id = new_job_id()
     store.create(job_id, "x.nii.gz", ".nii.gz", {})
+    assert store.claim(4242).attempts == 1
+    assert store.requeue_running(None, "server stopped", count_try=False) == ([job_id], [])
     for attempt in range(1, MAX_ATTEMPTS):
         assert store.claim(4242).attempts == attempt
         assert store.requeue_running(4241, "worker died") == ([], [])  # another worker's jobs only
         assert store.requeue_running(4242, "worker died") == ([job_id], [])
         assert store.get(job_id).state == "queued"
     assert store.claim(4242).attempts == MAX_ATTEMPTS
+    assert not store.finish(job_id, 4241) and store.get(job_id).state == "running"  # not that worker's job
     assert store.requeue_running(4242, "the worker died") == ([], [job_id])
+    assert not store.finish(job_id, 4242)  # an orphan finishing late changes nothing
     job = store.get(job_id)
     assert job.state == "failed" and "the worker died" in job.error and f"{MAX_ATTEMPTS} tries" in job.error
     store.close()
@@ -402,22 +446,36 @@ def test_zip_checks(tmp_path: Path) -> None:
 
 
 def test_axial_measures_and_viewer_slices_do_not_depend_on_how_the_file_is_stored(tmp_path: Path) -> None:
-    """The same anatomy stored feet-first and head-first: same axial slice range, same displayed slice."""
+    """The same anatomy stored as is, flipped (x and z) and with permuted axes (as a sagittal acquisition is stored):
+    same lesion measures, same displayed slices; the axial view has the patient's right (smallest LPS x) on the
+    left and the front (smallest y) at the top."""
     rng = np.random.default_rng(0)
     ct = rng.integers(-100, 200, size=(20, 24, 28)).astype(np.int16)
+    ct[:, 0, 0] = 1000  # marker: the patient's right-front corner
     labels = np.zeros(ct.shape, np.uint8)
     labels[2:18, 3:21, 3:25] = 1
     labels[5:9, 8:12, 10:16] = 2  # slices 5-8 from the feet
     spacing = (0.8, 0.7, 2.5)
-    plain = Geometry(spacing, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    flipped = Geometry(spacing, (0.0, 0.0, 19 * 2.5), (1, 0, 0, 0, 1, 0, 0, 0, -1))
-    a = lesion_table(ct, labels == 2, plain)[0]
-    b = lesion_table(ct[::-1], labels[::-1] == 2, flipped)[0]
-    assert a["axial_slice_range"] == b["axial_slice_range"] == [5, 8]
-    assert a["largest_axial_slice"] == b["largest_axial_slice"]
-    assert a["max_axial_diameter_mm"] == pytest.approx(np.hypot(3 * 0.7, 5 * 0.8))
-    assert b["max_axial_diameter_mm"] == pytest.approx(a["max_axial_diameter_mm"])
-    write_view(ct, plain, labels, {"lesions": [a]}, tmp_path / "plain")
-    write_view(ct[::-1], flipped, labels[::-1], {"lesions": [b]}, tmp_path / "flipped")
-    for plane, index in (("axial", 6), ("coronal", 10), ("sagittal", 12)):
-        assert slice_bytes(tmp_path / "plain", plane, index) == slice_bytes(tmp_path / "flipped", plane, index)
+    stored = {}
+    for name, transform in (("plain", lambda im: im), ("flipped", lambda im: sitk.Flip(im, [True, False, True])),
+                            ("permuted", lambda im: sitk.PermuteAxes(im, [2, 0, 1]))):
+        images = []
+        for array in (ct, labels):
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing(spacing)
+            images.append(transform(image))
+        stored[name] = (sitk.GetArrayFromImage(images[0]), sitk.GetArrayFromImage(images[1]),
+                        Geometry.from_sitk(images[0]))
+    assert stored["permuted"][0].shape == (24, 28, 20) and stored["flipped"][0][0, 0, 0] != 1000
+    lesions = {name: lesion_table(a, b == 2, g)[0] for name, (a, b, g) in stored.items()}
+    assert all(lesion["axial_slice_range"] == [5, 8] for lesion in lesions.values())
+    assert len({lesion["largest_axial_slice"] for lesion in lesions.values()}) == 1
+    expected = np.hypot(3 * 0.7, 5 * 0.8)
+    assert all(lesion["max_axial_diameter_mm"] == pytest.approx(expected) for lesion in lesions.values())
+    for name, (array, label_array, geometry) in stored.items():
+        write_view(array, geometry, label_array, {"lesions": [lesions[name]]}, tmp_path / name)
+    for plane, index in (("axial", 6), ("coronal", 10), ("sagittal", 12), ("axial", 0), ("sagittal", 27)):
+        views = {name: slice_bytes(tmp_path / name, plane, index) for name in stored}
+        assert views["plain"] == views["flipped"] == views["permuted"], (plane, index)
+    axial = np.frombuffer(slice_bytes(tmp_path / "permuted", "axial", 3)[:24 * 28 * 2], "<i2").reshape(24, 28)
+    assert axial[0, 0] == 1000

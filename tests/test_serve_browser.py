@@ -59,7 +59,7 @@ def test_upload_view_click_a_lesion_and_download_through_the_page(tmp_path: Path
                 assert page.get_attribute("#slice", "max") == str(24 - 1)
                 page.locator("#slice").fill("0")
                 page.wait_for_selector("#view[data-drawn='axial:0']")
-                assert page.inner_text("#slice-label").startswith("1 / 24")
+                assert page.inner_text("#slice-label") == "axial slice 0 of 0-23 (0 = feet)"
                 page.click("button.plane[data-plane='coronal']")
                 assert page.get_attribute("#slice", "max") == str(64 - 1)
                 page.wait_for_selector("#view[data-drawn^='coronal:']")
@@ -69,7 +69,8 @@ def test_upload_view_click_a_lesion_and_download_through_the_page(tmp_path: Path
                 page.wait_for_selector(f"#view[data-drawn='axial:{largest}']")
                 assert page.input_value("#slice") == str(largest)
 
-                # the hostile file name is text, never markup
+                # the hostile file name is shown, as text, never as markup
+                assert page.inner_text("#job-name") == HOSTILE_NAME
                 assert page.locator("img[src='x']").count() == 0
                 assert "Lesion 1:" in page.inner_text("#findings")
 

@@ -16,7 +16,7 @@ from smoothseg.paths import base_folder
 try:
     import uvicorn
 
-    from smoothseg.serve.app import Supervisor, create_app
+    from smoothseg.serve.app import LOOPBACK_HOSTS, Supervisor, create_app
     from smoothseg.serve.worker import ServeSettings
 except ImportError as missing:  # the optional extra is not installed
     MISSING: ImportError | None = missing
@@ -55,7 +55,8 @@ def _body(args: argparse.Namespace) -> int:
     settings.data.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(settings)
     supervisor.start()  # loads the models in the worker; a model that cannot load stops here with its reason
-    app = create_app(settings, supervisor, token=token)
+    app = create_app(settings, supervisor, token=token,
+                     allowed_hosts=LOOPBACK_HOSTS if is_loopback(args.host) else None)
     print(f"smoothseg_serve: http://{args.host}:{args.port}/ (data in {settings.data}"
           f"{', token required' if token else ''}); Ctrl+C stops it", flush=True)
     try:

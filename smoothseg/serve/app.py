@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
+import os
 import queue
 import secrets
 import shutil
@@ -33,20 +35,22 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.staticfiles import StaticFiles
 
 from smoothseg.errors import SmoothSegError
 from smoothseg.serve.jobs import JOB_ID, Job, JobStore, new_job_id
-from smoothseg.serve.uploads import UploadError, check_zip, input_kind, job_input
+from smoothseg.serve.uploads import UploadError, check_header, check_zip, input_kind, job_input
 from smoothseg.serve.viewer import PLANES, read_meta, slice_bytes
 from smoothseg.serve.worker import DOWNLOADS, ServeSettings, job_folder, worker_main
 
-__all__ = ["Supervisor", "create_app"]
+__all__ = ["LOOPBACK_HOSTS", "Supervisor", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,10 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 MAX_CLINICAL_FIELDS = 64
 CLEANUP_SECONDS = 3600.0
+SESSION_SECONDS = 12 * 3600
+#: Host names a loopback-bound server answers to (a page on another site that rebinds its DNS name to 127.0.0.1
+#: sends its own name and is refused).
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 
 class Supervisor:
@@ -78,7 +86,10 @@ class Supervisor:
         """Queue again the jobs a previous server left running, start the worker, wait for its models (raises
         :class:`SmoothSegError` with the worker's reason when they do not load), then watch it."""
         store = JobStore(self.settings.database)
-        requeued, failed = store.requeue_running(reason="the server stopped while running this job")
+        deadline = time.monotonic() + 10.0  # a worker of a server that was killed ends itself within a second
+        while any(_alive(pid) for pid in store.running_pids()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        requeued, failed = store.requeue_running(reason="the server stopped while running this job", count_try=False)
         if requeued or failed:
             logger.info("%d job(s) left running by the last server queued again, %d given up", len(requeued),
                         len(failed))
@@ -94,8 +105,9 @@ class Supervisor:
         self.process = self.context.Process(target=worker_main, args=(self.settings, messages),
                                             name="smoothseg-worker", daemon=True)
         self.process.start()
+        self.pid = self.process.pid  # known at once: a job it claims before saying ready is still its own
         deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stop.is_set():
             try:
                 kind, value = messages.get(timeout=0.5)
             except queue.Empty:
@@ -106,10 +118,12 @@ class Supervisor:
             if kind == "error":
                 self.process.join(10)
                 raise SmoothSegError(value)
-            self.pid, self.error = int(value), None
+            self.error = None
             logger.info("worker process %d ready", self.pid)
             return
         self.process.kill()
+        if self._stop.is_set():
+            raise SmoothSegError("the server is stopping")
         raise SmoothSegError(f"the worker process did not load its models within {self.ready_timeout:.0f} s")
 
     def _watch(self) -> None:
@@ -152,6 +166,16 @@ class Supervisor:
             self._messages.join_thread()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_expired(store: JobStore, settings: ServeSettings, now: float | None = None) -> list[str]:
     """Delete the jobs (files and rows) finished more than ``settings.keep_days`` ago."""
     cutoff = (time.time() if now is None else now) - settings.keep_days * 86400.0
@@ -171,6 +195,14 @@ def session_value(token: str) -> str:
 
 class _TooLarge(Exception):
     pass
+
+
+def _caused_by_limit(exc: BaseException) -> bool:
+    """Whether ``exc`` is, wraps (exception groups of task groups) or was caused by :class:`_TooLarge`."""
+    if isinstance(exc, _TooLarge):
+        return True
+    inner = [*getattr(exc, "exceptions", ()), exc.__cause__, exc.__context__]
+    return any(e is not None and e is not exc and _caused_by_limit(e) for e in inner)
 
 
 class BodyLimit:
@@ -206,7 +238,9 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted, watched)
-        except _TooLarge:
+        except Exception as exc:  # noqa: BLE001 - only the limit's own exception is answered here
+            if not _caused_by_limit(exc):
+                raise
             if not started:
                 await self._refuse(scope, receive, send)
 
@@ -233,9 +267,11 @@ def _clinical_fields(form: Any, features: list[dict[str, str]]) -> dict[str, str
             raise UploadError(f"unknown clinical field {name!r}; this model's clinical features are: {known}")
         if kinds[name] == "numeric":
             try:
-                float(value)
+                number = float(value)
             except ValueError:
-                raise UploadError(f"clinical field {name!r} must be a number, got {value!r}") from None
+                number = math.nan
+            if not math.isfinite(number):
+                raise UploadError(f"clinical field {name!r} must be a number, got {value!r}")
         values[name] = value.strip()
     return values
 
@@ -251,9 +287,10 @@ def _copy(upload: UploadFile, destination: Path) -> int:
 
 
 def create_app(settings: ServeSettings, supervisor: Supervisor | None, token: str | None = None,
-               model: dict[str, Any] | None = None) -> FastAPI:
+               model: dict[str, Any] | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The application. ``supervisor`` (started) runs the worker; ``model`` is what the worker wrote to
-    ``model.json`` (read from there when None)."""
+    ``model.json`` (read from there when None); ``allowed_hosts`` (e.g. :data:`LOOPBACK_HOSTS`) are the only Host
+    headers answered."""
     store = JobStore(settings.database)
     if model is None:
         model = json.loads(settings.model_file.read_text()) if settings.model_file.is_file() else {}
@@ -296,6 +333,10 @@ def create_app(settings: ServeSettings, supervisor: Supervisor | None, token: st
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+            if urlsplit(origin).netloc != request.headers.get("host", ""):
+                return JSONResponse({"detail": "cross-origin request refused"}, status_code=403)
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -318,7 +359,8 @@ def create_app(settings: ServeSettings, supervisor: Supervisor | None, token: st
         if token is None or secrets.compare_digest(given.encode(), token.encode()):
             response = RedirectResponse("/", status_code=303)
             if token is not None:
-                response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/")
+                response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/",
+                                    max_age=SESSION_SECONDS)
             return response
         return page("login.html", 401)
 
@@ -354,6 +396,8 @@ def create_app(settings: ServeSettings, supervisor: Supervisor | None, token: st
                 raise UploadError(f"{name!r}: the upload is empty")
             if kind == "dicom-zip":
                 await run_in_threadpool(check_zip, destination, settings.max_unpacked_bytes)
+            else:
+                await run_in_threadpool(check_header, destination, kind)
             job = store.create(job_id, name, kind, clinical)
         except UploadError as exc:
             if folder is not None:
@@ -411,6 +455,8 @@ def create_app(settings: ServeSettings, supervisor: Supervisor | None, token: st
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     return app
 
 

@@ -23,7 +23,11 @@ NOT_FOR_DIAGNOSIS = ("Not for diagnosis: automated measurements by a research mo
 def model_validation(tumour_fold_folders: Iterable[Path]) -> dict[str, Any] | None:
     """The tumour model's validation figures at its chosen operating point, pooled over its folds (None when its
     fold validations have no operating-point table, e.g. an untrained or older model)."""
-    best = pooled_best(validation_sections(tumour_fold_folders))
+    folders = list(tumour_fold_folders)
+    sections = validation_sections(folders)
+    if len(sections) != len(folders):  # the model applies the pooled choice only when every fold has one
+        return None
+    best = pooled_best(sections)
     if best is None:
         return None
     keys = ("n_cases", "n_tumour_free", "mean_dice", "sensitivity", "precision", "f1", "fp_per_tumour_free",

@@ -1,11 +1,12 @@
 """The job queue of ``smoothseg_serve``: one SQLite file (standard library) shared by the web server and its worker.
 
 A job is ``queued`` -> ``running`` -> ``done`` | ``failed``. The worker claims the oldest queued job in one
-``BEGIN IMMEDIATE`` transaction, so two claims never get the same job. Jobs outlive the server: at start, a job left
-``running`` by a server that stopped is queued again; when the worker process dies under a job (killed, out of
-memory), the server queues it again, up to :data:`MAX_ATTEMPTS` tries, then fails it with that reason. Every process
-opens its own :class:`JobStore`; within a process its calls are serialised by a lock (the web server's threads share
-one).
+``BEGIN IMMEDIATE`` transaction, so two claims never get the same job, and writes its progress and end only while the
+job is still running under its own pid (a job queued again meanwhile belongs to the next worker). Jobs outlive the
+server: at start, a job left ``running`` by a server that stopped is queued again (that try is not counted); when the
+worker process dies under a job (killed, out of memory), the server queues it again, up to :data:`MAX_ATTEMPTS`
+tries, then fails it with that reason. Every process opens its own :class:`JobStore`; within a process its calls are
+serialised by a lock (the web server's threads share one).
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ class JobStore:
     def create(self, job_id: str, upload_name: str, input_kind: str, clinical: dict[str, str]) -> Job:
         now = time.time()
         self._execute("INSERT INTO jobs (id, state, upload_name, input_kind, clinical, created, updated) "
-                         "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                         (job_id, upload_name, input_kind, json.dumps(clinical), now, now))
+                      "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                      (job_id, upload_name, input_kind, json.dumps(clinical), now, now))
         return self.get(job_id)
 
     def claim(self, worker_pid: int) -> Job | None:
@@ -123,35 +124,53 @@ class JobStore:
                 raise
         return None if row is None else self.get(row[0])
 
-    def progress(self, job_id: str, stage: str, fraction: float) -> None:
-        self._execute("UPDATE jobs SET stage = ?, progress = ?, updated = ? WHERE id = ? AND state = 'running'",
-                         (stage, float(fraction), time.time(), job_id))
+    def progress(self, job_id: str, stage: str, fraction: float, worker_pid: int) -> None:
+        self._execute("UPDATE jobs SET stage = ?, progress = ?, updated = ? WHERE id = ? AND state = 'running' "
+                      "AND worker_pid = ?", (stage, float(fraction), time.time(), job_id, worker_pid))
 
-    def finish(self, job_id: str) -> None:
-        self._execute("UPDATE jobs SET state = 'done', stage = 'done', progress = 1, worker_pid = NULL, "
-                         "updated = ? WHERE id = ?", (time.time(), job_id))
+    def finish(self, job_id: str, worker_pid: int) -> bool:
+        """Mark the job done, if it is still running under ``worker_pid`` (a job queued again meanwhile is not
+        touched; False then)."""
+        with self._lock:
+            cursor = self._db.execute("UPDATE jobs SET state = 'done', stage = 'done', progress = 1, "
+                                      "worker_pid = NULL, updated = ? WHERE id = ? AND state = 'running' "
+                                      "AND worker_pid = ?",
+                                      (time.time(), job_id, worker_pid))
+            return cursor.rowcount == 1
 
-    def fail(self, job_id: str, error: str) -> None:
-        self._execute("UPDATE jobs SET state = 'failed', stage = 'failed', error = ?, worker_pid = NULL, "
-                         "updated = ? WHERE id = ?", (error, time.time(), job_id))
+    def fail(self, job_id: str, error: str, worker_pid: int | None = None) -> bool:
+        """Mark the job failed with ``error``: a running one (of ``worker_pid`` when given) or a queued one."""
+        query = ("UPDATE jobs SET state = 'failed', stage = 'failed', error = ?, worker_pid = NULL, updated = ? "
+                 "WHERE id = ? AND state IN ('queued', 'running')")
+        params: tuple = (error, time.time(), job_id)
+        if worker_pid is not None:
+            query, params = query + " AND worker_pid = ?", (*params, worker_pid)
+        with self._lock:
+            return self._db.execute(query, params).rowcount == 1
 
-    def requeue_running(self, worker_pid: int | None = None, reason: str = "") -> tuple[list[str], list[str]]:
-        """Queue again the running jobs (of ``worker_pid``, or all): ``(requeued ids, failed ids)``; a job that has
-        had :data:`MAX_ATTEMPTS` tries fails with ``reason``."""
+    def requeue_running(self, worker_pid: int | None = None, reason: str = "", count_try: bool = True
+                        ) -> tuple[list[str], list[str]]:
+        """Queue again the running jobs (of ``worker_pid``, or all): ``(requeued ids, failed ids)``. With
+        ``count_try`` (the worker died under the job) a job that has had :data:`MAX_ATTEMPTS` tries fails with
+        ``reason``; without (the server stopped it) the try is given back."""
         query = "SELECT id, attempts FROM jobs WHERE state = 'running'"
         rows = self._execute(query + (" AND worker_pid = ?" if worker_pid is not None else ""),
                              () if worker_pid is None else (worker_pid,))
         requeued, failed = [], []
         for job_id, attempts in rows:
-            if attempts >= MAX_ATTEMPTS:
+            if count_try and attempts >= MAX_ATTEMPTS:
                 self.fail(job_id, f"{reason} ({attempts} tries); the job was given up")
                 failed.append(job_id)
             else:
                 self._execute("UPDATE jobs SET state = 'queued', stage = 'queued again', progress = 0, "
-                              "worker_pid = NULL, updated = ? WHERE id = ? AND state = 'running'",
-                              (time.time(), job_id))
+                              "attempts = attempts - ?, worker_pid = NULL, updated = ? WHERE id = ? "
+                              "AND state = 'running'", (0 if count_try else 1, time.time(), job_id))
                 requeued.append(job_id)
         return requeued, failed
+
+    def running_pids(self) -> list[int]:
+        return [row[0] for row in self._execute("SELECT DISTINCT worker_pid FROM jobs WHERE state = 'running' "
+                                                "AND worker_pid IS NOT NULL")]
 
     def delete(self, job_id: str) -> None:
         self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))

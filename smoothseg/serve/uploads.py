@@ -3,7 +3,8 @@
 An upload is one image file (NIfTI, NRRD, MetaImage ``.mha``) or a zip of one DICOM series. The uploaded file's
 name only chooses the kind (by its ending); on disk every job uses fixed names under ``<data>/jobs/<id>/``, so no
 uploaded name ever becomes a path. A zip is checked before it is accepted (every member a relative path inside the
-job folder: no ``..``, no absolute path, no link; bounded member count and unpacked size) and unpacked by the worker.
+job folder: no ``..``, no absolute path, no link; bounded member count and unpacked size) and unpacked by the worker;
+an NRRD or MetaImage header must not point at a separate data file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from smoothseg.dataset.io import is_dicom_folder
 from smoothseg.errors import SmoothSegError
 
-__all__ = ["UPLOAD_KINDS", "UploadError", "check_zip", "input_kind", "job_input", "unpack_dicom_zip"]
+__all__ = ["UPLOAD_KINDS", "UploadError", "check_header", "check_zip", "input_kind", "job_input", "unpack_dicom_zip"]
 
 #: Upload ending (lower case) -> the kind of job input (stored as ``input/image<ending>``, a zip as
 #: ``input/upload.zip``).
@@ -43,12 +44,45 @@ def stored_name(kind: str) -> str:
     return "upload.zip" if kind == "dicom-zip" else f"image{kind}"
 
 
+HEADER_BYTES = 65536
+
+
+def check_header(path: Path, kind: str) -> None:
+    """Refuse an NRRD or MetaImage upload whose header points at voxel data in another file (``data file:`` in NRRD,
+    ``ElementDataFile`` other than ``LOCAL`` in MetaImage): ITK would read that file, which could be any file on the
+    server. NIfTI files hold their voxels themselves."""
+    if kind not in (".nrrd", ".mha"):
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(HEADER_BYTES).decode("latin-1")
+    if kind == ".nrrd":
+        header = head.split("\n\n", 1)[0]
+        for line in header.splitlines():
+            key = line.split(":", 1)[0].strip().lower()
+            if key in ("data file", "datafile"):
+                raise UploadError(f"the NRRD header names a separate data file ({line.strip()[:80]!r}); upload one "
+                                  "self-contained .nrrd (attached data)")
+        return
+    for line in head.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().lower() == "elementdatafile":
+            if value.strip() != "LOCAL":
+                raise UploadError(f"the MetaImage header names a separate data file ({value.strip()[:80]!r}); "
+                                  "upload one self-contained .mha (ElementDataFile = LOCAL)")
+            return
+    raise UploadError("the .mha upload has no ElementDataFile line in its header; not a MetaImage file")
+
+
 def check_zip(path: Path, max_unpacked_bytes: int) -> None:
     """Refuse a zip that is not one, or whose members could leave the folder it is unpacked into (zip-slip), are
     links, are too many, or unpack to more than ``max_unpacked_bytes``."""
     if not zipfile.is_zipfile(path):
         raise UploadError("the upload ends in .zip but is not a zip archive")
-    with zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UploadError(f"the zip archive cannot be read ({exc})") from None
+    with archive:
         members = archive.infolist()
         if len(members) > MAX_ZIP_MEMBERS:
             raise UploadError(f"the zip holds {len(members)} entries (at most {MAX_ZIP_MEMBERS})")

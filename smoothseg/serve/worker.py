@@ -14,6 +14,8 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from smoothseg.models.store import select_models
 from smoothseg.paths import using_roots
 from smoothseg.serve.findings import findings_text, model_validation
 from smoothseg.serve.jobs import Job, JobStore
-from smoothseg.serve.uploads import job_input, unpack_dicom_zip
+from smoothseg.serve.uploads import check_header, job_input, unpack_dicom_zip
 from smoothseg.serve.viewer import write_view
 
 __all__ = ["DOWNLOADS", "ServeSettings", "clinical_features", "job_folder", "run_job", "worker_main"]
@@ -109,21 +111,23 @@ def run_job(job: Job, store: JobStore, cascade: CascadePredictor, model: dict[st
     """Run one claimed job to ``done`` or ``failed``."""
     folder = job_folder(settings.data, job.id)
     out = folder / "out"
+    pid = os.getpid()
     try:
         source = job_input(folder, job.input_kind)
+        check_header(source, job.input_kind)
         is_dicom = job.input_kind == "dicom-zip"
         if is_dicom:
-            store.progress(job.id, "unpacking the DICOM zip", 0.01)
+            store.progress(job.id, "unpacking the DICOM zip", 0.01, pid)
             source = unpack_dicom_zip(source, folder / "input" / "dicom", settings.max_unpacked_bytes)
         case = InputCase(job.id, source, ".nii.gz")
         def on_stage(stage: str, fraction: float) -> None:
-            store.progress(job.id, stage, fraction)
+            store.progress(job.id, stage, fraction, pid)
 
         clinical = _clinical(job, cascade, model["clinical_features"])
         outcome = predict_case_files(cascade, clinical, case, out, ".nii.gz", on_stage=on_stage)
         if outcome.status != "ok":
             raise SmoothSegError(outcome.message)
-        store.progress(job.id, "writing the downloads and the viewer", 0.9)
+        store.progress(job.id, "writing the downloads and the viewer", 0.9, pid)
         labels_path = out / "labels.nii.gz"
         (out / f"{job.id}.nii.gz").replace(labels_path)
         case_report = out / f"{job.id}_report.json"
@@ -138,11 +142,11 @@ def run_job(job: Job, store: JobStore, cascade: CascadePredictor, model: dict[st
         write_view(image, geometry, labels, report, folder / "view")
         write_json(report, out / "report.json")  # last: the job's files are complete
         case_report.unlink()
-        store.finish(job.id)
-        logger.info("job %s done (%s)", job.id, job.upload_name)
+        if store.finish(job.id, pid):
+            logger.info("job %s done (%s)", job.id, job.upload_name)
     except Exception as exc:  # noqa: BLE001 - the job fails, the worker goes on
         logger.warning("job %s failed: %s\n%s", job.id, exc, traceback.format_exc())
-        store.fail(job.id, _public(str(exc), folder, job.upload_name))
+        store.fail(job.id, _public(str(exc), folder, job.upload_name), pid)
 
 
 def load_model(settings: ServeSettings) -> tuple[CascadePredictor, dict[str, Any]]:
@@ -157,11 +161,23 @@ def load_model(settings: ServeSettings) -> tuple[CascadePredictor, dict[str, Any
     return cascade, model
 
 
+def _exit_with(server: multiprocessing.process.BaseProcess) -> None:
+    """Watchdog: end this worker at once when its server is gone (even mid-job), so that no orphan keeps writing
+    into jobs that the next server queues again."""
+    while server.is_alive():
+        time.sleep(0.5)
+    os._exit(0)
+
+
 def worker_main(settings: ServeSettings, messages: Any) -> None:
     """The worker process: load the models, say ``("ready", pid)`` (or ``("error", message)``) on ``messages``, then
     claim and run jobs until the process is stopped or its server is gone."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s worker: %(message)s",
                         datefmt="%H:%M:%S")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C stops the server, which stops its worker
+    server = multiprocessing.parent_process()
+    if server is not None:
+        threading.Thread(target=_exit_with, args=(server,), name="smoothseg-watchdog", daemon=True).start()
     try:
         cascade, model = load_model(settings)
         write_json(model, settings.model_file)
@@ -170,8 +186,7 @@ def worker_main(settings: ServeSettings, messages: Any) -> None:
         return
     store = JobStore(settings.database)
     messages.put(("ready", os.getpid()))
-    server = multiprocessing.parent_process()
-    while server is None or server.is_alive():
+    while True:
         job = store.claim(os.getpid())
         if job is None:
             time.sleep(POLL_SECONDS)

@@ -82,6 +82,7 @@
   async function follow(id) {
     $("job").hidden = false;
     $("job-id").textContent = id.slice(0, 8);
+    $("job-name").textContent = "";
     for (;;) {
       let job;
       try {
@@ -90,6 +91,7 @@
         showError("Job " + id.slice(0, 8) + ": " + e.message);
         return;
       }
+      $("job-name").textContent = job.upload_name;
       $("job-state").textContent = job.state;
       $("job-stage").textContent = job.state === "running" ? job.stage : "";
       $("job-progress").value = job.progress;
@@ -171,7 +173,8 @@
     const plane = current.plane;
     const index = Number($("slice").value);
     const info = current.meta.planes[plane];
-    $("slice-label").textContent = (index + 1) + " / " + info.slices + " (" + plane + ")";
+    $("slice-label").textContent = plane + " slice " + index + " of 0-" + (info.slices - 1) +
+      (plane === "axial" ? " (0 = feet)" : "");
     let buffer;
     try { buffer = await fetchSlice(plane, index); } catch (e) { showError("Slice: " + e.message); return; }
     if (current.plane !== plane || Number($("slice").value) !== index) return;  // a newer slice was asked for
