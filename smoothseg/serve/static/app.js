@@ -93,7 +93,7 @@
       }
       $("job-name").textContent = job.upload_name;
       $("job-state").textContent = job.state;
-      $("job-stage").textContent = job.state === "running" ? job.stage : "";
+      $("job-stage").textContent = job.state === "running" ? ", " + job.stage : "";
       $("job-progress").value = job.progress;
       if (job.state === "failed") { showError("The job failed: " + (job.error || "no reason given")); return; }
       if (job.state === "done") { await showResult(job); return; }
