@@ -338,6 +338,8 @@ def test_twenty_uploads_at_once_all_end_and_memory_stays_bounded(server, setup: 
 def test_jobs_survive_a_server_restart(setup: dict, tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = start_server(setup["results"], data, setup["home"])
+    with pytest.raises(RuntimeError, match="another smoothseg_serve is using this data folder"):
+        start_server(setup["results"], data, setup["home"])  # one server per data folder
     with first.client() as client:
         ids = [submit(client, setup["ct"]).json()["id"] for _ in range(2)]
         wait_for(client, ids[0], ("running",), interval=0.02)

@@ -19,6 +19,7 @@ only the page's own script and style files; the page writes every value from an 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -84,7 +85,9 @@ class Supervisor:
 
     def start(self) -> None:
         """Queue again the jobs a previous server left running, start the worker, wait for its models (raises
-        :class:`SmoothSegError` with the worker's reason when they do not load), then watch it."""
+        :class:`SmoothSegError` with the worker's reason when they do not load), then watch it. One server per data
+        folder: a second one is refused (it would queue again the first one's running job)."""
+        self._lock_data_folder()
         store = JobStore(self.settings.database)
         deadline = time.monotonic() + 10.0  # a worker of a server that was killed ends itself within a second
         while any(_alive(pid) for pid in store.running_pids()) and time.monotonic() < deadline:
@@ -97,6 +100,16 @@ class Supervisor:
         self._spawn()
         self._thread = threading.Thread(target=self._watch, name="smoothseg-supervisor", daemon=True)
         self._thread.start()
+
+    def _lock_data_folder(self) -> None:
+        self.settings.data.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.settings.data / "server.lock", "a+")  # noqa: SIM115 - held while serving
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise SmoothSegError(f"{self.settings.data}: another smoothseg_serve is using this data folder; stop it "
+                                 "or give another --data") from None
 
     def _spawn(self) -> None:
         if self._messages is not None:
