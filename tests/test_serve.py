@@ -428,10 +428,13 @@ def test_retention_deletes_old_jobs_and_their_files(tmp_path: Path) -> None:
         store.create(job_id, "x.nii.gz", ".nii.gz", {})
         (tmp_path / "jobs" / job_id / "out").mkdir(parents=True)
         store.fail(job_id, "test")
+    orphan = tmp_path / "jobs" / new_job_id()  # an upload cut off: a folder without a job
+    (orphan / "input").mkdir(parents=True)
+    (orphan / "input" / "image.nii.gz.part").write_bytes(b"partial")
+    assert remove_expired(store, settings) == [] and orphan.exists()  # recent: may still be uploading
     removed = remove_expired(store, settings, now=time.time() + 7 * 86400 + 60)
-    assert sorted(removed) == sorted([old, recent])
+    assert sorted(removed) == sorted([old, recent, orphan.name]) and not orphan.exists()
     assert store.get(old) is None and not (tmp_path / "jobs" / old).exists()
-    assert remove_expired(store, settings) == []
     store.close()
 
 

@@ -190,12 +190,18 @@ def _alive(pid: int) -> bool:
 
 
 def remove_expired(store: JobStore, settings: ServeSettings, now: float | None = None) -> list[str]:
-    """Delete the jobs (files and rows) finished more than ``settings.keep_days`` ago."""
-    cutoff = (time.time() if now is None else now) - settings.keep_days * 86400.0
-    removed = store.finished_before(cutoff)
+    """Delete the jobs (files and rows) finished more than ``settings.keep_days`` ago, and job folders without a
+    job (an upload cut off by a server that was killed) older than a day."""
+    now = time.time() if now is None else now
+    removed = store.finished_before(now - settings.keep_days * 86400.0)
     for job_id in removed:
         shutil.rmtree(job_folder(settings.data, job_id), ignore_errors=True)
         store.delete(job_id)
+    jobs = settings.data / "jobs"
+    for folder in sorted(jobs.iterdir()) if jobs.is_dir() else []:
+        if store.get(folder.name) is None and folder.stat().st_mtime < now - 86400.0:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
     if removed:
         logger.info("retention: %d job(s) older than %g days deleted", len(removed), settings.keep_days)
     return removed
