@@ -55,7 +55,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     inputs = root / "inputs"
     inputs.mkdir()
     return {"root": root, "results": results, "home": root / "home",
-            "ct": phantom_file(inputs / "ct.nii.gz", seed=3), "ct2": phantom_file(inputs / "other.nii.gz", seed=4)}
+            "ct": phantom_file(inputs / "ct.nii.gz", seed=3), "ct2": phantom_file(inputs / "other.nii.gz", seed=4),
+            # a whole small phantom: a job of a few seconds, long enough to be caught running
+            "slow": phantom_file(inputs / "slow.nii.gz", seed=5, shape=(46, 128, 128))}
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +305,7 @@ def test_killing_the_worker_requeues_its_job(server, setup: dict, tmp_path: Path
     with server.client() as client:
         pid = client.get("/api/health").json()["worker"]["pid"]
         restarts = client.get("/api/health").json()["worker"]["restarts"]
-        job_id = submit(client, setup["ct"]).json()["id"]
+        job_id = submit(client, setup["slow"]).json()["id"]
         wait_for(client, job_id, ("running",), interval=0.02)
         os.kill(pid, signal.SIGKILL)
         job = wait_for(client, job_id)
@@ -341,7 +343,7 @@ def test_jobs_survive_a_server_restart(setup: dict, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="another smoothseg_serve is using this data folder"):
         start_server(setup["results"], data, setup["home"])  # one server per data folder
     with first.client() as client:
-        ids = [submit(client, setup["ct"]).json()["id"] for _ in range(2)]
+        ids = [submit(client, setup["slow"]).json()["id"], submit(client, setup["ct"]).json()["id"]]
         wait_for(client, ids[0], ("running",), interval=0.02)
     first.stop()  # SIGTERM: the worker goes with the server; the first job is left running, the second queued
     store = JobStore(data / "jobs.sqlite")
