@@ -14,6 +14,7 @@ from cli_helpers import run_cli
 from inference_helpers import shrink_plans
 from scipy.stats import wilcoxon
 
+from smoothseg.masks.label_noise import LabelNoise
 from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.workflows.ablation import (
     VARIANTS,
@@ -24,6 +25,7 @@ from smoothseg.workflows.ablation import (
     run_ablation,
 )
 from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
+from smoothseg.workflows.training_arms import TrainingArm
 
 SHORT = {"liver_epochs": 1, "tumor_epochs": 1, "iters_per_epoch": 2, "val_iters": 1, "num_workers": 0,
          "step_size": 1.0, "precision": "fp32"}
@@ -124,3 +126,38 @@ def test_ablate_cli_refuses_fold_all_clearly(planned: Path, data_home: Path) -> 
     result = run_cli("ablate", "-d", "900", "-f", "all", "--seeds", "1", home=data_home)
     assert result.returncode == 2
     assert "fold 'all' has no validation cases" in result.stderr
+
+
+def test_training_arms_train_on_noisy_labels_or_fewer_cases_and_score_on_clean_ones(planned: Path,
+                                                                                    data_home: Path) -> None:
+    arm = TrainingArm(LabelNoise("drop", 1.0), fraction=0.5)
+    folder = run_ablation(AblationSettings(dataset=900, folds=("0",), seeds=(0,), variants=("full",), arm=arm,
+                                           **SHORT))
+    assert folder == planned.parents[1] / "results" / planned.name / "ablation" / "arms" / "noise-drop-1_fraction-0.5"
+    root = folder / "preprocessed" / "noise-drop-1_fraction-0.5_seed0" / planned.name
+    clean_splits = json.loads((planned / "splits.json").read_text())["splits"][0]
+    arm_splits = json.loads((root / "splits.json").read_text())["splits"][0]
+    assert len(arm_splits["train"]) == round(0.5 * len(clean_splits["train"])) and arm_splits["val"] == \
+        clean_splits["val"]
+    # the arm's tumour labels lost every lesion under 1 ml; the liver region is the clean one
+    lost = 0
+    for case in sorted(p.name[:-8] for p in (planned / "tumor").glob("*_seg.npy")):
+        clean, noisy = np.load(planned / "tumor" / f"{case}_seg.npy"), np.load(root / "tumor" / f"{case}_seg.npy")
+        assert np.array_equal(clean > 0, noisy > 0)
+        lost += int((clean == 2).sum() - (noisy == 2).sum())
+        assert json.loads((root / "tumor" / f"{case}.json").read_text())["tlvr"] <= \
+            json.loads((planned / "tumor" / f"{case}.json").read_text())["tlvr"]
+    assert lost > 0
+    config = json.loads(next((folder / "models").rglob("SmoothSegTrainer__tumor/fold_0/run_config.json")).read_text())
+    assert config["config"]["seed"] == 0
+    report = json.loads((folder / "ablation.json").read_text())
+    assert report["settings"]["label_noise"] == "drop:1" and report["settings"]["train_fraction"] == 0.5
+    assert report["summary"]["full"]["per_seed"]["0"]["n_cases"] == len(clean_splits["val"])  # scored on all of them
+    assert "Training arm: training labels corrupted by drop:1; 0.5 of each fold's training cases" in \
+        (folder / "ablation.md").read_text()
+    assert (folder / "models" / "seed_0" / "liver").is_dir()  # fewer cases: its own liver model
+    # a noise arm on every case shares the clean run's liver model
+    noise_only = run_ablation(AblationSettings(dataset=900, folds=("0",), seeds=(0,), variants=("full",),
+                                               arm=TrainingArm(LabelNoise("miss", 1.0)), **SHORT))
+    assert not (noise_only / "models" / "seed_0" / "liver").exists()
+    assert (noise_only.parents[1] / "models" / "seed_0" / "liver").is_dir()

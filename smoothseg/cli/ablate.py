@@ -7,7 +7,16 @@ from collections.abc import Sequence
 
 from smoothseg.cli.common import make_parser, run
 from smoothseg.device import PRECISION_CHOICES, resolve_device
+from smoothseg.masks.label_noise import LabelNoise
 from smoothseg.workflows.ablation import VARIANTS, AblationSettings, run_ablation
+from smoothseg.workflows.training_arms import TrainingArm
+
+
+def _noise(text: str) -> LabelNoise:
+    try:
+        return LabelNoise.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -15,7 +24,8 @@ def _body(args: argparse.Namespace) -> int:
         dataset=args.d, folds=tuple(args.f), seeds=tuple(range(args.seeds)), variants=tuple(args.variants),
         liver_epochs=args.liver_epochs, tumor_epochs=args.tumor_epochs, iters_per_epoch=args.iters_per_epoch,
         val_iters=args.val_iters, device=resolve_device(args.device), precision=args.precision,
-        num_workers=args.num_workers, num_processes=args.np, step_size=args.step_size)
+        num_workers=args.num_workers, num_processes=args.np, step_size=args.step_size,
+        arm=TrainingArm(noise=args.label_noise, fraction=args.train_fraction))
     folder = run_ablation(settings)
     print((folder / "ablation.md").read_text())
     print(f"ablation: {folder / 'ablation.json'}, {folder / 'ablation.md'}, {folder / 'reliability.png'}")
@@ -41,7 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step-size", dest="step_size", type=float, default=0.5, help="sliding-window step")
     parser.add_argument("--num-workers", dest="num_workers", type=int, default=None,
                         help="augmentation worker processes per training run")
-    parser.add_argument("-np", type=int, default=1, help="processes for the single-stage model's preprocessing")
+    parser.add_argument("-np", type=int, default=1, help="processes for the single-stage model's and the label-noise "
+                                                         "arm's preprocessing")
+    parser.add_argument("--label-noise", dest="label_noise", type=_noise, default=None, metavar="KIND:LEVEL",
+                        help="train on corrupted tumour labels (boundary:MM, bias:MM, drop:ML, miss:P); validation "
+                             "references stay clean; results under ablation/arms/")
+    parser.add_argument("--train-fraction", dest="train_fraction", type=float, default=1.0,
+                        help="train on a seeded subset of this share of each fold's training cases")
     return run(parser, _body, argv)
 
 

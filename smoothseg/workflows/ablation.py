@@ -97,6 +97,7 @@ from smoothseg.planning.plans import ActiveContourPlan, Plans
 from smoothseg.preprocessing.dataset_preprocessing import preprocess_task
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.trainer import train
+from smoothseg.workflows.training_arms import TrainingArm, arm_preprocessed
 from smoothseg.workflows.validation import validation_cases
 
 __all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablation"]
@@ -106,6 +107,7 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("full", "no_tlvr", "no_vae", "no_active_contour", "single_stage", "no_lesion_sampling", "no_clean_liver",
             "argmax_operating_point", "lesion_synthesis", "deep_supervision")
 ECE_BINS = 10
+ARMS = "arms"
 FINAL = "checkpoint_final.pth"
 LATEST = "checkpoint_latest.pth"
 TRAINER = "SmoothSegTrainer"
@@ -170,6 +172,7 @@ class AblationSettings:
     num_workers: int | None = None
     num_processes: int = 1
     step_size: float = 0.5
+    arm: TrainingArm = field(default_factory=TrainingArm)  # noisy labels or fewer cases (training only)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -181,6 +184,8 @@ class AblationSettings:
         if "all" in self.folds:
             raise SmoothSegError("fold 'all' has no validation cases to compare the variants on")
         self.variants = tuple(dict.fromkeys(("full", *self.variants)))  # the reference is always there
+        if not self.arm.is_default and "single_stage" in self.variants:
+            raise SmoothSegError("the single_stage variant has no label-noise or train-fraction arm; leave it out")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -206,9 +211,12 @@ def _single_stage_preprocessed(dataset_folder: Path, raw: RawDataset, root: Path
 
 
 def _train(spec: ModelSpec, seed: int, fold: str, settings: AblationSettings, folder: Path,
-           single_root: Callable[[], Path]) -> Path:
-    """The final checkpoint of ``spec`` for ``seed`` and ``fold``: trained now, continued, or found."""
-    results = folder / "models" / f"seed_{seed}" / spec.key
+           single_root: Callable[[], Path], arm_root: Callable[[int], Path | None]) -> Path:
+    """The final checkpoint of ``spec`` for ``seed`` and ``fold``: trained now, continued, or found. In a label-noise
+    arm on every case the liver models are the clean run's (the noise leaves the liver region as it is)."""
+    shared_liver = spec.task == "liver" and settings.arm.fraction == 1 and not settings.arm.is_default
+    models = (_base_folder(folder) if shared_liver else folder) / "models"
+    results = models / f"seed_{seed}" / spec.key
     task = "tumor" if spec.task == "tumor" else "liver"
     dataset_name = find_dataset(settings.dataset, preprocessed_root()).name
     fold_folder = results / dataset_name / f"{TRAINER}__{task}" / f"fold_{fold}"
@@ -224,7 +232,7 @@ def _train(spec: ModelSpec, seed: int, fold: str, settings: AblationSettings, fo
         lesion_synthesis=SYNTHESIS_SHARE if spec.synthesis else 0.0, deep_supervision=spec.deep_supervision,
         continue_training=(fold_folder / LATEST).exists(), validate=False)
     logger.info("ablation: training %s (seed %d, fold %s) -> %s", spec.key, seed, fold, fold_folder)
-    preprocessed = single_root() if spec.task == "single" else None
+    preprocessed = single_root() if spec.task == "single" else (None if shared_liver else arm_root(seed))
     with using_roots(results=results, preprocessed=preprocessed):
         train(config, settings.device)
     return fold_folder / FINAL
@@ -460,6 +468,15 @@ def _cell(stat: dict[str, float], digits: int = 3) -> str:
     return format_mean_std(stat["mean"], stat["sd"] if math.isfinite(stat["sd"]) else None, digits)
 
 
+def _arm_text(settings: dict[str, Any]) -> str:
+    noise, fraction = settings.get("label_noise"), settings.get("train_fraction", 1.0)
+    if noise is None and fraction == 1:
+        return ""
+    parts = ([f"training labels corrupted by {noise}"] if noise else []) + \
+        ([f"{fraction:g} of each fold's training cases"] if fraction < 1 else [])
+    return f" **Training arm: {'; '.join(parts)}** (validation references clean)."
+
+
 def ablation_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
     """The tables of ``ablation.md``."""
     seeds, folds = settings["seeds"], settings["folds"]
@@ -468,7 +485,7 @@ def ablation_markdown(summary: dict[str, Any], settings: dict[str, Any]) -> str:
              f"{', '.join(str(s) for s in seeds)}; training {settings['liver_epochs']} liver / "
              f"{settings['tumor_epochs']} tumour epochs x {settings['iters_per_epoch']} iterations. Mean ± sd over "
              "seeds of each seed's value. Δ: per case, the variant's tumour Dice minus full's (seed means), mean "
-             "over cases; p: Wilcoxon signed-rank, two-sided.", "",
+             "over cases; p: Wilcoxon signed-rank, two-sided." + _arm_text(settings), "",
              "| variant | tumour Dice | ≥ 10 cm | < 10 cm | liver Dice | lesion F1 | ECE | Brier | Δ tumour Dice | p |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for variant, entry in summary.items():
@@ -548,12 +565,23 @@ def reliability_diagram(summary: dict[str, Any], path: Path, variants: Sequence[
 def run_ablation(settings: AblationSettings) -> Path:
     """Train what the variants need, predict the folds' validation cases, write ``ablation.json`` / ``.md`` and the
     reliability diagram; returns the ablation folder. Safe to call again: finished models and scored predictions
-    are reused."""
+    are reused. A training arm (``settings.arm``: label noise, fewer cases) has its own folder,
+    ``ablation/arms/<arm>/``, scored against the same clean references."""
     preprocessed = find_dataset(settings.dataset, preprocessed_root())
     raw = RawDataset.find(settings.dataset)
-    folder = results_root() / preprocessed.name / "ablation"
+    base = results_root() / preprocessed.name / "ablation"
+    folder = base if settings.arm.is_default else base / ARMS / settings.arm.key
     folder.mkdir(parents=True, exist_ok=True)
     single_root: dict[str, Path] = {}
+    arm_roots: dict[int, Path] = {}
+
+    def arm_root(seed: int) -> Path | None:
+        if settings.arm.is_default:
+            return None
+        if seed not in arm_roots:
+            arm_roots[seed] = arm_preprocessed(preprocessed, raw, settings.arm, seed, folder / "preprocessed",
+                                               settings.num_processes)
+        return arm_roots[seed]
 
     def single() -> Path:
         if "root" not in single_root:
@@ -576,7 +604,7 @@ def run_ablation(settings: AblationSettings) -> Path:
                 maps = folder / "cases" / "maps" / f"{name}_seed{seed}_fold{fold}"
                 rows[fold] = _load_cache(cache)
                 if rows[fold] is None:
-                    checkpoints = {s.task: _train(s, seed, fold, settings, folder, single) for s in specs}
+                    checkpoints = {s.task: _train(s, seed, fold, settings, folder, single, arm_root) for s in specs}
                     rows[fold] = _predict_group(lambda c=checkpoints: _Pair(c, settings, contours), raw, fold,
                                                 settings, maps)
                     _write_cache(rows[fold], cache)
@@ -596,13 +624,18 @@ def run_ablation(settings: AblationSettings) -> Path:
                 "variants": list(settings.variants), "liver_epochs": settings.liver_epochs,
                 "tumor_epochs": settings.tumor_epochs, "iters_per_epoch": settings.iters_per_epoch,
                 "val_iters": settings.val_iters, "device": str(settings.device), "precision": settings.precision,
-                "step_size": settings.step_size, "active_contours": contours.to_dict(),
+                "step_size": settings.step_size, "active_contours": contours.to_dict(), **settings.arm.to_dict(),
                 "operating_points": points}
     write_json(json_safe({"settings": recorded, "summary": summary, "cases": results}), folder / "ablation.json")
     write_text(ablation_markdown(summary, recorded), folder / "ablation.md")
     reliability_diagram(summary, folder / "reliability.png")
     logger.info("ablation written to %s", folder)
     return folder
+
+
+def _base_folder(folder: Path) -> Path:
+    """The clean run's ablation folder of an arm's folder (``ablation/arms/<arm>`` -> ``ablation``)."""
+    return folder.parent.parent if folder.parent.name == ARMS else folder
 
 
 #: The format of the per-case caches under ``ablation/cases/``; caches of another format are computed again.
