@@ -7,14 +7,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 from cli_helpers import run_cli
 from scipy import ndimage, stats
+from sklearn.model_selection import KFold
 
 from smoothseg.dataset.io import read_image
 from smoothseg.errors import SmoothSegError
-from smoothseg.synthetic.clinical import clinical_row
+from smoothseg.knowledge.tlvr import TLVRRegressor
+from smoothseg.synthetic.clinical import CATEGORICAL, FEATURES, clinical_row
 from smoothseg.synthetic.demo_dataset import load_truth, make_demo_dataset
 from smoothseg.synthetic.phantom import _sample_tumour_sizes, make_phantom, physical_grid, sample_geometry
 
@@ -136,3 +139,31 @@ def test_cli_makes_a_clean_dataset(data_home: Path) -> None:
     assert make.returncode == 0, make.stderr
     verify = run_cli("verify_dataset", "-d", "900", home=data_home)
     assert verify.returncode == 0 and "1 training and 1 test case(s); 0 problem(s)" in verify.stdout
+
+
+def _out_of_fold_r2(signal: float, n: int = 300) -> float:
+    """Out-of-fold R² of the project's TLVR regression on ``n`` simulated patients at ``signal``."""
+    rng = np.random.default_rng(0)
+    tlvr = np.where(rng.uniform(size=n) < 0.25, 0.0, rng.beta(0.6, 6.0, n))
+    diameter = np.where(tlvr > 0, 20 + 250 * np.sqrt(tlvr) + rng.normal(0, 10, n), 0.0)
+    rows = pd.DataFrame([clinical_row(np.random.default_rng([0, i, 1]), t, d, signal, np.random.default_rng([0, i, 2]))
+                         for i, (t, d) in enumerate(zip(tlvr, diameter, strict=True))])
+    predicted = np.zeros(n)
+    for train, test in KFold(5, shuffle=True, random_state=0).split(rows):
+        model = TLVRRegressor(numeric_features=[f for f in FEATURES if f not in CATEGORICAL],
+                              categorical_features=list(CATEGORICAL)).fit(rows.iloc[train], tlvr[train])
+        predicted[test] = model.predict(rows.iloc[test])
+    return 1.0 - float(np.sum((predicted - tlvr) ** 2) / np.sum((tlvr - tlvr.mean()) ** 2))
+
+
+def test_the_clinical_signal_knob_sets_how_much_the_table_knows() -> None:
+    r2 = {signal: _out_of_fold_r2(signal) for signal in (0.0, 0.5, 1.0, 2.0)}
+    assert r2[0.0] < 0.1 < r2[0.5] < r2[1.0] <= r2[2.0] + 0.01
+    assert r2[1.0] > 0.6 and r2[2.0] > 0.8 and 0.35 < r2[0.5] < 0.65
+    # the columns that carry no burden information are drawn the same way whatever the signal
+    rows = [clinical_row(np.random.default_rng([5, 1]), 0.1, 40.0, s, np.random.default_rng([5, 2]))
+            for s in (0.0, 1.0, 3.0)]
+    assert len({(r["Age"], r["Sex"], r["Evidence_of_cirh"]) for r in rows}) == 1
+    assert clinical_row(np.random.default_rng([5, 1]), 0.1, 40.0) == rows[1]  # the default is the demo's data
+    with pytest.raises(ValueError, match="decoy"):
+        clinical_row(np.random.default_rng(0), 0.1, 40.0, 0.5)

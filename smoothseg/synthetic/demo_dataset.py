@@ -25,7 +25,7 @@ from smoothseg.dataset.io import write_image
 from smoothseg.errors import SmoothSegError
 from smoothseg.parallel import map_cases
 from smoothseg.paths import dataset_folder_name, raw_root
-from smoothseg.synthetic.clinical import CATEGORICAL, FEATURES, clinical_row
+from smoothseg.synthetic.clinical import CATEGORICAL, DEFAULT_SIGNAL, FEATURES, clinical_row
 from smoothseg.synthetic.phantom import LABELS, SIZES, make_phantom
 
 logger = logging.getLogger(__name__)
@@ -57,14 +57,16 @@ def _case_files(folder: Path, index: int, n_cases: int) -> tuple[Path, Path]:
             label_path(folder, split, case_id(index), FILE_ENDING))
 
 
-def generate_case(folder: Path, index: int, n_cases: int, seed: int, size: str) -> dict[str, Any]:
+def generate_case(folder: Path, index: int, n_cases: int, seed: int, size: str,
+                  clinical_signal: float = DEFAULT_SIGNAL) -> dict[str, Any]:
     """Render case ``index`` and write its image and label; return its truth and clinical row."""
     phantom = make_phantom(np.random.default_rng([seed, index]), size, tumour_free=is_tumour_free(index))
     image_file, label_file = _case_files(folder, index, n_cases)
     write_image(phantom.image, phantom.geometry, image_file)
     write_image(phantom.label, phantom.geometry, label_file)
     clinical = clinical_row(np.random.default_rng([seed, index, 1]), phantom.info["tlvr"],
-                            phantom.info["max_tumour_diameter_mm"])
+                            phantom.info["max_tumour_diameter_mm"], clinical_signal,
+                            np.random.default_rng([seed, index, 2]))
     return {"case_id": case_id(index), "split": split_of(index, n_cases), "truth": phantom.info,
             "geometry": phantom.geometry.to_dict(), "clinical": clinical}
 
@@ -96,8 +98,10 @@ def _clinical_csv(records: list[dict[str, Any]]) -> str:
 
 
 def make_demo_dataset(raw: Path | None = None, dataset_id: int = DEMO_DATASET_ID, n_cases: int = 24, seed: int = 0,
-                      size: str = "small", num_processes: int = 1, overwrite: bool = False) -> Path:
-    """Write (or complete) the synthetic dataset and return its folder.
+                      size: str = "small", num_processes: int = 1, overwrite: bool = False,
+                      clinical_signal: float = DEFAULT_SIGNAL) -> Path:
+    """Write (or complete) the synthetic dataset and return its folder. ``clinical_signal``: how much the clinical
+    variables know about the tumour burden (:func:`~smoothseg.synthetic.clinical.clinical_row`; 1 by default).
 
     An existing dataset made with the same settings is kept: only missing case files are written.
     One made with other settings is refused unless ``overwrite``.
@@ -107,7 +111,11 @@ def make_demo_dataset(raw: Path | None = None, dataset_id: int = DEMO_DATASET_ID
     if n_cases < 2:
         raise SmoothSegError(f"need at least 2 cases (one to train, one to test), got {n_cases}")
     folder = Path(raw or raw_root()) / dataset_folder_name(dataset_id, DEMO_DATASET_NAME)
+    if not clinical_signal >= 0:
+        raise SmoothSegError(f"--clinical-signal must be >= 0, got {clinical_signal}")
     config = {"generator_version": GENERATOR_VERSION, "seed": seed, "size": size, "n_cases": n_cases}
+    if clinical_signal != DEFAULT_SIGNAL:  # the default's settings stay as they were (existing datasets still match)
+        config["clinical_signal"] = clinical_signal
     dataset_json = folder / "dataset.json"
     if dataset_json.exists() and not overwrite:
         try:
@@ -129,7 +137,7 @@ def make_demo_dataset(raw: Path | None = None, dataset_id: int = DEMO_DATASET_ID
         logger.info("%s is complete (%d cases, seed %d, size %s); nothing to do", folder, n_cases, seed, size)
         return folder
     logger.info("writing %d of %d synthetic cases (size %s, seed %d) to %s", len(todo), n_cases, size, seed, folder)
-    jobs = [(folder, i, n_cases, seed, size) for i in todo]
+    jobs = [(folder, i, n_cases, seed, size, clinical_signal) for i in todo]
     results = map_cases(_generate_star, jobs, num_processes, desc="phantoms")
     done.update({r["case_id"]: r for r in results})
     records = [done[case_id(i)] for i in range(n_cases)]
