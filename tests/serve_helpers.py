@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+from cli_helpers import cli_env
 from inference_helpers import TINY_DATASET, make_model_pair
 
 from smoothseg.dataset.io import Geometry, write_image
@@ -61,12 +61,6 @@ def phantom_file(path: Path, seed: int = 3, shape: tuple[int, int, int] = (24, 6
     return write_image(phantom.image[crop], geometry, path)
 
 
-def server_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMOOTHSEG_")}
-    env.update(SMOOTHSEG_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
-
-
 @dataclass
 class Server:
     process: subprocess.Popen
@@ -92,7 +86,7 @@ def start_server(results: Path, data: Path, home: Path, *args: str, token: str |
                  timeout: float = 180.0) -> Server:
     """``smoothseg_serve`` as a real process (its own worker process), answering ``/api/health``."""
     port = free_port()
-    env = server_env(home)
+    env = cli_env(home, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     if token:
         env["SMOOTHSEG_SERVE_TOKEN"] = token
     log = data.parent / f"serve_{port}.log"

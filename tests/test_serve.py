@@ -284,6 +284,7 @@ def test_uploads_refused_before_queueing(server, setup: dict, tmp_path: Path) ->
         assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
         assert client.get("/api/health").json()["jobs"] == before  # nothing was queued
     assert not any((server.log.parent / "data" / "jobs").glob("*/input/*.part"))
+    assert not any((server.log.parent / "data" / "jobs").glob("*/input/.tmp-*"))  # no half-copied upload left
 
 
 def test_path_traversal_and_unknown_names_are_refused(server, setup: dict) -> None:

@@ -45,6 +45,7 @@ from starlette.datastructures import UploadFile
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.staticfiles import StaticFiles
 
+from smoothseg.atomic import atomic_path
 from smoothseg.errors import SmoothSegError
 from smoothseg.serve.jobs import JOB_ID, Job, JobStore, new_job_id
 from smoothseg.serve.uploads import UploadError, check_header, check_zip, input_kind, job_input
@@ -296,12 +297,10 @@ def _clinical_fields(form: Any, features: list[dict[str, str]]) -> dict[str, str
 
 
 def _copy(upload: UploadFile, destination: Path) -> int:
-    partial = destination.with_name(destination.name + ".part")
-    with open(partial, "wb") as target:
+    with atomic_path(destination) as partial, open(partial, "wb") as target:
         upload.file.seek(0)
         shutil.copyfileobj(upload.file, target, 1024 * 1024)
         size = target.tell()
-    partial.replace(destination)
     return size
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothseg.atomic import write_json
+from smoothseg.atomic import atomic_write, write_json
 from smoothseg.dataset.io import Geometry
 from smoothseg.dataset.orientation import Orientation
 
@@ -27,9 +27,7 @@ HU_RANGE = (-32768, 32767)
 
 
 def _save(array: np.ndarray, path: Path) -> None:
-    temporary = path.with_name(path.name + ".part.npy")
-    np.save(temporary, np.ascontiguousarray(array))
-    temporary.replace(path)
+    atomic_write(path, lambda tmp: np.save(tmp, np.ascontiguousarray(array)))
 
 
 def write_view(image: np.ndarray, geometry: Geometry, labels: np.ndarray, report: dict[str, Any], folder: Path
