@@ -56,7 +56,7 @@ def _body(args: argparse.Namespace) -> int:
     supervisor = Supervisor(settings)
     supervisor.start()  # loads the models in the worker; a model that cannot load stops here with its reason
     app = create_app(settings, supervisor, token=token,
-                     allowed_hosts=LOOPBACK_HOSTS if is_loopback(args.host) else None)
+                     allowed_hosts=[*LOOPBACK_HOSTS, args.host] if is_loopback(args.host) else None)
     print(f"smoothseg_serve: http://{args.host}:{args.port}/ (data in {settings.data}"
           f"{', token required' if token else ''}); Ctrl+C stops it", flush=True)
     try:
