@@ -35,9 +35,12 @@ setup(
         "test": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4", "pydicom>=2.4", "highdicom>=0.22",
                  "openpyxl>=3.1", "dask[distributed]>=2024.1", "playwright>=1.40",
                  "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "pyjpegls>=1.2",
-                 "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27"],
+                 "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx>=0.27",
+                 "openvino>=2024.0", "onnxruntime>=1.17", "onnx>=1.15"],
         "dicom": ["pydicom>=2.4", "highdicom>=0.22", "openpyxl>=3.1"],
         "cluster": ["dask[distributed]>=2024.1"],
+        # faster CPU prediction (smoothseg_predict --engine); onnxruntime and onnx for the comparison engine
+        "cpu-fast": ["openvino>=2024.0", "onnxruntime>=1.17", "onnx>=1.15"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "pydicom>=2.4", "highdicom>=0.22"],
     },
     entry_points={

@@ -34,6 +34,11 @@ less its warm-up pass and the reading of the reference label (work ``smoothseg_p
 child's peak RSS. Both include interpreter start-up, imports and model loading. nnU-Net's plan is printed (spacing,
 patch size) so that it is clear what was compared: one full-resolution network against smoothseg's two-stage cascade.
 
+``--precision`` and ``--engine`` are ``smoothseg_predict``'s (``--engine openvino`` needs ``pip install -e
+".[cpu-fast]"``); the report names the engine and arithmetic each stage used, how many of the tumour crop's tiles
+held liver and ran, and the warm-up time, which includes converting the networks for OpenVINO (cached on disk after
+the first run). ``--reuse`` with ``--workdir`` times again on the dataset and models made by an earlier run.
+
 Usage (``--device cuda`` runs the smoothseg networks on a GPU):
 ``python bench/bench_predict.py --size small`` (about a minute) or ``--size full`` (minutes per setting on a
 2-core CPU; ``--tta off`` skips the 8x slower TTA run); add ``--nnunet-venv /path/to/nnunet-venv`` for the nnU-Net v2
@@ -104,12 +109,13 @@ def _compare(nnunet: NnUNetWorkspace, image: Path, tta: str, wall: float, result
 
 
 def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, out_dir: Path,
-           device: str = "cpu") -> dict:
+           device: str = "cpu", precision: str = "auto", engine: str = "auto") -> dict:
     """Run in a fresh process: load the models, time every stage of one case, report peak RSS."""
     import numpy as np
     import torch
 
     from smoothseg.dataset.io import read_image
+    from smoothseg.device import precision_name
     from smoothseg.inference.cascade import CascadePredictor, ModelOptions
     from smoothseg.inference.postprocessing import compose_labels, refine_and_compose
     from smoothseg.inference.report import case_report, write_case_report
@@ -119,8 +125,8 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
         torch.set_num_threads(threads)
     times: dict[str, float] = {}
     peaks: dict[str, float] = {}
-    cascade = CascadePredictor.from_models(select_models("900"), ModelOptions(device=torch.device(device), tta=tta,
-                                                                               active_contour="on"))
+    cascade = CascadePredictor.from_models(select_models("900"), ModelOptions(
+        device=torch.device(device), tta=tta, active_contour="on", precision=precision, engine=engine))
     t0 = time.perf_counter()
     model_mb = sum(p.numel() * p.element_size() for stage in (cascade.liver, cascade.tumor)
                    for net in stage.networks for p in net.parameters()) / 2**20
@@ -156,6 +162,10 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
     times["tumour stage"] = time.perf_counter() - t0
     peaks["tumour stage"] = _peak_mb()
 
+    t0 = time.perf_counter()
+    tiles = _tumour_tiles(cascade, image, geometry, liver)
+    aside["tile count"] = time.perf_counter() - t0
+
     tumour = (reference == 2) & liver
     t0 = time.perf_counter()
     labels = refine_and_compose(image, geometry, compose_labels(liver, tumour), cascade.active_contour_params)
@@ -173,7 +183,25 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
             "peak_model_mb": peak_model_mb,
             "input_mb": image.size * 4 / 2**20, "shape": list(image.shape), "lesions": int(_count_lesions(tumour)),
             "predicted_liver_ml_fraction": float(predicted_liver.mean()), "threads": torch.get_num_threads(),
-            "aside": aside}
+            "aside": aside, "tumour_tiles": tiles, "engines": cascade.model_info["engines"],
+            "precision": {s.task: precision_name(s.dtype) for s in (cascade.liver, cascade.tumor)}}
+
+
+def _tumour_tiles(cascade, image, geometry, liver) -> list[int]:
+    """``[tiles run, tiles of the crop box]`` of the tumour stage's sliding window on this case."""
+    import itertools
+    import math
+
+    import torch
+
+    from smoothseg.inference.sliding_window import _pad_to_patch, compute_tile_starts, tiles_to_run
+
+    data, properties = cascade.tumor.preprocess(image, geometry, liver)
+    patch = cascade.tumor.patch_sizes[0]
+    region, _ = _pad_to_patch(torch.from_numpy(properties["network_region"][None].astype("uint8")), patch, 0)
+    starts = compute_tile_starts(region.shape[1:], patch, cascade.tumor.step_size)
+    tiles = [tuple(slice(s, s + p) for s, p in zip(c, patch, strict=True)) for c in itertools.product(*starts)]
+    return [len(tiles_to_run(tiles, region[0].bool())), math.prod(len(s) for s in starts)]
 
 
 def _count_lesions(mask) -> int:
@@ -195,7 +223,9 @@ def _report(name: str, result: dict) -> None:
     times = result["times"]
     total = sum(times.values())
     print(f"\n{name}: image {result['shape']} (z, y, x), {result['lesions']} lesion(s), "
-          f"{result['threads']} torch thread(s)")
+          f"{result['threads']} torch thread(s); engines {result['engines']}, precision {result['precision']}; "
+          f"tumour tiles run {result['tumour_tiles'][0]} of {result['tumour_tiles'][1]}; warm-up (incl. any engine "
+          f"conversion) {result['aside']['warm-up pass']:.1f} s")
     for stage, seconds in times.items():
         print(f"  {stage:18s} {seconds:8.2f} s  ({100 * seconds / total:5.1f} %)   peak RSS so far "
               f"{result['peaks'][stage]:6.0f} MB")
@@ -219,13 +249,17 @@ def main() -> None:
     parser.add_argument("--workdir", help="scratch folder (default: a temporary folder)")
     parser.add_argument("--nnunet-venv", help="virtual environment with nnunetv2, for the side-by-side yardstick")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the networks run (smoothseg side)")
+    parser.add_argument("--precision", default="auto", help="smoothseg_predict's --precision (auto, fp32, bf16)")
+    parser.add_argument("--engine", default="auto", help="smoothseg_predict's --engine (auto, torch, openvino, "
+                                                         "onnxruntime)")
+    parser.add_argument("--reuse", action="store_true", help="reuse the dataset and models already in --workdir")
     parser.add_argument("--child", nargs=3, metavar=("IMAGE", "LABEL", "TTA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         image, label, tta = args.child
         print(json.dumps(_child(Path(image), Path(label), tta == "on", args.threads, Path(args.workdir),
-                                args.device)))
+                                args.device, args.precision, args.engine)))
         return
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="smoothseg-bench-predict-"))
@@ -233,12 +267,20 @@ def main() -> None:
     for var in ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS"):
         os.environ.pop(var, None)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
-    image, label = _prepare(work, args.size, args.gpu_memory_target)
+    if args.reuse and not args.workdir:
+        raise SystemExit("--reuse needs --workdir")
+    raw = work / "home" / "raw" / DATASET
+    if args.reuse and (work / "home" / "results" / DATASET).is_dir():
+        image = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))[0]
+        label = raw / "labelsTs" / image.name.replace("_0000", "")
+        print(f"reusing the dataset and untrained models in {work}")
+    else:
+        image, label = _prepare(work, args.size, args.gpu_memory_target)
     nnunet = _prepare_nnunet(Path(args.nnunet_venv), work, image, args.gpu_memory_target) if args.nnunet_venv else None
     settings = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}[args.tta]
     for tta in settings:
         cmd = [sys.executable, __file__, "--child", str(image), str(label), tta, "--workdir", str(work),
-               "--device", args.device]
+               "--device", args.device, "--precision", args.precision, "--engine", args.engine]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         t0 = time.perf_counter()

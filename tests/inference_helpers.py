@@ -69,3 +69,34 @@ def shrink_plans(preprocessed_folder: Path) -> Path:
         cfg["network"].update(init_filters=4, vae_nz=16)
     plans_path.write_text(json.dumps(plans))
     return Path(preprocessed_folder)
+
+
+def train_tiny_pair(home: Path, raw_dataset: Path) -> Path:
+    """``home`` as a data home with ``raw_dataset`` (copied) planned, preprocessed with :func:`shrink_plans` and tiny
+    liver + tumour models trained for fold 0 (one epoch of two iterations, one torch thread); returns ``home``.
+
+    The roots are pointed at ``home`` only for the call."""
+    import shutil
+
+    import pytest
+    import torch
+
+    from smoothseg.training.config import TrainingConfig
+    from smoothseg.training.trainer import train
+    from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
+
+    shutil.copytree(raw_dataset, home / "raw" / raw_dataset.name)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS"):
+            mp.delenv(var, raising=False)
+        mp.setenv("SMOOTHSEG_HOME", str(home))
+        torch.set_num_threads(1)  # tiny networks: threads cost more than they give
+        try:
+            shrink_plans(plan_and_preprocess(900).folder)
+            for task in ("liver", "tumor"):
+                train(TrainingConfig(dataset="900", task=task, fold="0", device="cpu", epochs=1, iters_per_epoch=2,
+                                     val_iters=1, num_workers=0))
+        finally:
+            torch.set_num_threads(threads)
+    return home

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import run_cli
-from inference_helpers import shrink_plans
+from inference_helpers import train_tiny_pair
 
 from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.errors import SmoothSegError
@@ -29,9 +29,6 @@ from smoothseg.inference.postprocessing import postprocess_liver
 from smoothseg.inference.predictor import StagePredictor
 from smoothseg.models.archive import export_models, install_models
 from smoothseg.models.store import select_models
-from smoothseg.training.config import TrainingConfig
-from smoothseg.training.trainer import train
-from smoothseg.workflows.plan_and_preprocess import plan_and_preprocess
 from smoothseg.workflows.validation import validate_fold
 
 DATASET = "Dataset900_SyntheticLiver"
@@ -43,22 +40,7 @@ _ROOT_VARS = ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, demo_dataset_pristine: Path) -> Path:
     """A data home with the demo dataset preprocessed and tiny liver + tumour models trained for fold 0."""
-    home = tmp_path_factory.mktemp("predict") / "home"
-    shutil.copytree(demo_dataset_pristine, home / "raw" / demo_dataset_pristine.name)
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        for var in _ROOT_VARS:
-            mp.delenv(var, raising=False)
-        mp.setenv("SMOOTHSEG_HOME", str(home))
-        torch.set_num_threads(1)  # tiny networks: threads cost more than they give
-        try:
-            shrink_plans(plan_and_preprocess(900).folder)
-            for task in ("liver", "tumor"):
-                train(TrainingConfig(dataset="900", task=task, fold="0", device="cpu", epochs=1, iters_per_epoch=2,
-                                     val_iters=1, num_workers=0))
-        finally:
-            torch.set_num_threads(threads)
-    return home
+    return train_tiny_pair(tmp_path_factory.mktemp("predict") / "home", demo_dataset_pristine)
 
 
 @pytest.fixture

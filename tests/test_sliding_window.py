@@ -248,3 +248,72 @@ def test_argument_checks() -> None:
         sliding_window_predict(model, _image((9, 11, 13)), PATCH, 3, mirror_axes=(3,))
     with pytest.raises(ValueError):
         sliding_window_predict(model, _image((9, 11, 13)), PATCH, 3, batch_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiles outside a region (the tumour stage's liver) are not run
+# ----------------------------------------------------------------------------------------------------------------
+
+class CountingModel(nn.Module):
+    """A contextual model that counts the tiles it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = contextual_model()
+        self.tiles = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tiles += x.shape[0]
+        return self.inner(x)
+
+
+def _corner_region(shape: tuple[int, int, int]) -> np.ndarray:
+    region = np.zeros(shape, dtype=bool)
+    region[1:5, 2:7, 3:8] = True  # one corner of the image: most tiles hold none of it
+    return region
+
+
+def test_tiles_without_the_region_are_not_run_and_the_region_keeps_its_probabilities() -> None:
+    shape = (24, 40, 44)
+    image = _image(shape, 1)
+    region = _corner_region(shape)
+    everything, skipping = CountingModel(), CountingModel()
+    reference = sliding_window_predict(everything, image, PATCH, 3, batch_size=1)
+    out = sliding_window_predict(skipping, image, PATCH, 3, batch_size=1, region=region)
+    all_tiles = int(np.prod([len(s) for s in compute_tile_starts(shape, PATCH, 0.5)]))
+    assert everything.tiles == all_tiles
+    assert 0 < skipping.tiles < all_tiles / 4
+    assert skipping.tiles == len(sw.tiles_to_run(
+        [tuple(slice(s, s + p) for s, p in zip(c, PATCH, strict=True))
+         for c in itertools.product(*compute_tile_starts(shape, PATCH, 0.5))], region))
+    # the region and its margin: summed over the same tiles as before
+    near = np.zeros(shape, dtype=bool)
+    near[0:5 + sw.REGION_MARGIN, 0:7 + sw.REGION_MARGIN, 1:8 + sw.REGION_MARGIN] = True
+    torch.testing.assert_close(out[:, torch.from_numpy(near)], reference[:, torch.from_numpy(near)], atol=1e-6, rtol=0)
+    # voxels no tile reached: background; everywhere a probability distribution
+    far = out[:, -1, -1, -1]
+    assert far.tolist() == [1.0, 0.0, 0.0]
+    torch.testing.assert_close(out.sum(0), torch.ones(shape), atol=1e-5, rtol=0)
+
+
+def test_a_tile_that_touches_the_region_only_within_the_margin_still_runs() -> None:
+    tiles = [(slice(0, 8), slice(0, 10), slice(0, 12)), (slice(0, 8), slice(0, 10), slice(14, 26))]
+    region = np.zeros((8, 10, 26), dtype=bool)
+    region[4, 5, 13] = True  # one voxel between the two tiles: 2 voxels past the first, next to the second
+    assert sw.tiles_to_run(tiles, region, margin=2) == tiles
+    assert sw.tiles_to_run(tiles, region, margin=1) == tiles[1:]
+    assert sw.tiles_to_run(tiles, region, margin=0) == []
+    assert sw.tiles_to_run(tiles, None) == tiles
+
+
+def test_an_empty_region_runs_no_tile_and_a_full_one_every_tile() -> None:
+    shape = (9, 11, 13)
+    image = _image(shape, 1)
+    model = CountingModel()
+    out = sliding_window_predict(model, image, PATCH, 3, region=np.zeros(shape, dtype=bool))
+    assert model.tiles == 0 and bool((out[0] == 1).all())
+    model = CountingModel()
+    full = sliding_window_predict(model, image, PATCH, 3, region=np.ones(shape, dtype=bool))
+    torch.testing.assert_close(full, sliding_window_predict(contextual_model(), image, PATCH, 3))
+    with pytest.raises(ValueError, match="region shape"):
+        sliding_window_predict(model, image, PATCH, 3, region=np.ones((9, 11, 12), dtype=bool))

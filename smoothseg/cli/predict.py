@@ -13,6 +13,7 @@ from smoothseg.errors import SmoothSegError
 from smoothseg.inference.cascade import ModelOptions
 from smoothseg.inference.cohort import CohortOptions, predict
 from smoothseg.inference.dask_cohort import DaskSettings, predict_on_dask
+from smoothseg.inference.engines import ENGINE_CHOICES
 from smoothseg.inference.operating_point import ARGMAX, threshold_value
 
 
@@ -42,7 +43,7 @@ def _confidence(text: str) -> float:
 def _body(args: argparse.Namespace) -> int:
     models = ModelOptions(
         device=resolve_device(args.device), step_size=args.step_size,
-        tta=False if args.disable_tta else (True if args.tta else None), precision=args.precision,
+        tta=False if args.disable_tta else (True if args.tta else None), precision=args.precision, engine=args.engine,
         save_probabilities=args.save_probabilities,
         active_contour="off" if args.no_active_contour else args.active_contour,
         min_lesion_volume_ml=args.min_lesion_ml, tumor_threshold=args.tumor_threshold,
@@ -84,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also write <case>.npz with the tumour probability map (float16; for calibration)")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                         help="network arithmetic: auto = fp16 on CUDA, bf16 on a CPU with bfloat16 units, else fp32")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                        help="what runs the networks: auto = openvino on a CPU where it is installed "
+                             "(pip install \"smoothseg[cpu-fast]\"), else torch; onnxruntime (float32) for comparison")
     tta = parser.add_mutually_exclusive_group()
     tta.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
                      help="no mirroring test-time augmentation (the default on CPU)")

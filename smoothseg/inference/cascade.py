@@ -41,9 +41,10 @@ import numpy as np
 import torch
 
 from smoothseg.dataset.io import Geometry
-from smoothseg.device import autocast_dtype, precision_name, resolve_device
+from smoothseg.device import precision_name, resolve_device
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.contour_choice import choice_from_folders
+from smoothseg.inference.engines import ENGINE_CHOICES, engine_dtype, resolve_engine
 from smoothseg.inference.lesion_filter import remove_small_lesions
 from smoothseg.inference.operating_point import (
     ARGMAX,
@@ -82,13 +83,15 @@ class ModelOptions:
     ``min_lesion_confidence`` None: the one chosen on the validation (0, every lesion, without one); a number in
     [0, 1): lesions whose highest P(tumour) is below it are dropped.
     ``precision``: the networks' arithmetic (:func:`smoothseg.device.autocast_dtype`; ``auto``: fp16 on CUDA, bf16 on
-    a CPU with bfloat16 units, else fp32).
+    a CPU with bfloat16 units, else fp32). ``engine``: what runs the networks (:mod:`smoothseg.inference.engines`;
+    ``auto``: OpenVINO on a CPU where it is installed, else torch).
     """
 
     device: torch.device | None = None
     step_size: float = 0.5
     tta: bool | None = None
     precision: str = "auto"
+    engine: str = "auto"
     save_probabilities: bool = False  # also write <case>.npz with the tumour probability map
     active_contour: str | bool = "auto"
     min_lesion_volume_ml: float | None = None
@@ -103,6 +106,8 @@ class ModelOptions:
                                  f"got {self.active_contour!r}")
         self.active_contour = mode
         threshold_value(self.tumor_threshold)  # refuses anything but None, "argmax" or a number in (0, 1)
+        if self.engine not in ENGINE_CHOICES:
+            raise SmoothSegError(f"unknown engine '{self.engine}'; use {', '.join(ENGINE_CHOICES)}")
         if self.min_lesion_confidence is not None and not 0.0 <= self.min_lesion_confidence < 1.0:
             raise SmoothSegError(f"a minimum lesion confidence lies in [0, 1), got {self.min_lesion_confidence}")
 
@@ -115,6 +120,8 @@ def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
+    # The engine is recorded beside the id but not hashed: engines differ by floating-point rounding (as two CPUs do),
+    # which changes a label only at a tie; precision changes the arithmetic itself and is hashed.
     relevant = {k: settings.get(k) for k in ("active_contour", "active_contour_settings", "tta", "step_size",
                                              "min_lesion_volume_ml", "precision", "tumor_threshold",
                                              "min_lesion_confidence")}
@@ -137,11 +144,13 @@ def describe_models(pair: ModelPair, options: ModelOptions) -> dict[str, Any]:
     if options.min_lesion_confidence is not None:
         confidence, confidence_source = float(options.min_lesion_confidence), "given"
     chosen, why = _chosen_contours(pair, options.active_contour)
+    engine = resolve_engine(options.engine, device)  # an explicit engine that cannot run here fails now
     info = {**pair.to_dict(), "active_contour": options.active_contour != "off" and chosen != "none",
             "active_contour_mode": options.active_contour, "active_contour_settings": chosen,
             "active_contour_source": why,
             "tta": bool(options.tta) if options.tta is not None else device.type == "cuda",
-            "step_size": options.step_size, "precision": precision_name(autocast_dtype(device, options.precision)),
+            "step_size": options.step_size, "engine": options.engine,
+            "precision": precision_name(engine_dtype(engine, device, options.precision)),
             "min_lesion_volume_ml": min_ml, "min_lesion_volume_source": source,
             "tumor_threshold": ARGMAX if threshold is None else threshold, "tumor_threshold_source": threshold_source,
             "min_lesion_confidence": confidence, "min_lesion_confidence_source": confidence_source}
@@ -220,8 +229,10 @@ class CascadePredictor:
         device = options.device if options.device is not None else resolve_device("auto")
         info = describe_models(pair, replace(options, device=device))
         stages = {task: StagePredictor(pair.checkpoints(task), device=device, step_size=options.step_size,
-                                       tta=options.tta, precision=options.precision, progress=options.progress)
+                                       tta=options.tta, precision=options.precision, engine=options.engine,
+                                       progress=options.progress)
                   for task in ("liver", "tumor")}
+        info["engines"] = {task: stage.engine for task, stage in stages.items()}  # what "auto" chose per stage
         chosen = info["active_contour_settings"]
         params = None if chosen == "none" else active_contour_plan(stages["tumor"].plan) if chosen == "plan" else \
             ActiveContourPlan.from_dict(chosen)
@@ -267,7 +278,8 @@ class CascadePredictor:
         if not liver.any():
             return liver, tumour, probability
         data, properties = self.tumor.preprocess(image, geometry, liver)
-        probabilities = self.tumor.predict_preprocessed(data)
+        # tiles of the crop box that hold no liver are not run (their voxels are background, the others unchanged)
+        probabilities = self.tumor.predict_preprocessed(data, properties.get("network_region"))
         del data
         cropped, region = self.tumor.revert_labels_to_crop(probabilities, properties)
         if probability is not None:

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 from smoothseg.dataset.io import Geometry
-from smoothseg.device import autocast_dtype, precision_name, resolve_device
+from smoothseg.device import precision_name, resolve_device
 from smoothseg.errors import SmoothSegError
+from smoothseg.inference.engines import compile_network, engine_dtype, file_key, resolve_engine
 from smoothseg.inference.sliding_window import sliding_window_predict
 from smoothseg.models.build import network_from_checkpoint
 from smoothseg.models.checkpoint import load_checkpoint
@@ -75,20 +76,21 @@ class StagePredictor:
         Arithmetic of the networks (:func:`smoothseg.device.autocast_dtype`): ``auto`` is fp16 on CUDA, bf16 on a CPU
         with bfloat16 units (about 2x faster per tile, documentation/benchmarks.md), else fp32. On a CPU the
         networks also run channels-last (a further ~1.4x, same arithmetic).
+    engine:
+        What runs the networks (:mod:`smoothseg.inference.engines`): ``auto`` (OpenVINO on a CPU where it is
+        installed, else torch), ``torch``, ``openvino`` or ``onnxruntime``.
     progress:
         Show a progress bar over the tiles.
     """
 
     def __init__(self, checkpoints: Sequence[str | Path], *, device: str | torch.device = "auto",
                  step_size: float = 0.5, tta: bool | None = None, tile_batch_size: int | None = None,
-                 precision: str = "auto", progress: bool = False) -> None:
+                 precision: str = "auto", engine: str = "auto", progress: bool = False) -> None:
         if not checkpoints:
             raise SmoothSegError("StagePredictor needs at least one checkpoint")
         self.device = resolve_device(device)
         self.step_size = float(step_size)
         self.tta = bool(tta) if tta is not None else self.device.type == "cuda"
-        self.autocast_dtype = autocast_dtype(self.device, precision)
-        self.channels_last = self.device.type == "cpu"
         self.progress = progress
         self.checkpoints = [Path(p) for p in checkpoints]
         payloads = [load_checkpoint(p, "cpu") for p in self.checkpoints]
@@ -104,6 +106,12 @@ class StagePredictor:
                 raise SmoothSegError(f"{path}: its '{self.task}' preprocessing plan differs from that of "
                                      f"{self.checkpoints[0]}; folds with different preprocessing cannot be ensembled")
         self.patch_sizes = [tuple(p[self.task].patch_size) for p in plans]
+        self.engine = resolve_engine(engine, self.device, self._tile_elements())
+        #: The networks' arithmetic (None: float32), whichever engine computes it.
+        self.dtype = engine_dtype(self.engine, self.device, precision)
+        # torch applies autocast and channels-last itself; another engine was compiled for its arithmetic.
+        self.autocast_dtype = self.dtype if self.engine == "torch" else None
+        self.channels_last = self.device.type == "cpu" and self.engine == "torch"
         self.tile_batch_size = int(tile_batch_size or self._default_tile_batch_size())
         self.preprocessor = TaskPreprocessor.from_plans(self.plans, self.task)
         self.fill_value = outside_fill_value(self.plan)
@@ -111,18 +119,26 @@ class StagePredictor:
         self.tlvr_models: list[dict[str, Any]] = [p["tlvr_model"] for p in payloads if p.get("tlvr_model")]
         self.networks = [self._network(p, path) for p, path in zip(payloads, self.checkpoints, strict=True)]
         self.num_parameters = sum(p.numel() for net in self.networks for p in net.parameters())
+        #: What the sliding window calls: the modules (torch) or their compiled counterparts.
+        self.runners = [compile_network(net, self.engine, self.dtype,
+                                        cache_key=file_key(path) if self.engine == "openvino" else None)
+                        for net, path in zip(self.networks, self.checkpoints, strict=True)]
         tta_text = (f"on (axes {self.mirror_axes})" if self.mirror_axes
                     else "off (the plan mirrors no axis)" if self.tta else "off")
-        logger.info("%s stage: %d fold(s) (%s) of %s, device %s, %s, TTA %s, step %.2f", self.task,
-                    len(self.networks), ", ".join(self.folds), self.dataset, self.device,
-                    precision_name(self.autocast_dtype), tta_text, self.step_size)
+        logger.info("%s stage: %d fold(s) (%s) of %s, device %s, %s engine, %s, TTA %s, step %.2f", self.task,
+                    len(self.networks), ", ".join(self.folds), self.dataset, self.device, self.engine,
+                    precision_name(self.dtype), tta_text, self.step_size)
+
+    def _tile_elements(self) -> int:
+        """Voxels of a tile x the network's first-stage filters (the plan's), the measure of a tile's cost."""
+        return math.prod(self.plan.patch_size) * self.plan.network.init_filters
 
     def _default_tile_batch_size(self) -> int:
         """On a GPU the training batch size fits and keeps the device busy. On a CPU, single small tiles run
         pathologically slowly (measured with torch 2.13's oneDNN convolutions, 8 filters, patch 32 x 48 x 48:
         0.29 s per tile alone, 0.036 s per tile in pairs), while for large tiles batching gains nothing
         (80 x 96 x 96 x 32 filters: 3.6 vs 3.2 s per tile) and multiplies the activation memory."""
-        small = math.prod(self.plan.patch_size) * self.plan.network.init_filters <= SMALL_TILE_ELEMENTS
+        small = self._tile_elements() <= SMALL_TILE_ELEMENTS
         return self.plan.batch_size if self.device.type == "cuda" or small else 1
 
     @staticmethod
@@ -158,7 +174,9 @@ class StagePredictor:
         """Original image -> network input ``(1, z, y, x)`` and the properties needed to revert.
 
         For a configuration that crops to the liver, ``liver_mask`` (on the original grid) gives the crop, and the
-        intensities outside it are set to the fill value, exactly as the training loader masks its patches.
+        intensities outside it are set to the fill value, exactly as the training loader masks its patches; the
+        properties then also hold that mask on the network's grid as ``"network_region"`` (for
+        :meth:`predict_preprocessed`, which need not run tiles without liver).
         """
         if not self.needs_liver_mask:
             data, _, properties = self.preprocessor.preprocess(image, geometry)
@@ -171,19 +189,24 @@ class StagePredictor:
         mask = np.asarray(liver_mask, dtype=np.uint8)
         data, seg, properties = masker.preprocess(image, geometry, liver_mask=mask.astype(bool), label=mask)
         data[0][seg == 0] = self.fill_value
+        properties["network_region"] = seg > 0
         return data, properties
 
     # -- network -------------------------------------------------------------------------------------------------------
-    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
-        """Fold-averaged class probabilities ``(C, z, y, x)`` (float32) on the preprocessed grid."""
+    def predict_preprocessed(self, data: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+        """Fold-averaged class probabilities ``(C, z, y, x)`` (float32) on the preprocessed grid.
+
+        ``region`` (a mask on that grid, e.g. the liver the tumour stage crops to; the ``"network_region"`` of
+        :meth:`preprocess`'s properties): tiles that hold none of it, with a margin, are not run (background there).
+        """
         image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         total: torch.Tensor | None = None
-        for network, patch_size in zip(self.networks, self.patch_sizes, strict=True):
+        for runner, patch_size in zip(self.runners, self.patch_sizes, strict=True):
             probabilities = sliding_window_predict(
-                network, image, patch_size, self.plan.num_classes, step_size=self.step_size,
+                runner, image, patch_size, self.plan.num_classes, step_size=self.step_size,
                 batch_size=self.tile_batch_size, mirror_axes=self.mirror_axes, device=self.device,
                 gaussian=True, progress=self.progress, pad_value=self.fill_value, autocast_dtype=self.autocast_dtype,
-                channels_last=self.channels_last)
+                channels_last=self.channels_last, region=region)
             total = probabilities if total is None else total.add_(probabilities)
         assert total is not None
         if len(self.networks) > 1:

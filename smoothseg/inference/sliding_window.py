@@ -12,6 +12,11 @@ This module owns the patch-wise prediction of a whole (preprocessed) volume with
 4. the result is ``sum(w * p) / sum(w)`` per voxel: a convex combination of per-tile probabilities, so it is a
    valid probability distribution over classes at every voxel.
 
+With a ``region`` (the tumour stage's liver mask on its grid), tiles that hold none of it, even after growing them by
+``region_margin`` voxels on every side, are not run: the voxels near the region are then summed over exactly the
+tiles that summed them before, so their probabilities are unchanged, and voxels no tile reached are background
+(probability 1 for class 0). The tumour stage's crop is the liver's bounding box, whose corners hold no liver.
+
 Choice: probabilities, not logits. nnU-Net v2 averages logits and applies the softmax at the end; we average
 probabilities instead. Averaging probabilities keeps each tile's (and each flip's) vote bounded, so one
 over-confident tile cannot dominate its neighbours, and the output can be used directly as per-class probabilities.
@@ -37,11 +42,15 @@ import torch.nn.functional as F
 from smoothseg.device import autocast as device_autocast
 from smoothseg.logging_setup import progress_bar
 
-__all__ = ["compute_tile_starts", "gaussian_importance_map", "sliding_window_predict"]
+__all__ = ["REGION_MARGIN", "compute_tile_starts", "gaussian_importance_map", "sliding_window_predict", "tiles_to_run"]
 
 logger = logging.getLogger(__name__)
 
 Network = Callable[[torch.Tensor], torch.Tensor]
+
+#: Voxels by which a tile is grown before asking whether it holds any of the region: the region's neighbours, which
+#: the linear interpolation back to the original grid reads, keep every tile that covered them.
+REGION_MARGIN = 2
 
 
 def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8, *,
@@ -183,8 +192,29 @@ class _Accumulator:
             done["weights"] = True
 
     def result(self) -> torch.Tensor:
-        """The weighted mean, computed in place (the accumulators are consumed)."""
+        """The weighted mean, computed in place (the accumulators are consumed); a voxel no tile reached (all its tiles
+        were skipped) is background: probability 1 for class 0."""
+        unreached = self.weights == 0
+        if bool(unreached.any()):
+            self.values[:, unreached] = 0.0
+            self.values[0][unreached] = 1.0
+            self.weights[unreached] = 1.0
         return self.values.div_(self.weights)
+
+
+def tiles_to_run(tiles: Sequence[tuple[slice, ...]], region: torch.Tensor | np.ndarray | None,
+                 margin: int = REGION_MARGIN) -> list[tuple[slice, ...]]:
+    """The tiles (slices over a padded image) that hold a voxel of ``region`` (a mask of the padded image's shape)
+    once grown by ``margin`` voxels on every side; every tile when ``region`` is None."""
+    if region is None:
+        return list(tiles)
+    mask = torch.as_tensor(np.asarray(region, dtype=bool))
+    kept = []
+    for tile in tiles:
+        grown = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in tile)
+        if bool(mask[grown].any()):
+            kept.append(tile)
+    return kept
 
 
 def _forward(network: Network, batch: torch.Tensor) -> torch.Tensor:
@@ -228,7 +258,8 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
                            mirror_axes: Sequence[int] | None = None, device: torch.device | str = "cpu",
                            gaussian: bool = True, accumulate_device: torch.device | str | None = None,
                            progress: bool = False, pad_value: float = 0.0, autocast_dtype: torch.dtype | None = None,
-                           channels_last: bool = False) -> torch.Tensor:
+                           channels_last: bool = False, region: torch.Tensor | np.ndarray | None = None,
+                           region_margin: int = REGION_MARGIN) -> torch.Tensor:
     """Predict per-class probabilities for a whole image, patch by patch.
 
     Parameters
@@ -267,6 +298,9 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
     channels_last:
         Give the network its tiles in channels-last memory order (for a network converted with
         ``.to(memory_format=torch.channels_last_3d)``; faster with oneDNN on a CPU).
+    region:
+        Optional mask of the image's spatial shape: tiles that hold none of it within ``region_margin`` voxels are
+        not run, and voxels no tile reached are background (see the module docstring). None: every tile runs.
 
     Returns
     -------
@@ -294,6 +328,14 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
     starts = compute_tile_starts(padded_shape, patch_size, step_size)
     tiles = [tuple(slice(s, s + int(p)) for s, p in zip(corner, patch_size, strict=True))
              for corner in itertools.product(*starts)]
+    if region is not None:
+        region = torch.as_tensor(np.asarray(region, dtype=bool))
+        if tuple(region.shape) != tuple(image.shape[1:]):
+            raise ValueError(f"region shape {tuple(region.shape)} differs from the image's {tuple(image.shape[1:])}")
+        padded_region, _ = _pad_to_patch(region[None].to(torch.uint8), patch_size, 0)
+        all_tiles = len(tiles)
+        tiles = tiles_to_run(tiles, padded_region[0].bool(), region_margin)
+        logger.debug("Sliding window: %d of %d tiles hold the region; the others are not run", len(tiles), all_tiles)
     # Flip dims of the batched (B, C, *spatial) tensor: spatial axis a is dim a + 2.
     flip_combinations = [tuple(a + 2 for a in combo) for k in range(len(mirror_axes) + 1)
                          for combo in itertools.combinations(mirror_axes, k)]
