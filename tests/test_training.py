@@ -21,6 +21,7 @@ from smoothseg.errors import SmoothSegError
 from smoothseg.models.build import network_from_checkpoint
 from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.network.segresnet_vae import SegResNetVAE
+from smoothseg.preprocessing.dataset_preprocessing import SDF_CLIP_MM, liver_sdf, load_liver_sdf, sdf_file
 from smoothseg.training.augmentation import training_transforms
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.data_loader import LEAK_FRACTION, PatchLoader, SamplingConfig
@@ -80,22 +81,31 @@ def test_mask_jitter_changes_the_mask(tiny: Path) -> None:
     assert not np.array_equal(unmasked, labelled)  # dilated masks show intensities around the liver
 
 
-def test_mask_jitter_does_not_erode_the_patch_faces(tmp_path: Path) -> None:
+def _moved(loader: PatchLoader, labels: np.ndarray, start, spacing, mm: float, use_sdf: bool) -> np.ndarray:
+    """The loader's moved liver mask, from a distance transform per patch or from the case's stored distances."""
+    sdf = liver_sdf(labels, spacing) if use_sdf else None
+    return loader._jittered_mask(labels, np.asarray(start), spacing, mm=mm, sdf=sdf)
+
+
+@pytest.mark.parametrize("use_sdf", [False, True])
+def test_mask_jitter_does_not_erode_the_patch_faces(tmp_path: Path, use_sdf: bool) -> None:
     """An eroded mask shrinks where the liver ends, not where the patch happens to end inside the liver."""
     cfg = SamplingConfig((8, 12, 12), 1, mask_outside_liver=True, mask_jitter_mm=2.0)
     loader = PatchLoader(tmp_path, ["case"], cfg)
     labels = np.zeros((20, 30, 30), dtype=np.int16)
     labels[2:18, 3:27, 3:27] = 1  # the liver; the patch below lies inside it except near its x end
-    mask = loader._jittered_mask(labels, np.array([6, 9, 17]), (1.0, 1.0, 1.0), mm=-2.0)  # 2 voxels at 1 mm
+    mask = _moved(loader, labels, [6, 9, 17], (1.0, 1.0, 1.0), -2.0, use_sdf)  # 2 voxels at 1 mm
     assert mask.shape == (8, 12, 12)
     assert mask[:, :, :8].all()  # patch faces inside the liver stay liver (x 17..24 are >= 2 voxels inside)
     assert not mask[:, :, 8:].any()  # x 25, 26 are within 2 voxels of the liver's end at 27, x 27..28 outside it
-    dilated = loader._jittered_mask(labels, np.array([6, 9, 17]), (1.0, 1.0, 1.0), mm=2.0)
+    dilated = _moved(loader, labels, [6, 9, 17], (1.0, 1.0, 1.0), 2.0, use_sdf)
     assert dilated[:, :, :12].all() and dilated[:, :, 10].all()
 
 
+@pytest.mark.parametrize("use_sdf", [False, True])
 @pytest.mark.parametrize("axis, spacing", [(2, (1.0, 1.0, 1.0)), (0, (5.0, 1.0, 1.0))])
-def test_mask_moves_from_a_liver_boundary_just_outside_the_patch(tmp_path: Path, axis: int, spacing) -> None:
+def test_mask_moves_from_a_liver_boundary_just_outside_the_patch(tmp_path: Path, axis: int, spacing,
+                                                                 use_sdf: bool) -> None:
     """The perturbation sees the case beyond the patch: a boundary one voxel outside the patch erodes the patch's
     first slice, and a liver ending one voxel before the patch dilates into it."""
     patch = (8, 8, 8)
@@ -109,7 +119,7 @@ def test_mask_moves_from_a_liver_boundary_just_outside_the_patch(tmp_path: Path,
     region = [slice(0, 40)] * 3
     region[axis] = slice(5, 40)  # the liver starts one voxel before the patch (index 6 along the axis)
     labels[tuple(region)] = 1
-    eroded = loader._jittered_mask(labels, start, spacing, mm=-2.0 * step)
+    eroded = _moved(loader, labels, start, spacing, -2.0 * step, use_sdf)
     assert not eroded[tuple(face)].any()  # index 6 is 2 voxels from the outside (index 4): removed
     nxt = list(face)
     nxt[axis] = 1
@@ -117,11 +127,12 @@ def test_mask_moves_from_a_liver_boundary_just_outside_the_patch(tmp_path: Path,
     labels[:] = 0
     region[axis] = slice(0, 5)  # the liver ends one voxel before the patch
     labels[tuple(region)] = 1
-    dilated = loader._jittered_mask(labels, start, spacing, mm=2.0 * step)
+    dilated = _moved(loader, labels, start, spacing, 2.0 * step, use_sdf)
     assert dilated[tuple(face)].all() and not dilated[tuple(nxt)].any()
 
 
-def test_mask_moves_by_euclidean_millimetres_on_anisotropic_voxels(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_sdf", [False, True])
+def test_mask_moves_by_euclidean_millimetres_on_anisotropic_voxels(tmp_path: Path, use_sdf: bool) -> None:
     """A dilation by d mm adds exactly the voxels within d mm of the liver, whatever the spacing."""
     spacing = (5.0, 3.0, 3.0)
     cfg = SamplingConfig((12, 24, 24), 1, mask_outside_liver=True, mask_jitter_mm=5.0, mask_leak_mm=15.0)
@@ -131,13 +142,70 @@ def test_mask_moves_by_euclidean_millimetres_on_anisotropic_voxels(tmp_path: Pat
     zz, yy, xx = np.indices(labels.shape)
     distance = np.sqrt(((zz - 6) * 5.0) ** 2 + ((yy - 12) * 3.0) ** 2 + ((xx - 12) * 3.0) ** 2)
     for mm in (4.0, 9.5, 14.9):
-        mask = loader._jittered_mask(labels, np.zeros(3, dtype=int), spacing, mm=mm)
+        mask = _moved(loader, labels, np.zeros(3, dtype=int), spacing, mm, use_sdf)
         np.testing.assert_array_equal(mask, distance <= mm)
     big = np.zeros((12, 24, 24), dtype=np.int16)
     big[2:10, 4:20, 4:20] = 1
-    eroded = loader._jittered_mask(big, np.zeros(3, dtype=int), spacing, mm=-5.5)
+    eroded = _moved(loader, big, np.zeros(3, dtype=int), spacing, -5.5, use_sdf)
     # the faces: one slice (5 mm <= 5.5) in z, one row (3 mm) but not two (6 mm) in y and x
     assert eroded[3:9, 5:19, 5:19].all() and eroded.sum() == 6 * 14 * 14
+
+
+def test_stored_liver_distances_give_the_distance_transforms_masks(tiny: Path) -> None:
+    """On the preprocessed phantoms: the stored float16 distances (written for the tumour task only) move the masks
+    exactly as the per-patch distance transform does, at random patches and offsets (dilations and erosions up to
+    the leak's 15 mm), except voxels whose distance lies within float16 rounding of the offset."""
+    import json
+
+    from scipy import ndimage
+
+    ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
+    assert not any(sdf_file(tiny / "liver", c).exists() for c in ids)
+    cfg = SamplingConfig((16, 32, 32), 1, mask_outside_liver=True, mask_jitter_mm=5.0, mask_leak_mm=15.0)
+    loader = PatchLoader(tiny / "tumor", ids, cfg, seed=0)
+    rng = np.random.default_rng(0)
+    compared = changed = 0
+    for case_id in ids:
+        seg = np.load(tiny / "tumor" / f"{case_id}_seg.npy")
+        spacing = json.loads((tiny / "tumor" / f"{case_id}.json").read_text())["spacing"]
+        sdf = load_liver_sdf(tiny / "tumor", case_id)
+        assert sdf.dtype == np.float16 and isinstance(sdf, np.memmap)
+        assert (sdf[seg > 0] < 0).all() and (sdf[seg == 0] > 0).all()
+        inner = ndimage.distance_transform_edt(np.pad(seg > 0, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+        exact = np.where(seg > 0, -inner, ndimage.distance_transform_edt(seg == 0, sampling=spacing))
+        for _ in range(12):
+            start = np.array([rng.integers(-4, max(s - 12, -3)) for s in seg.shape])
+            mm = float(rng.choice([-1, 1]) * rng.uniform(0.5, 15.0))
+            by_edt = loader._jittered_mask(seg, start, spacing, mm=mm)
+            by_sdf = loader._jittered_mask(seg, start, spacing, mm=mm, sdf=sdf)
+            inside = loader._crop(np.ones(seg.shape, bool), start, False)  # patch voxels within the case
+            near = np.abs(loader._crop(exact, start, np.inf) - mm) <= 0.02  # float16 rounding at <= 16 mm: 0.008
+            differ = (by_edt != by_sdf) & inside
+            assert not (differ & ~near).any(), (case_id, start, mm)
+            compared += int(inside.sum())
+            changed += int(by_edt[inside].sum() != (loader._crop(seg, start, 0)[inside] > 0).sum())
+    assert compared > 0 and changed > 0  # the offsets moved the masks
+
+
+def test_the_loader_reads_the_stored_distances_instead_of_a_distance_transform(tiny: Path, monkeypatch) -> None:
+    import smoothseg.training.data_loader as data_loader
+
+    ids = sorted(p.stem for p in (tiny / "tumor").glob("*.json"))
+    cfg = SamplingConfig((16, 32, 32), 4, oversample_foreground=0.5, mask_outside_liver=True, mask_jitter_mm=5.0,
+                         mask_leak_mm=15.0, fill_value=-9.0)
+    reference = PatchLoader(tiny / "tumor", ids, cfg, seed=5).generate_train_batch()
+
+    def no_transform(*args, **kwargs):
+        raise AssertionError("a distance transform per patch although the case stores its distances")
+
+    monkeypatch.setattr(data_loader.ndimage, "distance_transform_edt", no_transform)
+    batch = PatchLoader(tiny / "tumor", ids, cfg, seed=5).generate_train_batch()
+    np.testing.assert_array_equal(batch["seg"], reference["seg"])
+    for case_id in ids:  # without the files (an older preprocessing) the loader falls back to the transform
+        sdf_file(tiny / "tumor", case_id).unlink()
+    with pytest.raises(AssertionError, match="distance transform per patch"):
+        PatchLoader(tiny / "tumor", ids, cfg, seed=5).generate_train_batch()
+    assert SDF_CLIP_MM > cfg.mask_leak_mm
 
 
 def test_a_quarter_of_the_masks_leak_into_neighbouring_tissue(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from smoothseg.masks.components import connected_lesions
-from smoothseg.masks.measures import voxel_volume_ml
+from smoothseg.masks.measures import signed_distance_mm, voxel_volume_ml
 
 __all__ = ["NOISE_KINDS", "LabelNoise", "corrupt_tumour"]
 
@@ -60,14 +60,6 @@ class LabelNoise:
         return f"{self.kind}-{self.level:g}"
 
 
-def _signed_distance(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Per voxel, mm to the nearest voxel centre on the other side: positive outside the mask, negative inside (so
-    ``<= 0`` is the mask itself, ``<= r`` its dilation by r mm, ``<= -r`` its erosion by r mm)."""
-    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
-    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
-    return np.where(mask, -inside, outside)
-
-
 def corrupt_tumour(tumour: np.ndarray, region: np.ndarray, spacing_zyx: tuple[float, float, float],
                    noise: LabelNoise, rng: np.random.Generator) -> np.ndarray:
     """The corrupted tumour mask: ``tumour`` changed by ``noise``, grown only into ``region | tumour``."""
@@ -92,4 +84,4 @@ def corrupt_tumour(tumour: np.ndarray, region: np.ndarray, spacing_zyx: tuple[fl
                                     sigma=[BOUNDARY_SMOOTHING_MM / s for s in spacing])
     spread = float(field.std())
     offset = np.clip(field / spread, -1.0, 1.0) * noise.level if spread > 0 else np.zeros_like(field)
-    return (_signed_distance(tumour, spacing) <= offset) & allowed
+    return (signed_distance_mm(tumour, spacing) <= offset) & allowed

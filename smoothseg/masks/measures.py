@@ -17,7 +17,8 @@ from scipy.spatial.distance import cdist
 
 from smoothseg.masks.box import bounding_box
 
-__all__ = ["binary_dice", "check_spacing", "max_diameter_mm", "surface_voxels", "voxel_volume_ml", "volume_ml"]
+__all__ = ["binary_dice", "check_spacing", "max_diameter_mm", "signed_distance_mm", "surface_voxels", "voxel_volume_ml",
+           "volume_ml"]
 
 
 def check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
@@ -39,6 +40,25 @@ def volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
     mask = np.asarray(mask, dtype=bool)
     spacing = check_spacing(spacing, mask.ndim)
     return int(np.count_nonzero(mask)) * voxel_volume_ml(spacing)
+
+
+def signed_distance_mm(mask: np.ndarray, spacing: Sequence[float], *,
+                       outside_is_background: bool = False) -> np.ndarray:
+    """Per voxel, mm to the nearest voxel centre on the other side of ``mask``'s boundary: positive outside the mask,
+    negative inside (so ``<= 0`` is the mask itself, ``<= r`` its dilation by r mm, ``< -r`` its erosion by r mm).
+    ``outside_is_background``: voxels beyond the array count as outside the mask (an inside voxel at the array's
+    face is then one voxel from the outside), as for a mask that is cropped with background padding. float64."""
+    mask = np.asarray(mask, dtype=bool)
+    spacing = check_spacing(spacing, mask.ndim)
+    if outside_is_background:
+        padded = np.pad(mask, 1, constant_values=False)
+        inner = tuple(slice(1, -1) for _ in range(mask.ndim))
+        return signed_distance_mm(padded, spacing)[inner]
+    if not mask.any() or mask.all():  # no boundary: an empty mask is all outside, a full one all inside
+        return np.full(mask.shape, np.inf if not mask.any() else -np.inf)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+    return np.where(mask, -inside, outside)
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:

@@ -9,6 +9,10 @@ Output per case in ``<preprocessed>/DatasetXXX/<task>/``:
   components) for lesion-balanced sampling: up to ``MAX_LESION_LOCATIONS`` coordinates per lesion, concatenated
   (``lesion_coords``), where each lesion's rows start (``lesion_offsets``, n + 1 entries) and its size in voxels
   (``lesion_voxels``) (loaded with ``allow_pickle=False``; :func:`load_locations`, :func:`load_lesions`);
+* ``<case>_sdf.npy`` (tasks that crop to the liver): float16 signed distance in mm to the surface of the case's liver
+  region on the preprocessed grid (negative inside; beyond the case counts as outside the liver), clipped to
+  ``+-SDF_CLIP_MM``: the training loader moves a patch's liver mask by thresholding its crop of it
+  (:func:`load_liver_sdf`) instead of a distance transform per patch;
 * ``<case>.json``: properties to undo every step (original geometry, crop box, shapes), the
   ground-truth TLVR, voxel counts per class, the mean and standard deviation of the normalised intensity per
   foreground class (``intensity_stats``, for lesion synthesis), and the hash of the plan that produced it.
@@ -34,6 +38,7 @@ from smoothseg.dataset.cases import CaseFiles
 from smoothseg.dataset.io import read_image
 from smoothseg.labels import TUMOR
 from smoothseg.masks.components import connected_lesions
+from smoothseg.masks.measures import signed_distance_mm
 from smoothseg.parallel import map_cases
 from smoothseg.planning.plans import Plans
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor
@@ -43,12 +48,33 @@ logger = logging.getLogger(__name__)
 MAX_LOCATIONS = 10_000
 MAX_LESION_LOCATIONS = 1_000
 #: Raised when the files of a case change; cases written with another version are preprocessed again.
-PREPROCESSING_VERSION = 3
+PREPROCESSING_VERSION = 4
+#: The stored liver distances are clipped to +-this (mm); a mask move as large falls back to a distance transform.
+SDF_CLIP_MM = 60.0
 
 
 def case_files(folder: Path, case_id: str) -> dict[str, Path]:
     return {"data": folder / f"{case_id}.npy", "seg": folder / f"{case_id}_seg.npy",
             "locations": folder / f"{case_id}_locations.npz", "properties": folder / f"{case_id}.json"}
+
+
+def sdf_file(folder: Path, case_id: str) -> Path:
+    """The liver signed-distance file of a case (written for tasks that crop to the liver)."""
+    return Path(folder) / f"{case_id}_sdf.npy"
+
+
+def liver_sdf(seg: np.ndarray, spacing) -> np.ndarray:
+    """float16 mm to the surface of the liver region (``seg > 0``), negative inside, clipped to ``+-SDF_CLIP_MM``;
+    beyond the array counts as outside the liver (as the loader's crops pad with background)."""
+    distance = signed_distance_mm(seg > 0, spacing, outside_is_background=True)
+    return np.clip(distance, -SDF_CLIP_MM, SDF_CLIP_MM).astype(np.float16)
+
+
+def load_liver_sdf(folder: Path, case_id: str) -> np.ndarray | None:
+    """The case's stored liver distances (memory-mapped), or None where the folder has none (another task, or an
+    older preprocessing: the loader then computes distance transforms per patch)."""
+    path = sdf_file(folder, case_id)
+    return np.load(path, mmap_mode="r") if path.is_file() else None
 
 
 def is_done(folder: Path, case_id: str, plan_hash: str) -> bool:
@@ -136,6 +162,8 @@ def preprocess_case(case: CaseFiles, preprocessor: TaskPreprocessor, folder: Pat
     files = case_files(folder, case.case_id)
     _save_npy(data, files["data"])
     _save_npy(seg, files["seg"])
+    if preprocessor.plan.crop == "liver":
+        _save_npy(liver_sdf(seg, properties["spacing"]), sdf_file(folder, case.case_id))
     seed = zlib.crc32(case.case_id.encode())
     locations = class_locations(seg, range(1, preprocessor.plan.num_classes), seed)
     if preprocessor.plan.num_classes > TUMOR:

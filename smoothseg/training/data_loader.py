@@ -45,7 +45,14 @@ from scipy import ndimage
 
 from smoothseg.labels import LIVER, TUMOR
 from smoothseg.parallel import die_with_parent
-from smoothseg.preprocessing.dataset_preprocessing import case_files, load_case, load_lesions, load_locations
+from smoothseg.preprocessing.dataset_preprocessing import (
+    SDF_CLIP_MM,
+    case_files,
+    load_case,
+    load_lesions,
+    load_liver_sdf,
+    load_locations,
+)
 from smoothseg.training.lesion_synthesis import SynthesisStats, paint_lesions
 
 logger = logging.getLogger(__name__)
@@ -187,13 +194,22 @@ class PatchLoader(DataLoader):
             return float(self.rng.uniform(jitter, leak))
         return float(self.rng.uniform(-jitter, jitter)) if jitter > 0 else 0.0
 
-    def _jittered_mask(self, labels: np.ndarray, start: np.ndarray, spacing, mm: float | None = None) -> np.ndarray:
+    def _jittered_mask(self, labels: np.ndarray, start: np.ndarray, spacing, mm: float | None = None,
+                       sdf: np.ndarray | None = None) -> np.ndarray:
         """The patch's liver mask moved by ``mm`` (default: a random :meth:`_mask_offset_mm`): every voxel within
         ``mm`` of the liver added (dilation) or every voxel within ``-mm`` of its outside removed (erosion), as
-        Euclidean distances in mm. Computed on the patch plus that distance of the case around it (outside the
-        case: no liver), so a face where the liver continues is not eroded."""
+        Euclidean distances in mm.
+
+        With the case's stored signed distances ``sdf`` (:func:`load_liver_sdf`) that is a threshold of their crop
+        (``<= mm`` dilates, ``< mm`` erodes). Without them (older preprocessing, or a move beyond the stored
+        ``SDF_CLIP_MM``) it is a distance transform of the patch plus that distance of the case around it (outside
+        the case: no liver), so a face where the liver continues is not eroded: the same mask, up to the float16
+        rounding of the stored distances (a test compares them)."""
         patch = np.asarray(self.config.patch_size)
         mm = self._mask_offset_mm() if mm is None else float(mm)
+        if sdf is not None and abs(mm) < SDF_CLIP_MM:
+            distances = self._crop(sdf, start, np.float16(SDF_CLIP_MM)).astype(np.float32)
+            return distances <= mm if mm > 0 else distances < mm
         spacing = np.asarray(spacing, dtype=float)
         radius = np.ceil(abs(mm) / spacing - 1e-9).astype(int)  # 0 everywhere when mm is 0
         if not radius.any():
@@ -230,7 +246,8 @@ class PatchLoader(DataLoader):
             patch_img = self._crop(image, start, cfg.fill_value)
             patch_seg = self._crop(labels, start, 0)
             if cfg.mask_outside_liver:
-                mask = self._jittered_mask(labels, start, props["spacing"])
+                mask = self._jittered_mask(labels, start, props["spacing"],
+                                           sdf=load_liver_sdf(self.folder, case_id))
                 patch_img[0][~mask] = cfg.fill_value
                 patch_seg[~mask] = 0
             painted = 0
