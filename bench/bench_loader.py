@@ -16,7 +16,9 @@ of the tumour task; ``training_transforms`` of the plan) and
   (``--step-ms``: 52 ms per 8 GB step of 2 patches on an H200, documentation/benchmarks.md), at 1x and 1.5x margin.
 
 Usage: ``python bench/bench_loader.py --workdir W`` (first run: ~5 min to make and preprocess the phantoms on 2
-cores; ``--reuse`` times again on them), ``--batches N`` per measurement (default 20).
+cores; ``--reuse`` times again on them), ``--batches N`` per measurement (default 100: a patch is rotated or scaled
+with probability 0.36, so fewer batches give noisy spatial-transform figures), ``--no-sdf`` for the mask moves of
+older preprocessing (a distance transform per patch).
 """
 
 from __future__ import annotations
@@ -143,10 +145,16 @@ def main() -> None:
     parser.add_argument("--workdir", required=True, help="scratch folder (kept; --reuse times again on it)")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--gpu-memory-target", type=float, default=8.0)
-    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--step-ms", type=float, default=52.0, help="GPU milliseconds per training step to feed")
     parser.add_argument("--tasks", nargs="+", default=["tumor", "liver"])
+    parser.add_argument("--no-sdf", action="store_true", help="ignore the stored liver distances: a distance "
+                                                               "transform per patch, as before preprocessing v4")
     args = parser.parse_args()
+    if args.no_sdf:
+        import smoothseg.training.data_loader as data_loader
+
+        data_loader.load_liver_sdf = lambda folder, case_id: None  # inherited by the forked worker too
 
     work = Path(args.workdir)
     os.environ["SMOOTHSEG_HOME"] = str(work / "home")

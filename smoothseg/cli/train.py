@@ -25,7 +25,8 @@ def _body(args: argparse.Namespace) -> int:
         deep_supervision=args.deep_supervision, mask_leak_mm=args.mask_leak_mm, patience=args.patience,
         lesion_sampling=args.lesion_sampling, lesion_alpha=args.lesion_alpha, clean_liver=args.clean_liver,
         lesion_synthesis=args.lesion_synthesis, compile=args.compile,
-        precision=args.precision, num_workers=args.num_workers, seed=args.seed, continue_training=args.c,
+        precision=args.precision, num_workers=args.num_workers, gpu_augmentation=args.gpu_augmentation,
+        seed=args.seed, continue_training=args.c,
         overwrite=args.overwrite, validate=not args.no_val, pp_objective=args.pp_objective)
     device = resolve_device(args.device)
     ctx = from_environment()
@@ -92,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="autocast: auto = fp16 on CUDA, fp32 elsewhere; bf16 on capable CPUs on request")
     parser.add_argument("--num-workers", dest="num_workers", type=int, default=None,
                         help="augmentation worker processes (default: CPU count - 1, or $SMOOTHSEG_NUM_WORKERS)")
+    parser.add_argument("--gpu-augmentation", dest="gpu_augmentation", choices=("auto", "on", "off"), default="auto",
+                        help="rotate, scale and the intensity transforms on the training device, batched, while the "
+                             "workers only cut patches: auto = on CUDA; on = also on a CPU; off = batchgenerators "
+                             "in the workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val", action="store_true",
                         help="only run the full validation of a finished fold (cascade on its validation cases)")

@@ -47,6 +47,7 @@ class TrainingConfig:
     compile: bool = False
     precision: str = "auto"  # autocast dtype (smoothseg.device.autocast_dtype): fp16 on CUDA, bf16 on capable CPUs
     num_workers: int | None = None
+    gpu_augmentation: str = "auto"  # augment on the training device: auto (on CUDA), on, off (batchgenerators on CPU)
     seed: int = 0
     continue_training: bool = False
     overwrite: bool = False  # train a finished fold again from scratch (its previous outputs are removed)

@@ -76,6 +76,9 @@ class SamplingConfig:
     lesion_alpha: float = 0.0  # a lesion's weight is its voxel count ** -lesion_alpha (0: uniform over lesions)
     clean_liver: float = 0.0  # share of the other patches centred in reference liver with no tumour in the patch
     lesion_synthesis: float = 0.0  # share of the patches (not clean-liver ones) with small lesions painted in
+    #: The patches are cut at this size, centred where a ``patch_size`` patch is placed (the source patches of
+    #: augmentation on the device); None: ``patch_size``.
+    crop_size: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("mask_jitter_mm", "mask_leak_mm"):
@@ -169,14 +172,19 @@ class PatchLoader(DataLoader):
         start = None
         for _ in range(CLEAN_LIVER_TRIES):
             start = self._patch_start(labels.shape, liver[self.rng.integers(len(liver))])
-            if not (self._crop(labels, start, 0) == TUMOR).any():
+            if not (self._crop(labels, start, 0, self.config.patch_size) == TUMOR).any():
                 break
         return start
 
+    @property
+    def cut_size(self) -> np.ndarray:
+        """The size patches are cut at (``crop_size``, else ``patch_size``)."""
+        return np.asarray(self.config.crop_size or self.config.patch_size)
+
     def _crop(self, array: np.ndarray, start: np.ndarray, fill, size=None) -> np.ndarray:
-        """Crop ``array[..., z, y, x]`` at ``start`` to ``size`` (default: the patch size), padding with ``fill``
+        """Crop ``array[..., z, y, x]`` at ``start`` to ``size`` (default: :attr:`cut_size`), padding with ``fill``
         where outside."""
-        patch = np.asarray(self.config.patch_size if size is None else size)
+        patch = self.cut_size if size is None else np.asarray(size)
         shape = np.asarray(array.shape[-3:])
         src_lo = np.maximum(start, 0)
         src_hi = np.minimum(start + patch, shape)
@@ -205,7 +213,7 @@ class PatchLoader(DataLoader):
         ``SDF_CLIP_MM``) it is a distance transform of the patch plus that distance of the case around it (outside
         the case: no liver), so a face where the liver continues is not eroded: the same mask, up to the float16
         rounding of the stored distances (a test compares them)."""
-        patch = np.asarray(self.config.patch_size)
+        patch = self.cut_size
         mm = self._mask_offset_mm() if mm is None else float(mm)
         if sdf is not None and abs(mm) < SDF_CLIP_MM:
             distances = self._crop(sdf, start, np.float16(SDF_CLIP_MM)).astype(np.float32)
@@ -228,8 +236,10 @@ class PatchLoader(DataLoader):
         cfg = self.config
         keys = [self.case_ids[i] for i in self.rng.integers(len(self.case_ids), size=cfg.batch_size)]
         n_fg = int(np.ceil(cfg.oversample_foreground * cfg.batch_size)) if cfg.oversample_foreground > 0 else 0
-        data = np.empty((cfg.batch_size, 1, *cfg.patch_size), dtype=np.float32)
-        seg = np.empty((cfg.batch_size, 1, *cfg.patch_size), dtype=np.int16)
+        cut = tuple(int(c) for c in self.cut_size)
+        margin = (self.cut_size - np.asarray(cfg.patch_size)) // 2  # the cut is centred on the placed patch
+        data = np.empty((cfg.batch_size, 1, *cut), dtype=np.float32)
+        seg = np.empty((cfg.batch_size, 1, *cut), dtype=np.int16)
         tlvr = np.full(cfg.batch_size, np.nan, dtype=np.float32)
         case_tlvr = np.zeros(cfg.batch_size, dtype=np.float32)
         liver_voxels = np.ones(cfg.batch_size, dtype=np.float32)
@@ -243,6 +253,7 @@ class PatchLoader(DataLoader):
             if start is None:
                 centre = self._foreground_centre(case_id) if b < n_fg else None
                 start = self._patch_start(labels.shape, centre)
+            start = start - margin
             patch_img = self._crop(image, start, cfg.fill_value)
             patch_seg = self._crop(labels, start, 0)
             if cfg.mask_outside_liver:

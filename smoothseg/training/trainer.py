@@ -43,6 +43,7 @@ from smoothseg.training.distributed import start as start_distributed
 from smoothseg.training.distributed import stop as stop_distributed
 from smoothseg.training.distributed import wrap as wrap_distributed
 from smoothseg.training.fold_guard import check_not_finished, clear_previous_run, fold_lock
+from smoothseg.training.gpu_augmentation import DeviceAugmenter, training_ranges
 from smoothseg.training.losses import DiceCELoss, SmoothSegLoss
 from smoothseg.training.optim import build_optimizer, poly_lr
 from smoothseg.training.progress import ProgressLog
@@ -102,6 +103,8 @@ class Trainer:
         self.device = start_distributed(self.dist, device if device is not None else resolve_device(config.device))
         # Mixed precision: float16 with a gradient scaler on CUDA; float32 on a CPU unless bf16 is asked for.
         self.amp_dtype = autocast_dtype(self.device, config.precision, training=True)
+        #: Set per epoch by :meth:`_loader` when training batches are augmented on the device.
+        self.device_augmenter: DeviceAugmenter | None = None
         self.skipped_steps = 0
         self._last_plot = -math.inf  # progress.png: after epoch 0, then at most every plot_interval_s, and at the end
         torch.manual_seed(config.seed)  # the initial weights depend on --seed only, not on what ran before
@@ -141,10 +144,27 @@ class Trainer:
         """Hook for trainers that use clinical knowledge; the plain trainer uses none."""
         logger.info("%s: no TLVR term (plain segmentation trainer)", self.name)
 
+    def _device_augmentation(self) -> bool:
+        """Whether training batches are augmented on the training device (:mod:`~smoothseg.training.gpu_augmentation`):
+        ``auto`` on CUDA, ``on`` anywhere (the same torch code on a CPU), ``off`` never."""
+        mode = self.config.gpu_augmentation
+        if mode not in ("auto", "on", "off"):
+            raise SmoothSegError(f"--gpu-augmentation: choose auto, on or off, got {mode!r}")
+        return mode == "on" or (mode == "auto" and self.device.type == "cuda")
+
     def _loader(self, ids: list[str], tlvr: dict[str, float], seed: int, train: bool):
-        """Patches of ``ids`` (augmented, with the mask perturbations, when ``train``), wrapped in an augmenter."""
+        """Patches of ``ids`` (augmented, with the mask perturbations, when ``train``), wrapped in an augmenter.
+
+        With augmentation on the device, the training workers cut source patches (mask moves included) and
+        ``self.device_augmenter`` (seeded from ``seed``) turns them into augmented training patches in
+        :meth:`train_step`."""
         fill = outside_fill_value(self.plan)
+        on_device = train and self._device_augmentation()
+        if on_device:
+            self.device_augmenter = DeviceAugmenter(training_ranges(self.plan.patch_size, self.plan.mirror_axes),
+                                                    fill, seed=seed)
         sampling = SamplingConfig(self.plan.patch_size, self.plan.batch_size,
+                                  crop_size=self.device_augmenter.source_size if on_device else None,
                                   oversample_foreground=self.config.oversample_foreground,
                                   mask_outside_liver=self.plan.crop == "liver",
                                   mask_jitter_mm=self.config.mask_jitter_mm if train else 0.0,
@@ -153,7 +173,8 @@ class Trainer:
         workers = self.config.num_workers if self.config.num_workers is not None else default_num_workers()
         workers = workers if train else min(workers, 1)
         loader = PatchLoader(self.task_folder, ids, sampling, tlvr, seed=seed, num_threads=max(workers, 1))
-        transforms = training_transforms(self.plan.patch_size, fill, self.plan.mirror_axes) if train else None
+        transforms = training_transforms(self.plan.patch_size, fill, self.plan.mirror_axes) \
+            if train and not on_device else None
         return make_augmenter(loader, transforms, workers, seed)
 
     def _tumour_sampling(self) -> dict[str, float]:
@@ -233,14 +254,18 @@ class Trainer:
         return autocast(self.device, self.amp_dtype)
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, ...]:
-        data = torch.as_tensor(np.asarray(batch["data"]), dtype=torch.float32).to(self.device, non_blocking=True)
-        data = data.contiguous(memory_format=self.memory_format)
-        seg = torch.as_tensor(np.asarray(batch["seg"]), dtype=torch.long).to(self.device, non_blocking=True)
-        knowledge = [torch.as_tensor(np.asarray(batch[k]), dtype=torch.float32).to(self.device)
-                     for k in ("clinical_tlvr", "liver_coverage", "case_tlvr")]
+        def tensor(value, dtype):  # NumPy from the loader, or tensors already on the device (device augmentation)
+            value = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+            return value.to(self.device, dtype, non_blocking=True)
+
+        data = tensor(batch["data"], torch.float32).contiguous(memory_format=self.memory_format)
+        seg = tensor(batch["seg"], torch.long)
+        knowledge = [tensor(batch[k], torch.float32) for k in ("clinical_tlvr", "liver_coverage", "case_tlvr")]
         return data, seg[:, 0], *knowledge
 
     def train_step(self, batch: dict) -> dict[str, float]:
+        if self.device_augmenter is not None:
+            batch = self.device_augmenter(batch, self.device)
         data, seg, tlvr, coverage, case_tlvr = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
