@@ -18,7 +18,8 @@ of the tumour task; ``training_transforms`` of the plan) and
 Usage: ``python bench/bench_loader.py --workdir W`` (first run: ~5 min to make and preprocess the phantoms on 2
 cores; ``--reuse`` times again on them), ``--batches N`` per measurement (default 100: a patch is rotated or scaled
 with probability 0.36, so fewer batches give noisy spatial-transform figures), ``--no-sdf`` for the mask moves of
-older preprocessing (a distance transform per patch).
+older preprocessing (a distance transform per patch), ``--gpu-augmentation`` for the workers' share when the
+augmentation runs on the GPU (they cut and mask larger source patches and transform nothing).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def _prepare(work: Path, memory_gb: float, reuse: bool) -> None:
     print(f"6 full-size phantoms made in {t1 - t0:.0f} s, planned and preprocessed in {time.perf_counter() - t1:.0f} s")
 
 
-def _loader(task: str, seed: int = 0):
-    """The training loader and transforms of ``task``, built as ``Trainer._loader`` builds them."""
+def _loader(task: str, seed: int = 0, on_device: bool = False):
+    """The training loader and transforms of ``task``, built as ``Trainer._loader`` builds them (``on_device``: as
+    for augmentation on the GPU: source patches, no transforms in the worker)."""
     from smoothseg.paths import preprocessed_root
     from smoothseg.planning.plans import Plans
     from smoothseg.preprocessing.normalization import outside_fill_value
@@ -63,10 +65,14 @@ def _loader(task: str, seed: int = 0):
 
     folder = preprocessed_root() / DATASET
     plan = Plans.load(folder / "plans.json")[task]
+    from smoothseg.training.gpu_augmentation import source_patch_size, training_ranges
+
     config = TrainingConfig(dataset="900", task=task, fold="0")
     fill = outside_fill_value(plan)
     tumour = plan.crop == "liver"
-    sampling = SamplingConfig(plan.patch_size, plan.batch_size, oversample_foreground=config.oversample_foreground,
+    source = source_patch_size(training_ranges(plan.patch_size, plan.mirror_axes)) if on_device else None
+    sampling = SamplingConfig(plan.patch_size, plan.batch_size, crop_size=source,
+                              oversample_foreground=config.oversample_foreground,
                               mask_outside_liver=tumour, mask_jitter_mm=config.mask_jitter_mm,
                               mask_leak_mm=config.mask_leak_mm, fill_value=fill,
                               **({"lesion_sampling": config.lesion_sampling, "lesion_alpha": config.lesion_alpha,
@@ -75,14 +81,15 @@ def _loader(task: str, seed: int = 0):
     task_folder = folder / task
     ids = sorted(p.stem for p in task_folder.glob("*.json"))
     loader = PatchLoader(task_folder, ids, sampling, {}, seed=seed, num_threads=1)
-    return plan, loader, training_transforms(plan.patch_size, fill, plan.mirror_axes)
+    transforms = None if on_device else training_transforms(plan.patch_size, fill, plan.mirror_axes)
+    return plan, loader, transforms
 
 
-def _split(task: str, batches: int) -> tuple[dict[str, float], object]:
+def _split(task: str, batches: int, on_device: bool = False) -> tuple[dict[str, float], object]:
     """Seconds per batch per part, in this process."""
     import smoothseg.training.data_loader as data_loader
 
-    plan, loader, transforms = _loader(task)
+    plan, loader, transforms = _loader(task, on_device=on_device)
     spent: dict[str, float] = defaultdict(float)
     depth = [0]
 
@@ -111,7 +118,7 @@ def _split(task: str, batches: int) -> tuple[dict[str, float], object]:
             batch = loader.generate_train_batch()
             t1 = time.perf_counter()
             spent["assembly"] += t1 - t0
-            for transform in transforms.transforms:
+            for transform in (transforms.transforms if transforms is not None else []):
                 t2 = time.perf_counter()
                 batch = transform(**batch)
                 spent[groups.get(type(transform).__name__, INTENSITY)] += time.perf_counter() - t2
@@ -121,11 +128,11 @@ def _split(task: str, batches: int) -> tuple[dict[str, float], object]:
     return {k: v / batches for k, v in spent.items()}, plan
 
 
-def _per_worker(task: str, batches: int) -> float:
+def _per_worker(task: str, batches: int, on_device: bool = False) -> float:
     """Batches per second from a one-worker MultiThreadedAugmenter (after its queue is filled)."""
     from smoothseg.training.augmentation import make_augmenter
 
-    _, loader, transforms = _loader(task)
+    _, loader, transforms = _loader(task, on_device=on_device)
     augmenter = make_augmenter(loader, transforms, 1, seed=0)
     try:
         next(augmenter)
@@ -148,6 +155,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--step-ms", type=float, default=52.0, help="GPU milliseconds per training step to feed")
     parser.add_argument("--tasks", nargs="+", default=["tumor", "liver"])
+    parser.add_argument("--gpu-augmentation", action="store_true",
+                        help="the workers of --gpu-augmentation on: source patches cut and masked, no transforms")
     parser.add_argument("--no-sdf", action="store_true", help="ignore the stored liver distances: a distance "
                                                                "transform per patch, as before preprocessing v4")
     args = parser.parse_args()
@@ -164,15 +173,17 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}")
     _prepare(work, args.gpu_memory_target, args.reuse)
     for task in args.tasks:
-        split, plan = _split(task, args.batches)
+        split, plan = _split(task, args.batches, args.gpu_augmentation)
         total = sum(split.values())
         patches = plan.batch_size
-        print(f"\n{task}: patch {tuple(plan.patch_size)}, batch {patches}, {args.batches} batches, one process")
+        what = "worker side of --gpu-augmentation (source patches, no transforms)" if args.gpu_augmentation else \
+            "batchgenerators in the worker" + (" (distance transform per patch)" if args.no_sdf else "")
+        print(f"\n{task}: patch {tuple(plan.patch_size)}, batch {patches}, {args.batches} batches, one process; {what}")
         for part in (READ, CROP, MASK, OTHER, SPATIAL, INTENSITY, MIRROR):
             seconds = split.get(part, 0.0)
             print(f"  {part:22s} {1000 * seconds:8.1f} ms  ({100 * seconds / total:5.1f} %)")
         print(f"  {'total':22s} {1000 * total:8.1f} ms per batch = {patches / total:.1f} patches/s")
-        rate = _per_worker(task, args.batches) * patches
+        rate = _per_worker(task, args.batches, args.gpu_augmentation) * patches
         needed = patches / (args.step_ms / 1000)
         print(f"  one worker process (MultiThreadedAugmenter): {rate:.1f} patches/s; a {args.step_ms:.0f} ms step "
               f"of {patches} patches needs {needed:.1f} patches/s: {math.ceil(needed / rate)} workers "
