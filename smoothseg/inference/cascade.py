@@ -84,7 +84,7 @@ class ModelOptions:
     [0, 1): lesions whose highest P(tumour) is below it are dropped.
     ``precision``: the networks' arithmetic (:func:`smoothseg.device.autocast_dtype`; ``auto``: fp16 on CUDA, bf16 on
     a CPU with bfloat16 units, else fp32). ``engine``: what runs the networks (:mod:`smoothseg.inference.engines`;
-    ``auto``: OpenVINO on a CPU where it is installed, else torch).
+    ``auto``: OpenVINO for the large networks of GPU-sized plans on a CPU where it is installed, else torch).
     """
 
     device: torch.device | None = None

@@ -78,7 +78,7 @@ class StagePredictor:
         networks also run channels-last (a further ~1.4x, same arithmetic).
     engine:
         What runs the networks (:mod:`smoothseg.inference.engines`): ``auto`` (OpenVINO on a CPU where it is
-        installed, else torch), ``torch``, ``openvino`` or ``onnxruntime``.
+        installed and the tiles are large, else torch), ``torch``, ``openvino`` or ``onnxruntime``.
     progress:
         Show a progress bar over the tiles.
     """
