@@ -147,6 +147,25 @@ def _per_worker(task: str, batches: int, on_device: bool = False) -> float:
         augmenter._finish()
 
 
+def _read_cost(work: Path, slices: int, patch=(32, 144, 160), repeats: int = 50) -> None:
+    """Cutting one patch from a memory-mapped ``(1, slices, 512, 512)`` float32 case against reading it whole."""
+    path = work / f"read_{slices}.npy"
+    if not path.is_file():
+        np.save(path, np.random.default_rng(0).normal(size=(1, slices, 512, 512)).astype(np.float32))
+    rng = np.random.default_rng(1)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        data = np.load(path, mmap_mode="r")
+        start = [rng.integers(0, s - p + 1) for s, p in zip(data.shape[1:], patch, strict=True)]
+        np.array(data[(slice(None), *(slice(a, a + p) for a, p in zip(start, patch, strict=True)))])
+    cut = (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    np.load(path)
+    whole = time.perf_counter() - t0
+    print(f"\nread cost, (1, {slices}, 512, 512) float32 case ({path.stat().st_size / 2**20:.0f} MB, page cache warm): "
+          f"one {patch} patch memory-mapped {1000 * cut:.1f} ms; the whole case {1000 * whole:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="scratch folder (kept; --reuse times again on it)")
@@ -154,9 +173,11 @@ def main() -> None:
     parser.add_argument("--gpu-memory-target", type=float, default=8.0)
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--step-ms", type=float, default=52.0, help="GPU milliseconds per training step to feed")
-    parser.add_argument("--tasks", nargs="+", default=["tumor", "liver"])
+    parser.add_argument("--tasks", nargs="*", default=["tumor", "liver"])
     parser.add_argument("--gpu-augmentation", action="store_true",
                         help="the workers of --gpu-augmentation on: source patches cut and masked, no transforms")
+    parser.add_argument("--read-slices", type=int, default=0, help="also time cutting a patch from a memory-mapped "
+                                                                    "512 x 512 x N case against reading it whole")
     parser.add_argument("--no-sdf", action="store_true", help="ignore the stored liver distances: a distance "
                                                                "transform per patch, as before preprocessing v4")
     args = parser.parse_args()
@@ -171,6 +192,10 @@ def main() -> None:
         os.environ.pop(var, None)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}")
+    if args.read_slices:
+        _read_cost(work, args.read_slices)
+    if not args.tasks:
+        return
     _prepare(work, args.gpu_memory_target, args.reuse)
     for task in args.tasks:
         split, plan = _split(task, args.batches, args.gpu_augmentation)

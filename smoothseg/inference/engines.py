@@ -131,6 +131,7 @@ class OpenVinoNetwork:
         # Tracing needs ordinary tensors: the sliding window calls us under torch.inference_mode.
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape checks of forward(), constant here
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace, which OpenVINO's converter uses
             return self._openvino.convert_model(self._network, example_input=torch.zeros(shape), input=[list(shape)])
 
     def _model(self, shape: tuple[int, ...]):
@@ -185,6 +186,7 @@ class OnnxRuntimeNetwork:
         buffer = io.BytesIO()
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: fine for this network
             torch.onnx.export(self._network, (torch.zeros(shape),), buffer, input_names=["tiles"],
                               output_names=["logits"], dynamo=False, opset_version=17)
         options = self._onnxruntime.SessionOptions()
