@@ -14,7 +14,11 @@ Two steps, because the GPU machine may lack the I/O dependencies (SimpleITK) tha
    inference over a volume of the plan's median shape (the whole CT at the liver spacing; the liver crop at the
    tumour spacing) with TTA off and on (the plan's mirror axes), the plan's batch size, and the time per case.
 
-Only the network step is measured: data loading and augmentation, which run on the CPU workers, are not.
+Only the network step is measured there. 3. ``python bench/bench_gpu.py augment --plans DIR`` (on the GPU) times the
+device augmentation of ``--gpu-augmentation`` (``DeviceAugmenter``) per batch of the 8 GB plans, on random source
+patches with a liver-shaped label, so that with the workers' share (``bench/bench_loader.py --gpu-augmentation``,
+patches per second per worker on the CPU) the training step's data side is known without preprocessed data on the GPU
+machine.
 """
 
 from __future__ import annotations
@@ -172,6 +176,40 @@ def measure(plans_dir: Path, out: Path | None, steps: int) -> None:
                                                        indent=1))
 
 
+def measure_augmentation(plans_dir: Path, batches: int = 30) -> None:
+    """Milliseconds per batch of ``DeviceAugmenter`` on CUDA at the 8 GB plans (median over ``batches``)."""
+    import numpy as np
+    import torch
+
+    from smoothseg.planning.plans import Plans
+    from smoothseg.preprocessing.normalization import outside_fill_value
+    from smoothseg.training.gpu_augmentation import DeviceAugmenter, training_ranges
+
+    device = torch.device("cuda")
+    plans = Plans.load(plans_dir / "plans_8.json")
+    for task in ("liver", "tumor"):
+        cfg = plans[task]
+        augmenter = DeviceAugmenter(training_ranges(cfg.patch_size, cfg.mirror_axes), outside_fill_value(cfg), seed=0)
+        source = augmenter.source_size
+        rng = np.random.default_rng(0)
+        seg = np.zeros((cfg.batch_size, 1, *source), dtype=np.int16)
+        centre = [s // 2 for s in source]
+        seg[(slice(None), 0, *(slice(c - s // 4, c + s // 4) for c, s in zip(centre, source, strict=True)))] = 1
+        batch = {"data": rng.normal(size=(cfg.batch_size, 1, *source)).astype(np.float32), "seg": seg,
+                 "liver_voxels": np.full(cfg.batch_size, 1e6, np.float32)}
+        times = []
+        for i in range(batches + 3):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = augmenter(batch, device)
+            torch.cuda.synchronize()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        print(json.dumps({"task": task, "patch": list(cfg.patch_size), "source": list(source),
+                          "batch": cfg.batch_size, "ms_per_batch_incl_host_to_device": 1000 * statistics.median(times),
+                          "out": list(out["data"].shape)}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,9 +220,14 @@ def main() -> None:
     m.add_argument("--plans", type=Path, required=True)
     m.add_argument("--out", type=Path, default=None)
     m.add_argument("--steps", type=int, default=8)
+    a = sub.add_parser("augment", help="device augmentation per batch at the 8 GB plans, on the GPU")
+    a.add_argument("--plans", type=Path, required=True)
+    a.add_argument("--batches", type=int, default=30)
     args = parser.parse_args()
     if args.command == "plans":
         make_plans(args.out, args.budgets)
+    elif args.command == "augment":
+        measure_augmentation(args.plans, args.batches)
     else:
         measure(args.plans, args.out, args.steps)
 
