@@ -58,8 +58,13 @@ def ordered_lesions(tumour: np.ndarray) -> tuple[np.ndarray, int]:
     if n <= 1:
         return labels, n
     index = np.arange(1, n + 1)
-    voxels = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    centroids = np.array(ndimage.center_of_mass(labels > 0, labels, index)).round(3)
+    # sizes and centroids from the lesion voxels alone (scipy's center_of_mass sweeps the whole volume per axis:
+    # 2.5 s on a 512 x 512 x 99 CT)
+    where = np.nonzero(labels)
+    ids = labels[where]
+    voxels = np.bincount(ids, minlength=n + 1)[1:]
+    centroids = (np.stack([np.bincount(ids, weights=axis, minlength=n + 1)[1:] for axis in where], axis=1)
+                 / voxels[:, None]).round(3)
     order = np.lexsort((*centroids.T[::-1], -voxels))  # last key first: voxels, then z, y, x
     renumber = np.zeros(n + 1, dtype=labels.dtype)
     renumber[index[order]] = index
