@@ -100,3 +100,20 @@ def train_tiny_pair(home: Path, raw_dataset: Path) -> Path:
         finally:
             torch.set_num_threads(threads)
     return home
+
+
+def use_home(home: Path, monkeypatch):
+    """Point this test's roots at ``home`` (in-process calls and CLI processes) with one torch thread; a generator for
+    a fixture body: ``yield from use_home(trained, monkeypatch)``."""
+    import torch
+
+    for var in ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SMOOTHSEG_HOME", str(home))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield home
+    finally:
+        torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import run_cli
-from inference_helpers import train_tiny_pair
+from inference_helpers import train_tiny_pair, use_home
 
 from smoothseg.dataset.io import read_image
 from smoothseg.errors import SmoothSegError
@@ -39,14 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_dataset_pristine: Pat
 
 @pytest.fixture
 def home(trained: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for var in ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SMOOTHSEG_HOME", str(trained))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield trained
-    torch.set_num_threads(threads)
+    yield from use_home(trained, monkeypatch)
 
 
 def _test_images(home: Path) -> list[Path]:
@@ -123,7 +116,7 @@ def test_the_converted_model_is_cached_and_read_back(home: Path, monkeypatch, ca
     expected = first.predict_preprocessed(data)
     cached = sorted((home / "cache" / "openvino").glob("*.xml"))
     assert cached and all(p.with_suffix(".bin").is_file() for p in cached)
-    assert first.runners[0].cache_path((1, 1, 16, 32, 32)) in cached
+    assert first.runners[0].cache_path((first.tile_batch_size, 1, 16, 32, 32)) in cached  # 8 tiles, full batches
 
     def no_conversion(self, shape):
         raise AssertionError("converted again although the cache holds the model")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import run_cli
-from inference_helpers import train_tiny_pair
+from inference_helpers import train_tiny_pair, use_home
 
 from smoothseg.dataset.io import Geometry, read_header, read_image, write_image
 from smoothseg.errors import SmoothSegError
@@ -34,7 +34,6 @@ from smoothseg.workflows.validation import validate_fold
 DATASET = "Dataset900_SyntheticLiver"
 FAST_MODELS = ModelOptions(device=torch.device("cpu"), step_size=1.0)
 FAST = CohortOptions(num_processes_preprocessing=0, num_processes_postprocessing=0, progress=False)
-_ROOT_VARS = ("SMOOTHSEG_RAW", "SMOOTHSEG_PREPROCESSED", "SMOOTHSEG_RESULTS")
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +45,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_dataset_pristine: Pat
 @pytest.fixture
 def home(trained: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The trained data home as this test's roots (in-process calls and CLI processes, one torch thread each)."""
-    for var in _ROOT_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SMOOTHSEG_HOME", str(trained))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield trained
-    torch.set_num_threads(threads)
+    yield from use_home(trained, monkeypatch)
 
 
 @pytest.fixture
