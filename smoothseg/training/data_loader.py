@@ -211,12 +211,12 @@ class PatchLoader(DataLoader):
         With the case's stored signed distances ``sdf`` (:func:`load_liver_sdf`) that is a threshold of their crop
         (``<= mm`` dilates, ``< mm`` erodes). Without them (older preprocessing, or a move beyond the stored
         ``SDF_CLIP_MM``) it is a distance transform of the patch plus that distance of the case around it (outside
-        the case: no liver), so a face where the liver continues is not eroded: the same mask, up to the float16
+        the case: no liver), so a face where the liver continues is not eroded: the same mask, up to the float32
         rounding of the stored distances (a test compares them)."""
         patch = self.cut_size
         mm = self._mask_offset_mm() if mm is None else float(mm)
         if sdf is not None and abs(mm) < SDF_CLIP_MM:
-            distances = self._crop(sdf, start, np.float16(SDF_CLIP_MM)).astype(np.float32)
+            distances = self._crop(sdf, start, SDF_CLIP_MM).astype(np.float64)
             return distances <= mm if mm > 0 else distances < mm
         spacing = np.asarray(spacing, dtype=float)
         radius = np.ceil(abs(mm) / spacing - 1e-9).astype(int)  # 0 everywhere when mm is 0
