@@ -189,19 +189,15 @@ def _child(image_path: Path, label_path: Path, tta: bool, threads: int | None, o
 
 def _tumour_tiles(cascade, image, geometry, liver) -> list[int]:
     """``[tiles run, tiles of the crop box]`` of the tumour stage's sliding window on this case."""
-    import itertools
-    import math
-
     import torch
 
-    from smoothseg.inference.sliding_window import _pad_to_patch, compute_tile_starts, tiles_to_run
+    from smoothseg.inference.sliding_window import _pad_to_patch, tile_regions, tiles_to_run
 
     data, properties = cascade.tumor.preprocess(image, geometry, liver)
     patch = cascade.tumor.patch_sizes[0]
     region, _ = _pad_to_patch(torch.from_numpy(properties["network_region"][None].astype("uint8")), patch, 0)
-    starts = compute_tile_starts(region.shape[1:], patch, cascade.tumor.step_size)
-    tiles = [tuple(slice(s, s + p) for s, p in zip(c, patch, strict=True)) for c in itertools.product(*starts)]
-    return [len(tiles_to_run(tiles, region[0].bool())), math.prod(len(s) for s in starts)]
+    tiles = tile_regions(region.shape[1:], patch, cascade.tumor.step_size)
+    return [len(tiles_to_run(tiles, region[0].bool())), len(tiles)]
 
 
 def _count_lesions(mask) -> int:

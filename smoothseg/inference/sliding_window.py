@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from smoothseg.device import autocast as device_autocast
 from smoothseg.logging_setup import progress_bar
 
-__all__ = ["REGION_MARGIN", "compute_tile_starts", "gaussian_importance_map", "sliding_window_predict", "tiles_to_run"]
+__all__ = ["REGION_MARGIN", "compute_tile_starts", "gaussian_importance_map", "sliding_window_predict", "tile_regions",
+           "tiles_to_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,14 @@ def compute_tile_starts(image_shape: Sequence[int], patch_size: Sequence[int],
                        for i in range(num_steps)]
         starts.append(axis_starts)
     return starts
+
+
+def tile_regions(image_shape: Sequence[int], patch_size: Sequence[int],
+                 step_size: float = 0.5) -> list[tuple[slice, ...]]:
+    """Every tile of :func:`compute_tile_starts` as slices over the (padded) image."""
+    starts = compute_tile_starts(image_shape, patch_size, step_size)
+    return [tuple(slice(s, s + int(p)) for s, p in zip(corner, patch_size, strict=True))
+            for corner in itertools.product(*starts)]
 
 
 def _pad_to_patch(image: torch.Tensor, patch_size: Sequence[int],
@@ -325,9 +334,7 @@ def sliding_window_predict(network: Network, image: torch.Tensor | np.ndarray, p
     image = image.float().cpu()
     padded, crop = _pad_to_patch(image, patch_size, pad_value)
     padded_shape = tuple(padded.shape[1:])
-    starts = compute_tile_starts(padded_shape, patch_size, step_size)
-    tiles = [tuple(slice(s, s + int(p)) for s, p in zip(corner, patch_size, strict=True))
-             for corner in itertools.product(*starts)]
+    tiles = tile_regions(padded_shape, patch_size, step_size)
     if region is not None:
         region = torch.as_tensor(np.asarray(region, dtype=bool))
         if tuple(region.shape) != tuple(image.shape[1:]):
