@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 
 import numpy as np
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
@@ -76,9 +77,10 @@ def training_transforms(patch_size, fill_value: float = 0.0, mirror_axes=(0, 1, 
 def make_augmenter(loader, transforms: Compose | None, num_workers: int, seed: int):
     """Wrap ``loader`` in a multi-process augmenter (or a single-threaded one when ``num_workers`` is 0)."""
     if num_workers <= 0:
-        # batchgenerators' transforms draw from NumPy's global generator; seed it as the worker processes seed theirs,
-        # so the augmentation of an epoch depends on its seed only
+        # batchgenerators' transforms draw from NumPy's global generator and Python's ``random``; seed both as the
+        # worker processes are seeded, so the augmentation of an epoch depends on its seed only
         np.random.seed(int(seed) % 2**32)
+        random.seed(int(seed))
         return SingleThreadedAugmenter(loader, transforms)
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(num_workers)]
     return MultiThreadedAugmenter(loader, transforms, num_workers, num_cached_per_queue=3, seeds=seeds,

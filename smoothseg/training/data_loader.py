@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,9 @@ class PatchLoader(DataLoader):
     def set_thread_id(self, thread_id: int) -> None:
         super().set_thread_id(thread_id)
         self.rng = np.random.default_rng([self.seed, thread_id])
+        # batchgenerators' noise and blur transforms draw from Python's ``random``, which CPython reseeds from the OS
+        # in every forked child, so without this the augmentation (and the demo's result) changed from run to run
+        random.seed(int(np.random.SeedSequence([self.seed, thread_id]).generate_state(1)[0]))
         if os.getpid() != self.parent_pid:
             die_with_parent(self.parent_pid)
 
