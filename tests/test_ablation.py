@@ -83,22 +83,23 @@ def test_ablation_runs_every_variant_over_two_seeds_and_resumes(planned: Path, d
     models = folder / "models"
     for seed in (0, 1):
         assert sorted(p.name for p in (models / f"seed_{seed}").iterdir()) == [
-            "liver", "liver_novae", "single", "tumor", "tumor_deepsup", "tumor_nocleanliver", "tumor_nolesionsampling",
-            "tumor_notlvr", "tumor_novae", "tumor_synthesis"]
+            "liver", "liver_novae", "single", "tumor", "tumor_deepsup", "tumor_nocleanliver_deepsup",
+            "tumor_nolesionsampling_deepsup", "tumor_notlvr_deepsup", "tumor_novae_deepsup", "tumor_synthesis_deepsup"]
     checkpoints = {p.relative_to(models).parts[1]: p for p in models.rglob("checkpoint_final.pth")
                    if p.relative_to(models).parts[0] == "seed_0"}
-    assert not load_checkpoint(checkpoints["tumor_novae"])["network_kwargs"]["vae"]
+    assert not load_checkpoint(checkpoints["tumor_novae_deepsup"])["network_kwargs"]["vae"]
     assert not load_checkpoint(checkpoints["liver_novae"])["network_kwargs"]["vae"]
-    assert load_checkpoint(checkpoints["tumor"])["network_kwargs"]["vae"]
+    assert load_checkpoint(checkpoints["tumor_deepsup"])["network_kwargs"]["vae"]
     single = load_checkpoint(checkpoints["single"])
     assert single["network_kwargs"]["out_channels"] == 3 and single["task"] == "liver"
-    run_config = json.loads((checkpoints["tumor_notlvr"].parent / "run_config.json").read_text())
+    run_config = json.loads((checkpoints["tumor_notlvr_deepsup"].parent / "run_config.json").read_text())
     assert run_config["config"]["tlvr_weight"] == 0.0 and run_config["config"]["seed"] == 0
-    full_config = json.loads((checkpoints["tumor"].parent / "run_config.json").read_text())["config"]
-    for key, field in (("tumor_nolesionsampling", "lesion_sampling"), ("tumor_nocleanliver", "clean_liver")):
+    full_config = json.loads((checkpoints["tumor_deepsup"].parent / "run_config.json").read_text())["config"]
+    for key, field in (("tumor_nolesionsampling_deepsup", "lesion_sampling"),
+                       ("tumor_nocleanliver_deepsup", "clean_liver")):
         config = json.loads((checkpoints[key].parent / "run_config.json").read_text())["config"]
         assert config[field] == 0.0 and full_config[field] > 0
-    synthesis = json.loads((checkpoints["tumor_synthesis"].parent / "run_config.json").read_text())["config"]
+    synthesis = json.loads((checkpoints["tumor_synthesis_deepsup"].parent / "run_config.json").read_text())["config"]
     assert synthesis["lesion_synthesis"] > 0 and full_config["lesion_synthesis"] == 0
     assert load_checkpoint(checkpoints["tumor_deepsup"])["network_kwargs"]["deep_supervision"]
     assert not load_checkpoint(checkpoints["tumor"])["network_kwargs"]["deep_supervision"]

@@ -563,5 +563,23 @@ def test_deep_supervision_trains_its_heads_and_a_run_keeps_it(tiny: Path) -> Non
     initial = SmoothSegTrainer(_config("liver", deep_supervision=True)).network  # seed 0's initial weights
     assert any(not torch.equal(a, b) for a, b in zip(network.deep_heads.parameters(), initial.deep_heads.parameters(),
                                                     strict=True))
-    with pytest.raises(SmoothSegError, match="trained with --deep-supervision 1; continue it with the same value"):
+    with pytest.raises(SmoothSegError, match="trained with deep supervision; continue it with --deep-supervision"):
         train(_config("liver", epochs=2, continue_training=True))
+
+
+def test_deep_supervision_defaults_to_the_tumour_task_only(tiny: Path) -> None:
+    """Unset, deep supervision is on for the tumour task (what the ablation measured) and off for the liver task;
+    either can be set explicitly (``--deep-supervision`` / ``--no-deep-supervision``)."""
+    assert _config("tumor").deep_supervision is True and _config("liver").deep_supervision is False
+    assert _config("tumor", deep_supervision=False).deep_supervision is False
+    assert SmoothSegTrainer(_config("tumor")).network.deep_supervision
+    assert not SmoothSegTrainer(_config("liver")).network.deep_supervision
+
+
+def test_no_deep_supervision_flag_trains_without_heads(tiny: Path, data_home: Path) -> None:
+    result = run_cli("train", "900", "tumor", "0", "-device", "cpu", "--epochs", "1", "--iters-per-epoch", "1",
+                     "--val-iters", "1", "--num-workers", "0", "--no-val", "--no-deep-supervision", home=data_home)
+    assert result.returncode == 0, result.stderr
+    output = data_home / "results" / "Dataset900_SyntheticLiver" / "SmoothSegTrainer__tumor" / "fold_0"
+    payload = load_checkpoint(output / "checkpoint_final.pth")
+    assert payload["config"]["deep_supervision"] is False and not payload["network_kwargs"]["deep_supervision"]

@@ -65,9 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="weight of the TLVR term (tumor task); 0 ablates it")
     parser.add_argument("--no-vae", dest="no_vae", action="store_true",
                         help="train the network without its VAE branch (ablation)")
-    parser.add_argument("--deep-supervision", dest="deep_supervision", action="store_true",
+    parser.add_argument("--deep-supervision", dest="deep_supervision", action=argparse.BooleanOptionalAction,
+                        default=None,
                         help="also supervise the coarser decoder stages (a head on each, targets downsampled, weights "
-                             "halving per scale; nnU-Net's scheme); off by default until the ablation shows it helps")
+                             "halving per scale; nnU-Net's scheme). Default: on for the tumor task (the ablation: "
+                             "documentation/benchmarks.md), off for the liver task")
     parser.add_argument("--mask-leak-mm", dest="mask_leak_mm", type=float, default=15.0,
                         help="tumor task: a quarter of the training liver masks are dilated by 5 mm to this many mm, "
                              "as by a liver stage leaking into neighbouring tissue (default 15; 0 switches it off)")

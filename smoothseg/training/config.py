@@ -34,7 +34,9 @@ class TrainingConfig:
     grad_clip: float = 12.0
     vae_weight: float = 0.1
     vae: bool = True  # False: the network without its VAE branch (the ablation's no_vae)
-    deep_supervision: bool = False  # a loss on every coarser decoder stage too (nnU-Net's weights); off until measured
+    # A loss on every coarser decoder stage too (nnU-Net's weights). None: the measured default, on for the tumour
+    # task (the ablation, benchmarks.md), off for the liver task (not measured there); resolved at construction.
+    deep_supervision: bool | None = None
     tlvr_weight: float = 0.5
     oversample_foreground: float = 0.33
     mask_jitter_mm: float = 5.0
@@ -53,3 +55,7 @@ class TrainingConfig:
     overwrite: bool = False  # train a finished fold again from scratch (its previous outputs are removed)
     validate: bool = True  # run the cascade on the fold's validation cases once both tasks are trained
     pp_objective: str = "f1"  # what the validation chooses the tumour operating point for: "f1" or "dice"
+
+    def __post_init__(self) -> None:
+        if self.deep_supervision is None:
+            self.deep_supervision = self.task == "tumor"

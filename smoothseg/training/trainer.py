@@ -228,6 +228,9 @@ class Trainer:
             saved, now = float(ckpt.get("config", {}).get(key, before_option)), float(getattr(self.config, key))
             if saved != now:
                 flag = "--" + key.replace("_", "-")
+                if key == "deep_supervision":  # a switch: name the flag that continues the run as it was trained
+                    raise SmoothSegError(f"{path} was trained {'with' if saved else 'without'} deep supervision; "
+                                         f"continue it with {flag if saved else '--no-' + flag[2:]}")
                 raise SmoothSegError(f"{path} was trained with {flag} {saved:g}; continue it with the same value "
                                      f"(got {now:g})")
         self.network.load_state_dict(ckpt["network_state"])

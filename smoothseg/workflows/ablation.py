@@ -15,9 +15,14 @@ Variants (:data:`VARIANTS`), each the full method with one component taken away:
 * ``no_clean_liver``: the tumour model trained without clean-liver negatives (``clean_liver`` 0);
 * ``argmax_operating_point``: ``full``'s models, the tumour the argmax of the classes and every lesion kept,
   instead of the operating point chosen for detection;
+* ``no_deep_supervision``: the tumour model trained without deep supervision (on by default for the tumour task
+  since the five-fold ablation of two seeds, benchmarks.md; the liver model has none in any variant);
 * ``lesion_synthesis``: the one variant that *adds* a component, off by default until measured: the tumour model
-  trained with small synthetic lesions painted into a third of its patches (``lesion_synthesis`` 0.33);
-* ``deep_supervision``: likewise added, off by default: the tumour model trained with deep supervision.
+  trained with small synthetic lesions painted into a third of its patches (``lesion_synthesis`` 0.33).
+
+Model folders are named by what the model is, not relative to the defaults (``tumor_deepsup`` is ``full``'s tumour
+model; ``tumor``, without deep supervision, is ``no_deep_supervision``'s), so models trained before a default changed
+are reused only by the variant they belong to.
 
 Operating point: every variant but ``argmax_operating_point`` uses a voxel threshold, lesion confidence and minimum
 lesion volume chosen as the fold validation chooses them (:mod:`smoothseg.inference.operating_point`, lesion F1 with at
@@ -105,7 +110,7 @@ __all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablat
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("full", "no_tlvr", "no_vae", "no_active_contour", "single_stage", "no_lesion_sampling", "no_clean_liver",
-            "argmax_operating_point", "lesion_synthesis", "deep_supervision")
+            "argmax_operating_point", "lesion_synthesis", "no_deep_supervision")
 ECE_BINS = 10
 ARMS = "arms"
 FINAL = "checkpoint_final.pth"
@@ -124,7 +129,11 @@ class ModelSpec:
     lesion_sampling: bool = True
     clean_liver: bool = True
     synthesis: bool = False
-    deep_supervision: bool = False
+    deep_supervision: bool | None = None  # None: the trainer's default (on for the tumour task only)
+
+    def __post_init__(self) -> None:
+        if self.deep_supervision is None:
+            object.__setattr__(self, "deep_supervision", self.task == "tumor")
 
     @property
     def key(self) -> str:
@@ -146,7 +155,7 @@ VARIANT_MODELS: dict[str, tuple[ModelSpec, ...]] = {
     "no_clean_liver": (ModelSpec("liver"), ModelSpec("tumor", clean_liver=False)),
     "argmax_operating_point": (ModelSpec("liver"), ModelSpec("tumor")),
     "lesion_synthesis": (ModelSpec("liver"), ModelSpec("tumor", synthesis=True)),
-    "deep_supervision": (ModelSpec("liver"), ModelSpec("tumor", deep_supervision=True)),
+    "no_deep_supervision": (ModelSpec("liver"), ModelSpec("tumor", deep_supervision=False)),
 }
 #: The share of patches with painted lesions in the ``lesion_synthesis`` variant.
 SYNTHESIS_SHARE = 0.33
