@@ -43,7 +43,7 @@ from smoothseg.inference.sliding_window import sliding_window_predict
 from smoothseg.models.build import network_from_checkpoint
 from smoothseg.models.checkpoint import load_checkpoint
 from smoothseg.network.segresnet_vae import SegResNetVAE
-from smoothseg.planning.plans import Plans
+from smoothseg.planning.plans import ConfigurationPlan, Plans
 from smoothseg.preprocessing.normalization import outside_fill_value
 from smoothseg.preprocessing.preprocessor import TaskPreprocessor, stored_box
 
@@ -54,6 +54,21 @@ logger = logging.getLogger(__name__)
 #: Tiles with at most this many voxels x first-stage filters are batched on the CPU too (see
 #: ``StagePredictor._default_tile_batch_size``).
 SMALL_TILE_ELEMENTS = 4_000_000
+
+
+def crop_to_liver(plan: ConfigurationPlan, image: np.ndarray, geometry: Geometry,
+                  liver_mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """The network input ``(1, z, y, x)`` of a configuration that crops to the liver, given the liver mask on the
+    original grid, and the properties to revert it; they hold that mask on the network's grid as
+    ``"network_region"``. Intensities outside the mask become the fill value, as the training loader masks."""
+    # The mask travels through the preprocessor as a {0, 1} label map, so it is cropped and resampled exactly as
+    # training resampled the reference liver region that the loader masks with.
+    masker = TaskPreprocessor(plan, liver_labels=(1,), tumor_labels=())
+    mask = np.asarray(liver_mask, dtype=np.uint8)
+    data, seg, properties = masker.preprocess(image, geometry, liver_mask=mask.astype(bool), label=mask)
+    data[0][seg == 0] = outside_fill_value(plan)
+    properties["network_region"] = seg > 0
+    return data, properties
 
 
 class StagePredictor:
@@ -183,14 +198,7 @@ class StagePredictor:
             return data, properties
         if liver_mask is None or not np.any(liver_mask):
             raise SmoothSegError(f"the {self.task} stage needs a non-empty liver mask to crop to")
-        # The mask travels through the preprocessor as a {0, 1} label map, so it is cropped and resampled exactly as
-        # training resampled the reference liver region that the loader masks with.
-        masker = TaskPreprocessor(self.plan, liver_labels=(1,), tumor_labels=())
-        mask = np.asarray(liver_mask, dtype=np.uint8)
-        data, seg, properties = masker.preprocess(image, geometry, liver_mask=mask.astype(bool), label=mask)
-        data[0][seg == 0] = self.fill_value
-        properties["network_region"] = seg > 0
-        return data, properties
+        return crop_to_liver(self.plan, image, geometry, liver_mask)
 
     # -- network -------------------------------------------------------------------------------------------------------
     def predict_preprocessed(self, data: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
