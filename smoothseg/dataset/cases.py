@@ -17,6 +17,8 @@ from typing import NamedTuple
 from smoothseg.dataset.io import image_ending
 
 SPLITS = ("Tr", "Ts")
+#: The folder suffix of the images without labels (``imagesUnlabelled``), listed in ``dataset.json``.
+UNLABELLED = "Unlabelled"
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -78,8 +80,8 @@ def label_path(dataset_dir: Path, split: str, case_id: str, file_ending: str) ->
 
 def list_cases(dataset_dir: str | Path, file_ending: str, split: str = "Tr") -> list[CaseFiles]:
     """All cases of one split, sorted by id, as found on disk."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split not in (*SPLITS, UNLABELLED):
+        raise ValueError(f"split must be one of {(*SPLITS, UNLABELLED)}, got {split!r}")
     dataset_dir = Path(dataset_dir)
     images: dict[str, dict[int, Path]] = {}
     image_dir = dataset_dir / f"images{split}"

@@ -7,6 +7,9 @@ optional smoothseg keys:
   region and the tumour. When absent they are derived from the label names.
 * ``clinical``: ``{"file": "clinical.csv", "case_id_column": "case_id", "features": [...],
   "categorical": [...]}``, the clinical table used for the TLVR regression.
+* ``imagesUnlabelled``: ``["case_a", "case_b", ...]``, cases with an image
+  (``imagesUnlabelled/<case>_0000<ending>``) and a clinical row but no label map; the tumour model learns from
+  them through the knowledge term only (:mod:`smoothseg.training.unlabelled`).
 
 Every schema problem raises :class:`~smoothseg.errors.DatasetSchemaError` naming the key and the file.
 """
@@ -24,7 +27,8 @@ from smoothseg.errors import DatasetSchemaError
 
 _TUMOUR_NAMES = ("tumor", "tumour", "mass", "lesion", "cancer", "hcc")
 _LIVER_NAMES = ("liver",)
-_KNOWN_KEYS = {"name", "channel_names", "labels", "numTraining", "file_ending", "task_regions", "clinical"}
+_KNOWN_KEYS = {"name", "channel_names", "labels", "numTraining", "file_ending", "task_regions", "clinical",
+               "imagesUnlabelled"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class DatasetSpec:
     clinical: ClinicalSpec | None = None
     name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    unlabelled: tuple[str, ...] = ()  # ``imagesUnlabelled``: case ids with an image and clinical data, no label
 
     @property
     def num_channels(self) -> int:
@@ -135,8 +140,14 @@ class DatasetSpec:
         name = data.get("name")
         if name is not None and not isinstance(name, str):
             fail("name", "must be a string")
+        unlabelled = data.get("imagesUnlabelled", [])
+        if not isinstance(unlabelled, list) or not all(isinstance(c, str) and c for c in unlabelled):
+            fail("imagesUnlabelled", "must be a list of case ids (their images lie in imagesUnlabelled/)")
+        if len(set(unlabelled)) != len(unlabelled):
+            fail("imagesUnlabelled", "lists a case id twice")
         extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
-        return cls(channel_names, labels, num_training, file_ending, task_regions, clinical, name, extra)
+        return cls(channel_names, labels, num_training, file_ending, task_regions, clinical, name, extra,
+                   tuple(unlabelled))
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {}
@@ -151,6 +162,8 @@ class DatasetSpec:
         })
         if self.clinical is not None:
             out["clinical"] = self.clinical.to_dict()
+        if self.unlabelled:
+            out["imagesUnlabelled"] = list(self.unlabelled)
         out.update(self.extra)
         return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from smoothseg.dataset.cases import CaseFiles, list_cases
+from smoothseg.dataset.cases import UNLABELLED, CaseFiles, list_cases
 from smoothseg.dataset.clinical import load_clinical_table
 from smoothseg.dataset.dataset_json import DatasetSpec
 from smoothseg.paths import find_dataset
@@ -46,6 +46,13 @@ class RawDataset:
     @cached_property
     def test_cases(self) -> list[CaseFiles]:
         return self.cases("Ts")
+
+    @cached_property
+    def unlabelled_cases(self) -> list[CaseFiles]:
+        """The cases ``dataset.json`` lists under ``imagesUnlabelled``, in that order (images only; a listed case
+        without an image file has none, for :mod:`smoothseg.dataset.verify` to report)."""
+        found = {c.case_id: c for c in self.cases(UNLABELLED)}
+        return [CaseFiles(c, UNLABELLED, found[c].images if c in found else {}) for c in self.spec.unlabelled]
 
     def clinical(self) -> pd.DataFrame | None:
         """The clinical table indexed by case id, or None when the dataset declares none."""

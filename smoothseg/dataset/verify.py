@@ -3,7 +3,9 @@
 Checks, per case: images for every channel and a label exist; each file is readable, 3D, scalar
 and finite; image channels and label share size, spacing, origin and direction (within tolerance);
 label values are declared in ``dataset.json``. Per dataset: ``numTraining`` matches, and when a
-clinical table is declared it loads and has a row for every case.
+clinical table is declared it loads and has a row for every case. Unlabelled cases (``imagesUnlabelled``): their
+images as above, an id no labelled case has, and a clinical row with at least one feature value (it is all they
+contribute); images in ``imagesUnlabelled/`` that ``dataset.json`` does not list are reported.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class VerificationReport:
     dataset: Path
     n_training: int = 0
     n_test: int = 0
+    n_unlabelled: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -50,7 +53,8 @@ class VerificationReport:
         return not self.problems
 
     def summary(self) -> str:
-        head = (f"{self.dataset.name}: {self.n_training} training and {self.n_test} test case(s); "
+        unlabelled = f", {self.n_unlabelled} unlabelled" if self.n_unlabelled else ""
+        head = (f"{self.dataset.name}: {self.n_training} training{unlabelled} and {self.n_test} test case(s); "
                 f"{len(self.problems)} problem(s)")
         return "\n".join([head] + [f"  - {p}" for p in self.problems])
 
@@ -114,6 +118,22 @@ def _check_case(case: CaseFiles, spec: DatasetSpec, tol: Tolerance) -> list[Prob
     return problems
 
 
+def _check_unlabelled_listing(raw: RawDataset) -> list[Problem]:
+    """Unlabelled ids that clash with labelled ones, and images in ``imagesUnlabelled/`` nobody listed."""
+    problems = []
+    labelled = {c.case_id for c in raw.training_cases + raw.test_cases}
+    listed = set(raw.spec.unlabelled)
+    for case_id in sorted(listed & labelled):
+        problems.append(Problem("listed under imagesUnlabelled but also a labelled (imagesTr/imagesTs) case; an "
+                                "unlabelled case must be another patient", case_id, raw.dataset_json))
+    folder = raw.folder / "imagesUnlabelled"
+    stray = sorted({c.case_id for c in raw.cases("Unlabelled")} - listed)
+    if stray:
+        problems.append(Problem(f"{len(stray)} image(s) in imagesUnlabelled are not listed in dataset.json's "
+                                f"imagesUnlabelled ({', '.join(stray[:10])}): they would be ignored", path=folder))
+    return problems
+
+
 def _check_case_star(args) -> list[Problem]:
     return _check_case(*args)
 
@@ -142,8 +162,11 @@ def verify_dataset(dataset: str | int | Path, *, num_processes: int = 1, toleran
     if len(train) != spec.num_training:
         report.problems.append(Problem(f"numTraining is {spec.num_training} but {len(train)} training cases exist",
                                        path=raw.dataset_json))
+    unlabelled = raw.unlabelled_cases
+    report.n_unlabelled = len(unlabelled)
+    report.problems.extend(_check_unlabelled_listing(raw))
     cases = train + test
-    jobs = [(c, spec, tol) for c in cases]
+    jobs = [(c, spec, tol) for c in cases + unlabelled]
     results = map_cases(_check_case_star, jobs, num_processes, desc="verify")
     for r in results:
         report.problems.extend(r)
@@ -159,6 +182,16 @@ def verify_dataset(dataset: str | int | Path, *, num_processes: int = 1, toleran
                 shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
                 report.problems.append(Problem(f"clinical table has no row for {len(missing)} case(s): {shown}",
                                                path=folder / spec.clinical.file))
+            known = table[table.notna().any(axis=1)].index
+            without = [c.case_id for c in unlabelled if c.case_id not in known]
+            if without:
+                report.problems.append(Problem(
+                    f"{len(without)} unlabelled case(s) have no clinical row with a feature value ("
+                    f"{', '.join(without[:10])}); the knowledge term is all an unlabelled case contributes",
+                    path=folder / spec.clinical.file))
+    elif unlabelled:
+        report.problems.append(Problem("imagesUnlabelled lists cases but no clinical table is declared; unlabelled "
+                                       "cases contribute only through their clinical data", path=raw.dataset_json))
     for p in report.problems:
         logger.debug("problem: %s", p)
     return report
