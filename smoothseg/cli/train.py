@@ -27,7 +27,8 @@ def _body(args: argparse.Namespace) -> int:
         lesion_synthesis=args.lesion_synthesis, compile=args.compile,
         precision=args.precision, num_workers=args.num_workers, gpu_augmentation=args.gpu_augmentation,
         seed=args.seed, continue_training=args.c,
-        overwrite=args.overwrite, validate=not args.no_val, pp_objective=args.pp_objective)
+        overwrite=args.overwrite, validate=not args.no_val, pp_objective=args.pp_objective,
+        unlabelled_every=args.unlabelled_every, liver_model=args.liver_model)
     device = resolve_device(args.device)
     ctx = from_environment()
     if not ctx.is_main:  # in a torchrun job rank 0 speaks for all
@@ -99,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="rotate, scale and the intensity transforms on the training device, batched, while the "
                              "workers only cut patches: auto = on CUDA; on = also on a CPU; off = batchgenerators "
                              "in the workers")
+    parser.add_argument("--unlabelled-every", dest="unlabelled_every", type=int,
+                        default=TrainingConfig.unlabelled_every,
+                        help="tumor task, when dataset.json lists imagesUnlabelled cases (image + clinical row, no "
+                             "label): one whole-liver knowledge-term step on one of them every N iterations, on the "
+                             "liver the fold's liver model predicts (default %(default)s; 0 leaves them out)")
+    parser.add_argument("--liver-model", dest="liver_model", default=None,
+                        help="the liver checkpoint that crops the unlabelled cases (default: this fold's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val", action="store_true",
                         help="only run the full validation of a finished fold (cascade on its validation cases)")

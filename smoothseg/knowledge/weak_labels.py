@@ -35,6 +35,7 @@ class FoldWeakLabels:
     model: dict[str, Any] | None = None
     scores: dict[str, float] | None = None
     off_reason: str | None = None
+    unlabelled: dict[str, float] = field(default_factory=dict)  # predictions for cases without labels
 
 
 def with_clinical_data(table):
@@ -44,10 +45,13 @@ def with_clinical_data(table):
 
 
 def fold_weak_labels(raw: RawDataset, reference_tlvr: Mapping[str, float], train_ids: Sequence[str],
-                     val_ids: Sequence[str], *, weight: float, seed: int) -> FoldWeakLabels:
+                     val_ids: Sequence[str], *, weight: float, seed: int,
+                     unlabelled_ids: Sequence[str] = ()) -> FoldWeakLabels:
     """Fit the fold's TLVR regression on ``train_ids`` (reference TLVRs from ``reference_tlvr``) and label the cases.
 
     ``weight`` is the TLVR term's weight (0: nothing to fit); ``seed`` shuffles the cross-fitting folds.
+    ``unlabelled_ids`` (cases without labels) are predicted like validation cases, by the model fitted on every
+    training case.
     """
     available, reason = describe_availability(raw.spec, weight)
     if not available:
@@ -64,9 +68,10 @@ def fold_weak_labels(raw: RawDataset, reference_tlvr: Mapping[str, float], train
                                                                        random_state=seed).items()}
     regressor.fit(table.loc[ids], target)
     labels = FoldWeakLabels(train={c: float(v) for c, v in oof.items()}, model=regressor.to_dict(), scores=scores)
-    known_val = [c for c in val_ids if c in table.index]
-    if known_val:
-        labels.val = dict(zip(known_val, (float(v) for v in regressor.predict(table.loc[known_val])), strict=True))
+    for ids_, target_dict in ((val_ids, labels.val), (unlabelled_ids, labels.unlabelled)):
+        known = [c for c in ids_ if c in table.index]
+        if known:
+            target_dict.update(zip(known, (float(v) for v in regressor.predict(table.loc[known])), strict=True))
     logger.info("TLVR regression on %d training cases (validation cases never seen): out-of-fold R2 %.3f, MAE %.4f "
                 "(predicting the mean: %.4f)", len(ids), scores["r2"], scores["mae"], scores["mae_mean_baseline"])
     return labels

@@ -55,6 +55,10 @@ class TrainingConfig:
     overwrite: bool = False  # train a finished fold again from scratch (its previous outputs are removed)
     validate: bool = True  # run the cascade on the fold's validation cases once both tasks are trained
     pp_objective: str = "f1"  # what the validation chooses the tumour operating point for: "f1" or "dice"
+    # Tumour task, unlabelled cases (dataset.json's imagesUnlabelled, a fold's "unlabelled" in splits.json): one
+    # whole-liver knowledge-term step every this many iterations (0: off); smoothseg.training.unlabelled.
+    unlabelled_every: int = 10
+    liver_model: str | None = None  # the liver checkpoint that crops them (None: this fold's, same results root)
 
     def __post_init__(self) -> None:
         if self.deep_supervision is None:

@@ -47,6 +47,15 @@ from smoothseg.training.gpu_augmentation import DeviceAugmenter, training_ranges
 from smoothseg.training.losses import DiceCELoss, SmoothSegLoss
 from smoothseg.training.optim import build_optimizer, poly_lr
 from smoothseg.training.progress import ProgressLog
+from smoothseg.training.unlabelled import (
+    ConstraintStep,
+    UnlabelledCase,
+    band,
+    cache_folder,
+    fold_unlabelled,
+    load_prepared,
+    tlvr_band_width,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +101,9 @@ class Trainer:
                 raise SmoothSegError(f"{flag} must be a share between 0 and 1, got {value}")
         if not (math.isfinite(config.lesion_alpha) and config.lesion_alpha >= 0):
             raise SmoothSegError(f"--lesion-alpha must be a non-negative number, got {config.lesion_alpha}")
+        if config.unlabelled_every < 0:
+            raise SmoothSegError(f"--unlabelled-every must be 0 (off) or a number of iterations, got "
+                                 f"{config.unlabelled_every}")
         self.task_folder = self.preprocessed / config.task
         self.train_ids, self.val_ids = load_fold(self.preprocessed / "splits.json", config.fold)
         missing = [c for c in self.train_ids + self.val_ids if not (self.task_folder / f"{c}.json").exists()]
@@ -124,6 +136,8 @@ class Trainer:
         self.val_tlvr: dict[str, float] = {}
         self.tlvr_model: dict[str, Any] | None = None
         self.tlvr_scores: dict[str, float] | None = None
+        #: Unlabelled cases with their TLVR band, once :meth:`prepare_knowledge` found them (tumour task only).
+        self.unlabelled: list[UnlabelledCase] = []
         self.loss_fn = self.build_loss()
 
     # -- set-up ---------------------------------------------------------------------------------------------------
@@ -202,10 +216,33 @@ class Trainer:
             "epochs_since_best": self.epochs_since_best,
             "tlvr_model": self.tlvr_model,
             "tlvr_scores": self.tlvr_scores,
+            "data_use": self.data_use(),
             "git_hash": git_hash(),
             "rng_state": {"torch": torch.get_rng_state(),
                           "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
         }
+
+    def data_use(self) -> dict[str, Any]:
+        """Which cases this run used how: segmentation loss (``labelled``), validation batches, and the unlabelled
+        ones (knowledge term only) with their source, clinical prediction and band."""
+        return {"labelled": list(self.train_ids), "validation": list(self.val_ids),
+                "unlabelled": {c.case_id: {"source": c.source, "clinical_tlvr": c.clinical_tlvr,
+                                           "band": [c.low, c.high]} for c in self.unlabelled}}
+
+    def unlabelled_step(self, rng: np.random.Generator) -> dict[str, float]:
+        """One whole-liver knowledge-term step on an unlabelled case drawn by ``rng``
+        (:mod:`smoothseg.training.unlabelled`): its own gradient and optimiser step, nothing inside the band."""
+        case = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
+        step = ConstraintStep(self.network, tuple(self.plan.patch_size), outside_fill_value(self.plan), self.device,
+                              self.memory_format, self._autocast)
+        self.optimizer.zero_grad(set_to_none=True)
+        result = step(case, self.loss_fn.tlvr_weight, rng, lambda surrogate: self.scaler.scale(surrogate).backward())
+        if result["tiles"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return result
 
     def _resume(self) -> None:
         for name in ("checkpoint_latest.pth", "checkpoint_final.pth"):
@@ -404,12 +441,20 @@ class Trainer:
         self.network.train()
         sums: dict[str, float] = {}
         bar = progress_bar(range(cfg.iters_per_epoch), desc=f"epoch {epoch}", unit="it", leave=False)
-        for _ in bar:
+        unlabelled_rng = np.random.default_rng([cfg.seed, epoch, 7])  # which unlabelled case, which tiles
+        constraint: list[dict[str, float]] = []
+        for it in bar:
             parts = self.train_step(next(train_aug))
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{parts['total']:.3f}")
+            if self.unlabelled and cfg.unlabelled_every > 0 and (it + 1) % cfg.unlabelled_every == 0:
+                constraint.append(self.unlabelled_step(unlabelled_rng))
         means = {k: v / cfg.iters_per_epoch for k, v in sums.items()}
+        if constraint:
+            logger.info("epoch %d: %d unlabelled whole-liver step(s), %d outside the band, mean penalty %.3g", epoch,
+                        len(constraint), sum(1 for c in constraint if c["tiles"]),
+                        float(np.mean([c["penalty"] for c in constraint])))
         val_losses, stats = [], np.zeros((self.plan.num_classes - 1, 3))
         for _ in range(cfg.val_iters):
             loss, s = self.validation_step(next(val_aug))
@@ -433,6 +478,8 @@ class Trainer:
             self.ema_dice = pseudo_dice if self.ema_dice is None else 0.9 * self.ema_dice + 0.1 * pseudo_dice
         self.progress.log(train_loss=means.get("total", float("nan")), train_seg=means.get("seg", float("nan")),
                           train_vae=means.get("vae", float("nan")), train_tlvr=means.get("tlvr", float("nan")),
+                          train_unlabelled=float(np.mean([c["penalty"] for c in constraint])) if constraint
+                          else float("nan"),
                           val_loss=float(np.mean(val_losses)) if val_losses else float("nan"),
                           pseudo_dice=pseudo_dice, ema_pseudo_dice=self.ema_dice if self.ema_dice is not None
                           else float("nan"), lr=lr, epoch_time=time.time() - t0, **per_class)
@@ -484,14 +531,53 @@ class SmoothSegTrainer(Trainer):
             logger.info("TLVR term off: --tlvr-weight 0 (ablation)")
             return
         truth = {c: json.loads((self.task_folder / f"{c}.json").read_text())["tlvr"] for c in self.train_ids}
-        labels = fold_weak_labels(RawDataset.find(self.plans.dataset), truth, self.train_ids, self.val_ids,
-                                  weight=self.config.tlvr_weight, seed=self.config.seed)
+        raw = RawDataset.find(self.plans.dataset)
+        unlabelled = fold_unlabelled(self.preprocessed / "splits.json", self.config.fold, raw.spec.unlabelled) \
+            if self.config.unlabelled_every > 0 else {}
+        labels = fold_weak_labels(raw, truth, self.train_ids, self.val_ids, weight=self.config.tlvr_weight,
+                                  seed=self.config.seed, unlabelled_ids=list(unlabelled))
         if labels.off_reason is not None:
             self._tlvr_off(labels.off_reason)
+            if unlabelled:
+                logger.warning("%d unlabelled case(s) not used: they contribute through the TLVR term only, which is "
+                               "off", len(unlabelled))
             return
         self.train_tlvr, self.val_tlvr = labels.train, labels.val
         self.tlvr_model, self.tlvr_scores = labels.model, labels.scores
         logger.info("TLVR weight %g", self.config.tlvr_weight)
+        if unlabelled:
+            self._prepare_unlabelled(unlabelled, labels.unlabelled, tlvr_band_width(truth, labels.train))
+
+    def liver_checkpoint(self) -> Path:
+        """The liver model that crops the unlabelled cases: ``--liver-model``, else this fold's in the same
+        results root."""
+        if self.config.liver_model:
+            return Path(self.config.liver_model)
+        return self.output.parent.parent / f"{self.name}__liver" / self.output.name / "checkpoint_final.pth"
+
+    def _prepare_unlabelled(self, cases: dict[str, str], predictions: dict[str, float], width: float) -> None:
+        """Load the prepared unlabelled cases and give each its band (clinical prediction +- out-of-fold RMSE)."""
+        if self.dist.enabled:
+            logger.warning("%d unlabelled case(s) not used: not supported under torchrun yet (each rank would update "
+                           "its replica alone); train on one device to use them", len(cases))
+            return
+        without = [c for c in cases if c not in predictions]
+        if without:
+            logger.warning("unlabelled case(s) without a clinical row are not used: %s", ", ".join(without[:10]))
+        used = {c: s for c, s in cases.items() if c in predictions}
+        liver = self.liver_checkpoint()
+        if used and not liver.is_file():
+            raise SmoothSegError(f"{len(used)} unlabelled case(s) need the fold's liver model to crop them, and "
+                                 f"{liver} does not exist: train the liver model of fold {self.config.fold} first "
+                                 "(or pass --liver-model, or --unlabelled-every 0 to leave them out)")
+        self.unlabelled = load_prepared(cache_folder(self.preprocessed, liver), used) if used else []
+        for case in self.unlabelled:
+            case.clinical_tlvr = predictions[case.case_id]
+            case.low, case.high = band(case.clinical_tlvr, width)
+        if self.unlabelled:
+            logger.info("%d unlabelled case(s) (knowledge term only, a whole-liver step every %d iterations; band "
+                        "+-%.4f, the regression's out-of-fold RMSE), cropped by %s", len(self.unlabelled),
+                        self.config.unlabelled_every, width, liver)
 
 
 def _epoch_seed(seed: int, epoch: int, *rank: int) -> int:

@@ -18,6 +18,7 @@ from smoothseg.inference.cascade import ModelOptions
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.distributed import from_environment
 from smoothseg.training.trainer import get_trainer_class, train
+from smoothseg.workflows.unlabelled import prepare_unlabelled
 from smoothseg.workflows.validation import validate_fold
 
 __all__ = ["fold_validation", "train_and_validate", "validate_only"]
@@ -48,7 +49,10 @@ def fold_validation(config: TrainingConfig, output: Path, device: torch.device) 
 
 
 def train_and_validate(config: TrainingConfig, device: torch.device) -> Path:
-    """Train ``config`` on ``device``; then, with ``config.validate``, validate the fold when it is complete."""
+    """Train ``config`` on ``device`` (a tumour model's unlabelled cases prepared first with the fold's liver
+    model); then, with ``config.validate``, validate the fold when it is complete."""
+    if from_environment().is_main:
+        prepare_unlabelled(config, device)
     output = train(config, device)
     if config.validate and from_environment().is_main:  # in a torchrun job, rank 0 validates alone
         fold_validation(config, output, torch.device("cuda", 0) if device.type == "cuda" else device)
