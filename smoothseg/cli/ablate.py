@@ -25,7 +25,7 @@ def _body(args: argparse.Namespace) -> int:
         liver_epochs=args.liver_epochs, tumor_epochs=args.tumor_epochs, iters_per_epoch=args.iters_per_epoch,
         val_iters=args.val_iters, device=resolve_device(args.device), precision=args.precision,
         num_workers=args.num_workers, num_processes=args.np, step_size=args.step_size,
-        arm=TrainingArm(noise=args.label_noise, fraction=args.train_fraction))
+        arm=TrainingArm(noise=args.label_noise, fraction=args.train_fraction, unlabelled_rest=args.unlabelled_rest))
     folder = run_ablation(settings)
     print((folder / "ablation.md").read_text())
     print(f"ablation: {folder / 'ablation.json'}, {folder / 'ablation.md'}, {folder / 'reliability.png'}")
@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "references stay clean; results under ablation/arms/")
     parser.add_argument("--train-fraction", dest="train_fraction", type=float, default=1.0,
                         help="train on a seeded subset of this share of each fold's training cases")
+    parser.add_argument("--unlabelled-rest", dest="unlabelled_rest", action="store_true",
+                        help="with --train-fraction: the cases left out stay as unlabelled cases (image + clinical "
+                             "row; the tumour model learns from them through the knowledge term only)")
     return run(parser, _body, argv)
 
 

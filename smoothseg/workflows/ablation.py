@@ -103,6 +103,7 @@ from smoothseg.preprocessing.dataset_preprocessing import preprocess_task
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.trainer import train
 from smoothseg.workflows.training_arms import TrainingArm, arm_preprocessed
+from smoothseg.workflows.unlabelled import prepare_unlabelled
 from smoothseg.workflows.validation import validation_cases
 
 __all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablation"]
@@ -220,11 +221,15 @@ def _single_stage_preprocessed(dataset_folder: Path, raw: RawDataset, root: Path
 
 
 def _train(spec: ModelSpec, seed: int, fold: str, settings: AblationSettings, folder: Path,
-           single_root: Callable[[], Path], arm_root: Callable[[int], Path | None]) -> Path:
+           single_root: Callable[[], Path], arm_root: Callable[[int], Path | None],
+           liver_model: Path | None = None) -> Path:
     """The final checkpoint of ``spec`` for ``seed`` and ``fold``: trained now, continued, or found. In a label-noise
-    arm on every case the liver models are the clean run's (the noise leaves the liver region as it is)."""
+    arm on every case the liver models are the clean run's (the noise leaves the liver region as it is).
+    ``liver_model`` (tumour models): the liver checkpoint that crops the fold's unlabelled cases, if it has any."""
     shared_liver = spec.task == "liver" and settings.arm.fraction == 1 and not settings.arm.is_default
     models = (_base_folder(folder) if shared_liver else folder) / "models"
+    if spec.task == "liver" and settings.arm.unlabelled_rest:  # the same liver models as the arm without them
+        models = _base_folder(folder) / ARMS / replace(settings.arm, unlabelled_rest=False).key / "models"
     results = models / f"seed_{seed}" / spec.key
     task = "tumor" if spec.task == "tumor" else "liver"
     dataset_name = find_dataset(settings.dataset, preprocessed_root()).name
@@ -239,10 +244,12 @@ def _train(spec: ModelSpec, seed: int, fold: str, settings: AblationSettings, fo
         lesion_sampling=TrainingConfig.lesion_sampling if spec.lesion_sampling else 0.0,
         clean_liver=TrainingConfig.clean_liver if spec.clean_liver else 0.0,
         lesion_synthesis=SYNTHESIS_SHARE if spec.synthesis else 0.0, deep_supervision=spec.deep_supervision,
-        continue_training=(fold_folder / LATEST).exists(), validate=False)
+        continue_training=(fold_folder / LATEST).exists(), validate=False,
+        liver_model=str(liver_model) if liver_model is not None and task == "tumor" else None)
     logger.info("ablation: training %s (seed %d, fold %s) -> %s", spec.key, seed, fold, fold_folder)
     preprocessed = single_root() if spec.task == "single" else (None if shared_liver else arm_root(seed))
     with using_roots(results=results, preprocessed=preprocessed):
+        prepare_unlabelled(config, settings.device)
         train(config, settings.device)
     return fold_folder / FINAL
 
@@ -482,7 +489,8 @@ def _arm_text(settings: dict[str, Any]) -> str:
     if noise is None and fraction == 1:
         return ""
     parts = ([f"training labels corrupted by {noise}"] if noise else []) + \
-        ([f"{fraction:g} of each fold's training cases"] if fraction < 1 else [])
+        ([f"{fraction:g} of each fold's training cases"] if fraction < 1 else []) + \
+        (["the others kept without labels (knowledge term only)"] if settings.get("unlabelled_rest") else [])
     return f" **Training arm: {'; '.join(parts)}** (validation references clean)."
 
 
@@ -613,7 +621,10 @@ def run_ablation(settings: AblationSettings) -> Path:
                 maps = folder / "cases" / "maps" / f"{name}_seed{seed}_fold{fold}"
                 rows[fold] = _load_cache(cache)
                 if rows[fold] is None:
-                    checkpoints = {s.task: _train(s, seed, fold, settings, folder, single, arm_root) for s in specs}
+                    checkpoints: dict[str, Path] = {}
+                    for s in specs:  # the liver model first: it crops the tumour model's unlabelled cases
+                        checkpoints[s.task] = _train(s, seed, fold, settings, folder, single, arm_root,
+                                                     checkpoints.get("liver"))
                     rows[fold] = _predict_group(lambda c=checkpoints: _Pair(c, settings, contours), raw, fold,
                                                 settings, maps)
                     _write_cache(rows[fold], cache)

@@ -8,7 +8,9 @@ An arm changes only what the models are *trained* on; the validation references 
   class locations, the TLVR targets of the clinical regression) then comes from the noisy labels, as it would from a
   noisy annotator.
 * ``--train-fraction F``: each fold's training cases reduced to a seeded subset of ``round(F * n)`` (at least one);
-  the validation cases unchanged.
+  the validation cases unchanged. With ``--unlabelled-rest`` the cases left out stay in the fold as *unlabelled*
+  (``splits.json``'s ``"unlabelled"``): their images and clinical rows reach the tumour model through the knowledge
+  term (:mod:`smoothseg.training.unlabelled`), their labels never.
 """
 
 from __future__ import annotations
@@ -43,10 +45,14 @@ class TrainingArm:
 
     noise: LabelNoise | None = None
     fraction: float = 1.0
+    unlabelled_rest: bool = False  # the cases a fraction leaves out become unlabelled cases of the fold
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
             raise SmoothSegError(f"--train-fraction must be in (0, 1], got {self.fraction}")
+        if self.unlabelled_rest and self.fraction == 1:
+            raise SmoothSegError("--unlabelled-rest needs --train-fraction below 1 (it keeps the cases left out as "
+                                 "unlabelled ones)")
 
     @property
     def is_default(self) -> bool:
@@ -55,12 +61,13 @@ class TrainingArm:
     @property
     def key(self) -> str:
         parts = ([f"noise-{self.noise.key}"] if self.noise is not None and self.noise.level > 0 else []) + \
-            ([f"fraction-{self.fraction:g}"] if self.fraction < 1 else [])
+            ([f"fraction-{self.fraction:g}"] if self.fraction < 1 else []) + \
+            (["unlabelled-rest"] if self.unlabelled_rest else [])
         return "_".join(parts) or "clean"
 
     def to_dict(self) -> dict[str, Any]:
         return {"label_noise": None if self.noise is None else f"{self.noise.kind}:{self.noise.level:g}",
-                "train_fraction": self.fraction}
+                "train_fraction": self.fraction, "unlabelled_rest": self.unlabelled_rest}
 
 
 def _link(source: Path, target: Path) -> None:
@@ -105,14 +112,19 @@ def noisy_raw_copy(raw: RawDataset, target: Path, noise: LabelNoise, seed: int) 
     return RawDataset(target)
 
 
-def fraction_splits(splits: dict[str, Any], fraction: float, seed: int) -> dict[str, Any]:
-    """``splits.json`` content with each fold's training cases reduced to a seeded subset (validation unchanged)."""
+def fraction_splits(splits: dict[str, Any], fraction: float, seed: int,
+                    unlabelled_rest: bool = False) -> dict[str, Any]:
+    """``splits.json`` content with each fold's training cases reduced to a seeded subset (validation unchanged);
+    with ``unlabelled_rest`` the others listed as the fold's ``"unlabelled"`` cases."""
     folds = []
     for index, fold in enumerate(splits["splits"]):
         train = list(fold["train"])
         keep = max(1, round(fraction * len(train)))
-        chosen = np.random.default_rng([seed, index]).choice(len(train), keep, replace=False)
-        folds.append({**fold, "train": [train[i] for i in sorted(chosen)]})
+        chosen = set(np.random.default_rng([seed, index]).choice(len(train), keep, replace=False).tolist())
+        entry = {**fold, "train": [c for i, c in enumerate(train) if i in chosen]}
+        if unlabelled_rest:
+            entry["unlabelled"] = [c for i, c in enumerate(train) if i not in chosen]
+        folds.append(entry)
     return {**splits, "splits": folds, "train_fraction": fraction, "train_fraction_seed": seed}
 
 
@@ -128,7 +140,8 @@ def arm_preprocessed(dataset_folder: Path, raw: RawDataset, arm: TrainingArm, se
         if (dataset_folder / name).exists():
             shutil.copy2(dataset_folder / name, target / name)
     splits = json.loads((dataset_folder / "splits.json").read_text())
-    write_json(fraction_splits(splits, arm.fraction, seed) if arm.fraction < 1 else splits, target / "splits.json")
+    write_json(fraction_splits(splits, arm.fraction, seed, arm.unlabelled_rest) if arm.fraction < 1 else splits,
+               target / "splits.json")
     if arm.noise is None or arm.noise.level == 0:
         for task in ("liver", "tumor"):
             _link_folder(dataset_folder / task, target / task)
