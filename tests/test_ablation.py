@@ -103,6 +103,10 @@ def test_ablation_runs_every_variant_over_two_seeds_and_resumes(planned: Path, d
     assert synthesis["lesion_synthesis"] > 0 and full_config["lesion_synthesis"] == 0
     assert load_checkpoint(checkpoints["tumor_deepsup"])["network_kwargs"]["deep_supervision"]
     assert not load_checkpoint(checkpoints["tumor"])["network_kwargs"]["deep_supervision"]
+    # a variant's scores are cached under the names of its models too, so a variant whose models change (a default
+    # that changed: full's tumour model has deep supervision now) is never scored from another model's cache
+    assert list((folder / "cases").glob("full_liver+tumor_deepsup_seed0_fold0_*.json"))
+    assert list((folder / "cases").glob("no_deep_supervision_liver+tumor_seed0_fold0_*.json"))
     # the operating points: argmax without a minimum volume for its variant, chosen (in-sample, one fold) for the others
     points = report["settings"]["operating_points"]
     assert all(points["argmax_operating_point"][str(s)]["0"]["key"] == "argmax|0|0" for s in (0, 1))

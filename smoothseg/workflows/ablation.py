@@ -631,7 +631,9 @@ def run_ablation(settings: AblationSettings) -> Path:
             for variant in variants:  # second pass: each variant at its operating point
                 for fold in settings.folds:
                     point, chosen_on = _operating_point(variant, fold, rows)
-                    cache = folder / "cases" / f"{variant}_seed{seed}_fold{fold}_{point.key.replace('|', '_')}.json"
+                    # named by the models too: a variant whose models changed (a default that changed) is scored again
+                    cache = folder / "cases" / \
+                        f"{variant}_{name}_seed{seed}_fold{fold}_{point.key.replace('|', '_')}.json"
                     scored = _load_cache(cache)
                     if scored is None:
                         maps = folder / "cases" / "maps" / f"{name}_seed{seed}_fold{fold}"
