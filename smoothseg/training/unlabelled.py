@@ -227,6 +227,8 @@ class ConstraintStep:
         self.network.eval()
         try:
             tiles = _tiles(case.liver, self.patch_size)
+            if not tiles:  # no liver on the tumour grid: nothing to constrain
+                return {"tlvr": float("nan"), "penalty": 0.0, "tiles": 0}
             value = self.tlvr(case, tiles)
             tlvr = torch.tensor(value, dtype=torch.float64, requires_grad=True)
             penalty = constraint_penalty(tlvr, case.low, case.high)
