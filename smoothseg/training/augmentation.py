@@ -78,7 +78,8 @@ def make_augmenter(loader, transforms: Compose | None, num_workers: int, seed: i
     """Wrap ``loader`` in a multi-process augmenter (or a single-threaded one when ``num_workers`` is 0)."""
     if num_workers <= 0:
         # batchgenerators' transforms draw from NumPy's global generator and Python's ``random``; seed both as the
-        # worker processes are seeded, so the augmentation of an epoch depends on its seed only
+        # worker processes are seeded, so a run's augmentation depends on its seeds only (in-process, an augmenter
+        # made later, e.g. the validation one, reseeds them again: still the same stream on every run)
         np.random.seed(int(seed) % 2**32)
         random.seed(int(seed))
         return SingleThreadedAugmenter(loader, transforms)

@@ -138,6 +138,8 @@ class Trainer:
         self.tlvr_scores: dict[str, float] | None = None
         #: Unlabelled cases with their TLVR band, once :meth:`prepare_knowledge` found them (tumour task only).
         self.unlabelled: list[UnlabelledCase] = []
+        #: The ``data_use`` of the checkpoint a ``--c`` run continues (None otherwise).
+        self.resumed_data_use: dict[str, Any] | None = None
         self.loss_fn = self.build_loss()
 
     # -- set-up ---------------------------------------------------------------------------------------------------
@@ -229,20 +231,15 @@ class Trainer:
                 "unlabelled": {c.case_id: {"source": c.source, "clinical_tlvr": c.clinical_tlvr,
                                            "band": [c.low, c.high]} for c in self.unlabelled}}
 
-    def unlabelled_step(self, rng: np.random.Generator) -> dict[str, float]:
-        """One whole-liver knowledge-term step on an unlabelled case drawn by ``rng``
-        (:mod:`smoothseg.training.unlabelled`): its own gradient and optimiser step, nothing inside the band."""
+    def unlabelled_gradient(self, rng: np.random.Generator) -> dict[str, float]:
+        """Accumulate the whole-liver knowledge term of an unlabelled case drawn by ``rng`` into the gradients
+        (:mod:`smoothseg.training.unlabelled`; nothing inside the band). Called by :meth:`train_step` after its own
+        backward pass, so the term joins that step's gradient: one optimiser step, one clipping, one non-finite
+        check, and momentum and weight decay applied once."""
         case = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
         step = ConstraintStep(self.network, tuple(self.plan.patch_size), outside_fill_value(self.plan), self.device,
                               self.memory_format, self._autocast)
-        self.optimizer.zero_grad(set_to_none=True)
-        result = step(case, self.loss_fn.tlvr_weight, rng, lambda surrogate: self.scaler.scale(surrogate).backward())
-        if result["tiles"]:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        return result
+        return step(case, self.loss_fn.tlvr_weight, rng, lambda surrogate: self.scaler.scale(surrogate).backward())
 
     def _resume(self) -> None:
         for name in ("checkpoint_latest.pth", "checkpoint_final.pth"):
@@ -252,6 +249,7 @@ class Trainer:
         else:
             raise SmoothSegError(f"--c: no checkpoint to continue from in {self.output}")
         ckpt = load_checkpoint(path, self.device)
+        self.resumed_data_use = ckpt.get("data_use") or {}
         if ckpt.get("trainer") != self.name or ckpt.get("task") != self.config.task:
             raise SmoothSegError(f"{path} was written by {ckpt.get('trainer')} for '{ckpt.get('task')}', "
                                  f"not {self.name} for '{self.config.task}'")
@@ -303,7 +301,9 @@ class Trainer:
         knowledge = [tensor(batch[k], torch.float32) for k in ("clinical_tlvr", "liver_coverage", "case_tlvr")]
         return data, seg[:, 0], *knowledge
 
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, batch: dict, unlabelled_rng: np.random.Generator | None = None) -> dict[str, float]:
+        """One optimiser step on ``batch``; with ``unlabelled_rng``, an unlabelled case's whole-liver term joins the
+        gradient (its parts returned as ``unlabelled_*``)."""
         if self.device_augmenter is not None:
             batch = self.device_augmenter(batch, self.device)
         data, seg, tlvr, coverage, case_tlvr = self._to_device(batch)
@@ -314,6 +314,8 @@ class Trainer:
                                     liver_coverage=coverage, case_tlvr=case_tlvr,
                                     deep_logits=[d.float() for d in deep[0]] if deep else None)
         self.scaler.scale(total).backward()
+        if unlabelled_rng is not None:
+            parts.update({f"unlabelled_{k}": v for k, v in self.unlabelled_gradient(unlabelled_rng).items()})
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
         if self.scaler.is_enabled() or torch.isfinite(norm):
@@ -444,15 +446,18 @@ class Trainer:
         unlabelled_rng = np.random.default_rng([cfg.seed, epoch, 7])  # which unlabelled case, which tiles
         constraint: list[dict[str, float]] = []
         for it in bar:
-            parts = self.train_step(next(train_aug))
+            # counted over the run, so a step comes every unlabelled_every iterations also across short epochs
+            due = bool(self.unlabelled) and (epoch * cfg.iters_per_epoch + it + 1) % max(cfg.unlabelled_every, 1) == 0
+            parts = self.train_step(next(train_aug), unlabelled_rng if due else None)
+            if due:
+                constraint.append({k[len("unlabelled_"):]: parts.pop(k) for k in list(parts)
+                                   if k.startswith("unlabelled_")})
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{parts['total']:.3f}")
-            if self.unlabelled and cfg.unlabelled_every > 0 and (it + 1) % cfg.unlabelled_every == 0:
-                constraint.append(self.unlabelled_step(unlabelled_rng))
         means = {k: v / cfg.iters_per_epoch for k, v in sums.items()}
         if constraint:
-            logger.info("epoch %d: %d unlabelled whole-liver step(s), %d outside the band, mean penalty %.3g", epoch,
+            logger.info("epoch %d: %d unlabelled whole-liver term(s), %d outside the band, mean penalty %.3g", epoch,
                         len(constraint), sum(1 for c in constraint if c["tiles"]),
                         float(np.mean([c["penalty"] for c in constraint])))
         val_losses, stats = [], np.zeros((self.plan.num_classes - 1, 3))
@@ -565,12 +570,23 @@ class SmoothSegTrainer(Trainer):
         if without:
             logger.warning("unlabelled case(s) without a clinical row are not used: %s", ", ".join(without[:10]))
         used = {c: s for c, s in cases.items() if c in predictions}
+        clash = sorted(set(used) & set(self.train_ids + self.val_ids))
+        if clash:
+            raise SmoothSegError(f"unlabelled case(s) {', '.join(clash[:10])} are also training or validation cases of "
+                                 f"fold {self.config.fold}; an unlabelled case must be another patient "
+                                 "(smoothseg_verify_dataset reports it)")
+        if self.resumed_data_use is not None and sorted(self.resumed_data_use.get("unlabelled", {})) != sorted(used):
+            raise SmoothSegError(f"--c: {self.output} was trained with unlabelled cases "
+                                 f"{sorted(self.resumed_data_use.get('unlabelled', {})) or 'none'}, now "
+                                 f"{sorted(used) or 'none'}; continue with the same cases (or --unlabelled-every 0 "
+                                 "for a run that had none), or train again with --overwrite")
         liver = self.liver_checkpoint()
         if used and not liver.is_file():
             raise SmoothSegError(f"{len(used)} unlabelled case(s) need the fold's liver model to crop them, and "
                                  f"{liver} does not exist: train the liver model of fold {self.config.fold} first "
                                  "(or pass --liver-model, or --unlabelled-every 0 to leave them out)")
-        self.unlabelled = load_prepared(cache_folder(self.preprocessed, liver), used) if used else []
+        self.unlabelled = load_prepared(cache_folder(self.preprocessed, liver, self.plan.content_hash()), used) \
+            if used else []
         for case in self.unlabelled:
             case.clinical_tlvr = predictions[case.case_id]
             case.low, case.high = band(case.clinical_tlvr, width)

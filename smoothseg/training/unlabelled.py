@@ -10,13 +10,15 @@ Data flow:
 1. Before the tumour model trains (:mod:`smoothseg.workflows.unlabelled`), each unlabelled CT goes through the
    fold's *liver model* as at inference (liver stage, post-processed liver mask), then through the tumour plan's crop
    and resampling with the intensities outside that liver filled, exactly as the tumour stage sees a new patient.
-   The result is stored per liver model: ``<preprocessed>/<dataset>/tumor_unlabelled/<liver sha256[:16]>/<case>.npy``
-   (network input) and ``<case>_liver.npy`` (the predicted liver on that grid).
+   The result is stored per liver model and tumour plan:
+   ``<preprocessed>/<dataset>/tumor_unlabelled/<liver sha256[:16]>_<plan hash>/<case>.npy`` (network input) and
+   ``<case>_liver.npy`` (the predicted liver on that grid); a case that failed is tried again by the next run.
 2. The fold's TLVR regression (fitted on its labelled training cases only) predicts each unlabelled case's TLVR
    ``t``; the tolerance is the regression's out-of-fold RMSE ``e`` on those cases: the band is
    ``[max(0, t - e), min(1, t + e)]``.
-3. Every ``unlabelled_every`` training iterations, one unlabelled case (in a seeded order per epoch) gets a
-   *whole-liver* constraint step (Kervadec et al. 2019's inequality form)::
+3. Every ``unlabelled_every`` training iterations (counted over the run), one unlabelled case (drawn from a seeded
+   generator per epoch) adds a *whole-liver* constraint to that iteration's loss (Kervadec et al. 2019's inequality
+   form)::
 
        T       = sum_{v in liver} P_tumour(v) / |liver|                   (soft TLVR of the whole predicted liver)
        penalty = (max(0, lo - T) + max(0, T - hi))^2                      (0 inside the band)
@@ -27,8 +29,9 @@ Data flow:
    ``weight * penalty'(T) / |liver| * sum_tiles sum_{v in tile} dP_tumour(v)/dtheta``, computed tile by tile (the
    memory of one training patch, not of the whole liver) as the gradient of the surrogate
    ``weight * penalty'(T) / |liver| * sum_{v in tile} P_tumour(v)``; with more than ``max_tiles`` tiles a seeded
-   random subset is used, scaled by (tiles / subset), an unbiased estimate. Then one optimiser step of its own.
-   The network runs in evaluation mode (no VAE branch; its GroupNorm has no batch statistics).
+   random subset is used, scaled by (tiles / subset), an unbiased estimate. The gradient joins the iteration's own
+   (labelled) gradient before the one optimiser step, so clipping, the non-finite check, momentum and weight decay
+   apply once. The network runs in evaluation mode (no VAE branch; its GroupNorm has no batch statistics).
 
 Off under ``torchrun`` (each rank would update its replica alone); off when the TLVR term is off.
 """
@@ -80,10 +83,10 @@ def checkpoint_sha(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_folder(dataset_folder: Path, liver_checkpoint: Path) -> Path:
-    """``<preprocessed dataset>/tumor_unlabelled/<liver model's sha>``: the unlabelled cases as that liver model
-    crops them for the tumour plan."""
-    return Path(dataset_folder) / CACHE / checkpoint_sha(liver_checkpoint)
+def cache_folder(dataset_folder: Path, liver_checkpoint: Path, plan_hash: str) -> Path:
+    """``<preprocessed dataset>/tumor_unlabelled/<liver model's sha>_<plan hash>``: the unlabelled cases as that
+    liver model crops them for that tumour plan (a new liver model or a re-planned tumour task: prepared again)."""
+    return Path(dataset_folder) / CACHE / f"{checkpoint_sha(liver_checkpoint)}_{plan_hash[:12]}"
 
 
 def save_prepared(folder: Path, case_id: str, data: np.ndarray, liver: np.ndarray, meta: dict[str, Any]) -> None:
@@ -125,7 +128,7 @@ def load_prepared(folder: Path, cases: dict[str, str]) -> list[UnlabelledCase]:
     for case_id, source in cases.items():
         meta = json.loads((Path(folder) / f"{case_id}.json").read_text())
         if meta.get("error"):
-            logger.warning("unlabelled case %s not used: %s", case_id, meta["error"])
+            logger.warning("unlabelled case %s not used: %s (the next run tries it again)", case_id, meta["error"])
             continue
         data = np.load(Path(folder) / f"{case_id}.npy", mmap_mode="r")
         liver = np.load(Path(folder) / f"{case_id}_liver.npy")

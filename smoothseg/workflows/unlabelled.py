@@ -9,6 +9,7 @@ does for a new patient), and cropped and resampled for the tumour plan with the 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from smoothseg.dataset.raw_dataset import RawDataset
 from smoothseg.errors import SmoothSegError
 from smoothseg.inference.postprocessing import postprocess_liver
 from smoothseg.inference.predictor import StagePredictor, crop_to_liver
+from smoothseg.knowledge.tlvr import describe_availability
 from smoothseg.paths import find_dataset, preprocessed_root
 from smoothseg.planning.plans import Plans
 from smoothseg.training.config import TrainingConfig
+from smoothseg.training.distributed import from_environment
 from smoothseg.training.trainer import get_trainer_class
 from smoothseg.training.unlabelled import SOURCES, cache_folder, fold_unlabelled, save_prepared
 
@@ -39,29 +42,37 @@ def _images(raw: RawDataset, cases: dict[str, str]) -> dict[str, Path | None]:
     return {case_id: found[source].get(case_id) for case_id, source in cases.items()}
 
 
+def _prepared(meta: Path) -> bool:
+    """Whether a case was prepared (a case that failed is tried again)."""
+    return meta.is_file() and not json.loads(meta.read_text()).get("error")
+
+
 def prepare_unlabelled(config: TrainingConfig, device: torch.device) -> Path | None:
     """Prepare ``config``'s unlabelled cases (tumour task) with its fold's liver model; returns the cache folder,
     or None when there is nothing to prepare (another task, none listed, the option off, no liver model yet: the
     trainer then says what is missing)."""
-    if config.task != "tumor" or config.unlabelled_every <= 0 or config.tlvr_weight == 0:
+    trainer = get_trainer_class(config.trainer)
+    if config.task != "tumor" or config.unlabelled_every <= 0 or config.tlvr_weight == 0 or not trainer.uses_tlvr \
+            or from_environment().enabled:  # under torchrun the trainer leaves them out (it says so)
         return None
     preprocessed = find_dataset(config.dataset, preprocessed_root())
     plans = Plans.load(preprocessed / "plans.json")
     raw = RawDataset.find(plans.dataset)
     cases = fold_unlabelled(preprocessed / "splits.json", config.fold, raw.spec.unlabelled)
-    if not cases:
-        return None
-    output = get_trainer_class(config.trainer).output_folder(config)
+    output = trainer.output_folder(config)
+    if not cases or not describe_availability(raw.spec, config.tlvr_weight)[0] or \
+            ((output / "checkpoint_final.pth").exists() and not (config.continue_training or config.overwrite)):
+        return None  # nothing to use them for, or a finished fold the trainer refuses to start over
     liver = Path(config.liver_model) if config.liver_model else \
         output.parent.parent / f"{config.trainer}__liver" / output.name / "checkpoint_final.pth"
     if not liver.is_file():
         return None
-    folder = cache_folder(preprocessed, liver)
-    todo = {c: s for c, s in cases.items() if not (folder / f"{c}.json").is_file()}
+    folder = cache_folder(preprocessed, liver, plans["tumor"].content_hash())
+    todo = {c: s for c, s in cases.items() if not _prepared(folder / f"{c}.json")}
     if not todo:
         return folder
     logger.info("preparing %d unlabelled case(s) with the liver model %s -> %s", len(todo), liver, folder)
-    predictor = StagePredictor([liver], device=device, tta=False)
+    predictor = StagePredictor([liver], device=device, tta=False)  # the cascade's liver stage, without mirroring
     plan = plans["tumor"]
     for case_id, path in _images(raw, todo).items():
         meta = {"case_id": case_id, "source": todo[case_id], "liver_model": str(liver), "image": str(path)}
