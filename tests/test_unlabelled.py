@@ -295,4 +295,4 @@ def test_ablation_arm_keeps_the_rest_unlabelled_and_shares_the_liver_models(data
     splits = json.loads(next((folder / "preprocessed").rglob("splits.json")).read_text())["splits"][0]
     assert sorted(tumour["data_use"]["unlabelled"]) == sorted(splits["unlabelled"]) != []
     assert tumour["data_use"]["labelled"] == splits["train"] and tumour["config"]["liver_model"] == str(liver)
-    assert "the others kept without labels" in (folder / "ablation.md").read_text()
+    assert "the others kept without labels" in (folder / "ablation.md").read_text(encoding="utf-8")
