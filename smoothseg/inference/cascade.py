@@ -56,6 +56,7 @@ from smoothseg.inference.postprocessing import compose_labels, postprocess_liver
 from smoothseg.inference.predictor import StagePredictor
 from smoothseg.labels import TUMOR
 from smoothseg.masks.components import keep_inside
+from smoothseg.models.checkpoint import update_with_file
 from smoothseg.models.store import ModelPair
 from smoothseg.planning.plans import ActiveContourPlan, ConfigurationPlan, default_active_contour
 
@@ -117,9 +118,7 @@ def model_id(checkpoints: list[Path], settings: dict[str, Any]) -> str:
     model or other settings give another id (``smoothseg_predict --continue`` redoes their outputs)."""
     digest = hashlib.sha256()
     for path in checkpoints:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, path)
     # The engine is recorded beside the id but not hashed: engines differ by floating-point rounding (as two CPUs do),
     # which changes a label only at a tie; precision changes the arithmetic itself and is hashed.
     relevant = {k: settings.get(k) for k in ("active_contour", "active_contour_settings", "tta", "step_size",

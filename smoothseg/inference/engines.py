@@ -21,7 +21,6 @@ softmaxes it in place).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import logging
@@ -35,6 +34,7 @@ import torch
 from smoothseg.atomic import atomic_path
 from smoothseg.device import autocast_dtype
 from smoothseg.errors import SmoothSegError
+from smoothseg.models.checkpoint import file_sha256
 from smoothseg.paths import base_folder
 
 __all__ = ["ENGINE_CHOICES", "LARGE_TILE_ELEMENTS", "OnnxRuntimeNetwork", "OpenVinoNetwork", "compile_network",
@@ -93,11 +93,7 @@ def engine_dtype(engine: str, device: torch.device, precision: str) -> torch.dty
 
 def file_key(path: str | Path) -> str:
     """A short hash of a file's bytes (the cache key of a checkpoint's converted networks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
+    return file_sha256(path)[:20]
 
 
 class OpenVinoNetwork:

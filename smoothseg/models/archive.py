@@ -23,7 +23,7 @@ from typing import Any
 from smoothseg import __version__
 from smoothseg.atomic import atomic_path
 from smoothseg.errors import SmoothSegError
-from smoothseg.models.checkpoint import load_checkpoint
+from smoothseg.models.checkpoint import file_sha256, load_checkpoint
 from smoothseg.models.store import (
     DATASET_FOLDER_RE,
     DEFAULT_CHECKPOINT,
@@ -45,14 +45,6 @@ EXTRA_FOLD_FILES = ("run_config.json", "postprocessing.json")
 
 
 # ------------------------------------------------------------------------------------------------------------------
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _plans_for_export(pair: ModelPair, task: str) -> dict[str, Any]:
     """The plans to ship with a configuration: those inside its first checkpoint (what prediction uses)."""
@@ -86,7 +78,7 @@ def export_models(dataset: str | int | None, output: str | Path, folds: list[str
         "smoothseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **pair.to_dict(),
-        "files": {name: {"sha256": _sha256(path), "bytes": path.stat().st_size} for name, path in files.items()},
+        "files": {name: {"sha256": file_sha256(path), "bytes": path.stat().st_size} for name, path in files.items()},
     }
     manifest["files"].update({name: {"sha256": hashlib.sha256(text.encode()).hexdigest(),
                                      "bytes": len(text.encode())} for name, text in plans_text.items()})

@@ -7,6 +7,7 @@ regressor (as a dict), the training log, and the git hash of the code that wrote
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,19 @@ import torch
 
 from smoothseg.atomic import atomic_path
 from smoothseg.errors import SmoothSegError
+
+
+def update_with_file(digest: Any, path: str | Path) -> Any:
+    """Feed a file's bytes into ``digest`` in 1 MiB blocks (checkpoints are hundreds of MB); returns ``digest``."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    return update_with_file(hashlib.sha256(), path).hexdigest()
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 

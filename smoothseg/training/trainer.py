@@ -42,7 +42,7 @@ from smoothseg.training.distributed import DistributedContext, broadcast_from_ma
 from smoothseg.training.distributed import start as start_distributed
 from smoothseg.training.distributed import stop as stop_distributed
 from smoothseg.training.distributed import wrap as wrap_distributed
-from smoothseg.training.fold_guard import check_not_finished, clear_previous_run, fold_lock
+from smoothseg.training.fold_guard import FINAL, check_not_finished, clear_previous_run, fold_lock
 from smoothseg.training.gpu_augmentation import DeviceAugmenter, training_ranges
 from smoothseg.training.losses import DiceCELoss, SmoothSegLoss
 from smoothseg.training.optim import build_optimizer, poly_lr
@@ -553,12 +553,14 @@ class SmoothSegTrainer(Trainer):
         if unlabelled:
             self._prepare_unlabelled(unlabelled, labels.unlabelled, tlvr_band_width(truth, labels.train))
 
-    def liver_checkpoint(self) -> Path:
-        """The liver model that crops the unlabelled cases: ``--liver-model``, else this fold's in the same
-        results root."""
-        if self.config.liver_model:
-            return Path(self.config.liver_model)
-        return self.output.parent.parent / f"{self.name}__liver" / self.output.name / "checkpoint_final.pth"
+    @classmethod
+    def liver_checkpoint(cls, config: TrainingConfig) -> Path:
+        """The liver model that crops ``config``'s unlabelled cases: ``--liver-model``, else the fold's final liver
+        checkpoint of this trainer in the same results root."""
+        if config.liver_model:
+            return Path(config.liver_model)
+        output = cls.output_folder(config)
+        return output.parent.parent / f"{cls.__name__}__liver" / output.name / FINAL
 
     def _prepare_unlabelled(self, cases: dict[str, str], predictions: dict[str, float], width: float) -> None:
         """Load the prepared unlabelled cases and give each its band (clinical prediction +- out-of-fold RMSE)."""
@@ -580,7 +582,7 @@ class SmoothSegTrainer(Trainer):
                                  f"{sorted(self.resumed_data_use.get('unlabelled', {})) or 'none'}, now "
                                  f"{sorted(used) or 'none'}; continue with the same cases (or --unlabelled-every 0 "
                                  "for a run that had none), or train again with --overwrite")
-        liver = self.liver_checkpoint()
+        liver = self.liver_checkpoint(self.config)
         if used and not liver.is_file():
             raise SmoothSegError(f"{len(used)} unlabelled case(s) need the fold's liver model to crop them, and "
                                  f"{liver} does not exist: train the liver model of fold {self.config.fold} first "

@@ -38,7 +38,6 @@ Off under ``torchrun`` (each rank would update its replica alone); off when the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -52,6 +51,7 @@ import torch
 from smoothseg.atomic import atomic_path, write_json
 from smoothseg.errors import SmoothSegError
 from smoothseg.labels import TUMOR
+from smoothseg.models.checkpoint import file_sha256
 
 __all__ = ["ConstraintStep", "UnlabelledCase", "band", "cache_folder", "constraint_penalty", "fold_unlabelled",
            "load_prepared", "save_prepared", "tlvr_band_width"]
@@ -74,19 +74,10 @@ def fold_unlabelled(splits_path: Path, fold: str, listed: tuple[str, ...]) -> di
     return cases
 
 
-def checkpoint_sha(path: Path) -> str:
-    """The first 16 hex digits of a checkpoint file's SHA-256 (names the cache of the liver model it came from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def cache_folder(dataset_folder: Path, liver_checkpoint: Path, plan_hash: str) -> Path:
     """``<preprocessed dataset>/tumor_unlabelled/<liver model's sha>_<plan hash>``: the unlabelled cases as that
     liver model crops them for that tumour plan (a new liver model or a re-planned tumour task: prepared again)."""
-    return Path(dataset_folder) / CACHE / f"{checkpoint_sha(liver_checkpoint)}_{plan_hash[:12]}"
+    return Path(dataset_folder) / CACHE / f"{file_sha256(liver_checkpoint)[:16]}_{plan_hash[:12]}"
 
 
 def save_prepared(folder: Path, case_id: str, data: np.ndarray, liver: np.ndarray, meta: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from smoothseg.paths import find_dataset, preprocessed_root
 from smoothseg.planning.plans import Plans
 from smoothseg.training.config import TrainingConfig
 from smoothseg.training.distributed import from_environment
+from smoothseg.training.fold_guard import FINAL
 from smoothseg.training.trainer import get_trainer_class
 from smoothseg.training.unlabelled import SOURCES, cache_folder, fold_unlabelled, save_prepared
 
@@ -59,12 +60,11 @@ def prepare_unlabelled(config: TrainingConfig, device: torch.device) -> Path | N
     plans = Plans.load(preprocessed / "plans.json")
     raw = RawDataset.find(plans.dataset)
     cases = fold_unlabelled(preprocessed / "splits.json", config.fold, raw.spec.unlabelled)
-    output = trainer.output_folder(config)
+    finished = (trainer.output_folder(config) / FINAL).exists()
     if not cases or not describe_availability(raw.spec, config.tlvr_weight)[0] or \
-            ((output / "checkpoint_final.pth").exists() and not (config.continue_training or config.overwrite)):
+            (finished and not (config.continue_training or config.overwrite)):
         return None  # nothing to use them for, or a finished fold the trainer refuses to start over
-    liver = Path(config.liver_model) if config.liver_model else \
-        output.parent.parent / f"{config.trainer}__liver" / output.name / "checkpoint_final.pth"
+    liver = trainer.liver_checkpoint(config)
     if not liver.is_file():
         return None
     folder = cache_folder(preprocessed, liver, plans["tumor"].content_hash())
