@@ -30,6 +30,7 @@ from smoothseg.training.unlabelled import (
     band,
     cache_folder,
     constraint_penalty,
+    load_prepared,
     tlvr_band_width,
 )
 from smoothseg.workflows.ablation import AblationSettings, run_ablation
@@ -296,3 +297,14 @@ def test_ablation_arm_keeps_the_rest_unlabelled_and_shares_the_liver_models(data
     assert sorted(tumour["data_use"]["unlabelled"]) == sorted(splits["unlabelled"]) != []
     assert tumour["data_use"]["labelled"] == splits["train"] and tumour["config"]["liver_model"] == str(liver)
     assert "the others kept without labels" in (folder / "ablation.md").read_text(encoding="utf-8")
+
+
+def test_unprepared_or_failed_cases_are_reported_clearly(tmp_path: Path, caplog) -> None:
+    """A case never prepared stops training with a message naming it; one whose preparation failed is left out with
+    its reason."""
+    with pytest.raises(SmoothSegError, match=r"1 unlabelled case\(s\) not prepared \(u1\)"):
+        load_prepared(tmp_path, {"u1": "imagesUnlabelled"})
+    (tmp_path / "u1.json").write_text(json.dumps({"error": "/x/u1_0000.nii.gz: the liver model found no liver"}))
+    with caplog.at_level("WARNING", logger="smoothseg"):
+        assert load_prepared(tmp_path, {"u1": "imagesUnlabelled"}) == []
+    assert "u1 not used: /x/u1_0000.nii.gz: the liver model found no liver" in caplog.text
