@@ -37,6 +37,9 @@ class TrainingConfig:
     # A loss on every coarser decoder stage too (nnU-Net's weights). None: the measured default, on for the tumour
     # task (the ablation, benchmarks.md), off for the liver task (not measured there); resolved at construction.
     deep_supervision: bool | None = None
+    # The segmentation heads' output convolutions start from N(0, std^2), bias 0: every class at ~1/K whatever the
+    # seed (0: PyTorch's default initialisation; the ablation's default_head_init).
+    head_init_std: float = 0.01
     tlvr_weight: float = 0.5
     oversample_foreground: float = 0.33
     mask_jitter_mm: float = 5.0
