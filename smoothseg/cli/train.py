@@ -11,7 +11,7 @@ from smoothseg.cli.common import make_parser, nnunet_only, run
 from smoothseg.device import PRECISION_CHOICES, resolve_device
 from smoothseg.inference.operating_point import OBJECTIVES
 from smoothseg.planning.plans import TASKS
-from smoothseg.training.config import DEFAULT_LR, TrainingConfig
+from smoothseg.training.config import DEFAULT_LR, HEAD_INIT_STD, TrainingConfig
 from smoothseg.training.distributed import from_environment
 from smoothseg.training.trainer import TRAINERS
 from smoothseg.workflows.training import train_and_validate, validate_only
@@ -72,10 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also supervise the coarser decoder stages (a head on each, targets downsampled, weights "
                              "halving per scale; nnU-Net's scheme). Default: on for the tumor task (the ablation: "
                              "documentation/benchmarks.md), off for the liver task")
-    parser.add_argument("--head-init-std", dest="head_init_std", type=float, default=TrainingConfig.head_init_std,
+    parser.add_argument("--head-init-std", dest="head_init_std", type=float, default=None,
                         help="the segmentation heads' output convolutions start from N(0, std^2) with bias 0, so "
-                             "every class starts near 1/K whatever the seed (default %(default)s; 0: PyTorch's "
-                             "default initialisation)")
+                             f"every class starts near 1/K whatever the seed (default: {HEAD_INIT_STD} for the tumor "
+                             "task, 0 = PyTorch's default initialisation for the liver task)")
     parser.add_argument("--mask-leak-mm", dest="mask_leak_mm", type=float, default=15.0,
                         help="tumor task: a quarter of the training liver masks are dilated by 5 mm to this many mm, "
                              "as by a liver stage leaking into neighbouring tissue (default 15; 0 switches it off)")
