@@ -5,11 +5,12 @@ from smoothseg.network.segresnet_vae import (
     SegResNetVAE,
     count_parameters,
     estimate_activation_elements,
+    init_segmentation_heads,
     measure_activation_elements,
     required_divisor,
 )
 
 __all__ = [
     "ResidualBlock", "SegResNetVAE", "count_parameters", "estimate_activation_elements",
-    "measure_activation_elements", "required_divisor",
+    "init_segmentation_heads", "measure_activation_elements", "required_divisor",
 ]
