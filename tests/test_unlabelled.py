@@ -248,6 +248,18 @@ def test_tumour_model_trains_on_unlabelled_cases_through_the_knowledge_term_only
     same = load_checkpoint(train(_tiny_config("tumor", unlabelled_every=0, overwrite=True)) / "checkpoint_final.pth")
     assert all(torch.equal(a, b) for a, b in zip(same["network_state"].values(), again["network_state"].values(),
                                                  strict=True))
+    # a run continued with --c keeps its unlabelled set: this one had none, so adding them now is refused
+    with pytest.raises(SmoothSegError, match=r"--c: .* was trained with unlabelled cases none, now "
+                                             r"\['SynLiver_004', 'SynLiver_005'\]"):
+        train(_tiny_config("tumor", epochs=2, unlabelled_every=1, continue_training=True))
+    # an unlabelled case must be another patient than the fold's training and validation cases
+    splits = json.loads((folder / "splits.json").read_text())
+    trained_on = splits["splits"][0]["train"][0]
+    splits["splits"][0]["unlabelled"] = [trained_on]
+    (folder / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(SmoothSegError, match=f"unlabelled case\\(s\\) {trained_on} are also training or validation "
+                                             "cases of fold 0"):
+        SmoothSegTrainer(_tiny_config("tumor", overwrite=True)).prepare_knowledge()
 
 
 def test_hidden_label_cases_never_reach_the_segmentation_loss(data_home: Path) -> None:

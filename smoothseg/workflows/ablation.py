@@ -2,8 +2,8 @@
 
 Variants (:data:`VARIANTS`), each the full method with one component taken away:
 
-* ``full``: liver model and tumour model with the VAE branch, the TLVR term and deep supervision on the tumour model,
-  active contours on (the tumour plan's settings);
+* ``full``: liver model and tumour model with the VAE branch, the TLVR term, deep supervision and the small head
+  initialisation on the tumour model, active contours on (the tumour plan's settings);
 * ``no_tlvr``: the tumour model trained without the TLVR term (``tlvr_weight`` 0); the liver model is ``full``'s;
 * ``no_vae``: both models without the VAE branch (the segmentation network alone);
 * ``no_active_contour``: ``full``'s models, active contours off;
