@@ -78,51 +78,42 @@ def test_ablation_runs_every_variant_over_two_seeds_and_resumes(planned: Path, d
             assert 0 <= seed_values["ece"] <= 1 and 0 <= seed_values["brier"] <= 1
             assert 0 <= seed_values["liver_dice"] <= 1
         assert ("vs_full" in entry) == (variant != "full")
-    # Models are shared: 11 per seed (no_active_contour and argmax_operating_point reuse full's, the tumour-only
+    # Models are shared: 10 per seed (no_active_contour and argmax_operating_point reuse full's, the tumour-only
     # variants full's liver).
     models = folder / "models"
     for seed in (0, 1):
         assert sorted(p.name for p in (models / f"seed_{seed}").iterdir()) == [
-            "liver", "liver_novae", "single", "tumor_deepsup", "tumor_deepsup_smallhead",
-            "tumor_nocleanliver_deepsup_smallhead", "tumor_nolesionsampling_deepsup_smallhead",
-            "tumor_notlvr_deepsup_smallhead", "tumor_novae_deepsup_smallhead", "tumor_smallhead",
-            "tumor_synthesis_deepsup_smallhead"]
+            "liver", "liver_novae", "single", "tumor", "tumor_deepsup", "tumor_nocleanliver_deepsup",
+            "tumor_nolesionsampling_deepsup", "tumor_notlvr_deepsup", "tumor_novae_deepsup", "tumor_synthesis_deepsup"]
     checkpoints = {p.relative_to(models).parts[1]: p for p in models.rglob("checkpoint_final.pth")
                    if p.relative_to(models).parts[0] == "seed_0"}
-    assert not load_checkpoint(checkpoints["tumor_novae_deepsup_smallhead"])["network_kwargs"]["vae"]
+    assert not load_checkpoint(checkpoints["tumor_novae_deepsup"])["network_kwargs"]["vae"]
     assert not load_checkpoint(checkpoints["liver_novae"])["network_kwargs"]["vae"]
-    assert load_checkpoint(checkpoints["tumor_deepsup_smallhead"])["network_kwargs"]["vae"]
+    assert load_checkpoint(checkpoints["tumor_deepsup"])["network_kwargs"]["vae"]
     single = load_checkpoint(checkpoints["single"])
     assert single["network_kwargs"]["out_channels"] == 3 and single["task"] == "liver"
-    run_config = json.loads((checkpoints["tumor_notlvr_deepsup_smallhead"].parent / "run_config.json").read_text())
+    run_config = json.loads((checkpoints["tumor_notlvr_deepsup"].parent / "run_config.json").read_text())
     assert run_config["config"]["tlvr_weight"] == 0.0 and run_config["config"]["seed"] == 0
-    full_config = json.loads((checkpoints["tumor_deepsup_smallhead"].parent / "run_config.json").read_text())["config"]
-    for key, field in (("tumor_nolesionsampling_deepsup_smallhead", "lesion_sampling"),
-                       ("tumor_nocleanliver_deepsup_smallhead", "clean_liver")):
+    full_config = json.loads((checkpoints["tumor_deepsup"].parent / "run_config.json").read_text())["config"]
+    for key, field in (("tumor_nolesionsampling_deepsup", "lesion_sampling"),
+                       ("tumor_nocleanliver_deepsup", "clean_liver")):
         config = json.loads((checkpoints[key].parent / "run_config.json").read_text())["config"]
         assert config[field] == 0.0 and full_config[field] > 0
-    synthesis_folder = checkpoints["tumor_synthesis_deepsup_smallhead"].parent
-    synthesis = json.loads((synthesis_folder / "run_config.json").read_text())["config"]
+    synthesis = json.loads((checkpoints["tumor_synthesis_deepsup"].parent / "run_config.json").read_text())["config"]
     assert synthesis["lesion_synthesis"] > 0 and full_config["lesion_synthesis"] == 0
-    assert load_checkpoint(checkpoints["tumor_deepsup_smallhead"])["network_kwargs"]["deep_supervision"]
-    assert not load_checkpoint(checkpoints["tumor_smallhead"])["network_kwargs"]["deep_supervision"]
-    # default_head_init: PyTorch's initialisation of the heads, the rest as full's
-    default_init = json.loads((checkpoints["tumor_deepsup"].parent / "run_config.json").read_text())["config"]
-    assert default_init["head_init_std"] == 0.0 and full_config["head_init_std"] == 0.01
-    assert {k: v for k, v in default_init.items() if k != "head_init_std"} == \
-        {k: v for k, v in full_config.items() if k != "head_init_std"}
+    assert load_checkpoint(checkpoints["tumor_deepsup"])["network_kwargs"]["deep_supervision"]
+    assert not load_checkpoint(checkpoints["tumor"])["network_kwargs"]["deep_supervision"]
     # a variant's scores are cached under the names of its models too, so a variant whose models change (a default
     # that changed: full's tumour model has deep supervision now) is never scored from another model's cache
-    assert list((folder / "cases").glob("full_liver+tumor_deepsup_smallhead_seed0_fold0_*.json"))
-    assert list((folder / "cases").glob("no_deep_supervision_liver+tumor_smallhead_seed0_fold0_*.json"))
-    assert list((folder / "cases").glob("default_head_init_liver+tumor_deepsup_seed0_fold0_*.json"))
+    assert list((folder / "cases").glob("full_liver+tumor_deepsup_seed0_fold0_*.json"))
+    assert list((folder / "cases").glob("no_deep_supervision_liver+tumor_seed0_fold0_*.json"))
     # the operating points: argmax without a minimum volume for its variant, chosen (in-sample, one fold) for the others
     points = report["settings"]["operating_points"]
     assert all(points["argmax_operating_point"][str(s)]["0"]["key"] == "argmax|0|0" for s in (0, 1))
     assert points["full"]["0"]["0"]["chosen_on"] == "fold(s) 0 (in-sample: no other fold)"
     assert points["no_active_contour"]["0"]["0"]["key"] == points["full"]["0"]["0"]["key"]  # the same networks
     assert "in-sample" in (folder / "ablation.md").read_text()
-    seed_1 = json.loads((models / "seed_1" / "tumor_smallhead" / planned.name / "SmoothSegTrainer__tumor" / "fold_0" /
+    seed_1 = json.loads((models / "seed_1" / "tumor" / planned.name / "SmoothSegTrainer__tumor" / "fold_0" /
                          "run_config.json").read_text())
     assert seed_1["config"]["seed"] == 1
     markdown = (folder / "ablation.md").read_text()

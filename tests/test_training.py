@@ -583,23 +583,3 @@ def test_no_deep_supervision_flag_trains_without_heads(tiny: Path, data_home: Pa
     output = data_home / "results" / "Dataset900_SyntheticLiver" / "SmoothSegTrainer__tumor" / "fold_0"
     payload = load_checkpoint(output / "checkpoint_final.pth")
     assert payload["config"]["deep_supervision"] is False and not payload["network_kwargs"]["deep_supervision"]
-
-
-def test_head_initialisation_defaults_to_the_tumour_task_and_reaches_the_network(tiny: Path, data_home: Path) -> None:
-    """Unset, the tumour model's segmentation heads start from N(0, 0.01^2) with bias 0 and the liver model's as
-    PyTorch initialises them; --head-init-std sets it (0: PyTorch's), a negative value is refused naming the flag."""
-    assert _config("tumor").head_init_std == 0.01 and _config("liver").head_init_std == 0.0
-    tumour = SmoothSegTrainer(_config("tumor")).network
-    liver = SmoothSegTrainer(_config("liver")).network
-    for conv in (tumour.head[2], *(h[2] for h in tumour.deep_heads)):
-        assert not conv.bias.any() and float(conv.weight.std()) < 0.03
-    assert float(liver.head[2].weight.std()) > 0.05 and liver.head[2].bias.any()
-    default = SmoothSegTrainer(_config("tumor", head_init_std=0.0)).network
-    assert float(default.head[2].weight.std()) > 0.05
-    with pytest.raises(SmoothSegError, match="--head-init-std"):
-        SmoothSegTrainer(_config("tumor", head_init_std=-1.0))
-    result = run_cli("train", "900", "tumor", "0", "-device", "cpu", "--epochs", "1", "--iters-per-epoch", "1",
-                     "--val-iters", "1", "--num-workers", "0", "--no-val", "--head-init-std", "0", home=data_home)
-    assert result.returncode == 0, result.stderr
-    output = data_home / "results" / "Dataset900_SyntheticLiver" / "SmoothSegTrainer__tumor" / "fold_0"
-    assert load_checkpoint(output / "checkpoint_final.pth")["config"]["head_init_std"] == 0.0

@@ -11,7 +11,7 @@ from smoothseg.cli.common import make_parser, nnunet_only, run
 from smoothseg.device import PRECISION_CHOICES, resolve_device
 from smoothseg.inference.operating_point import OBJECTIVES
 from smoothseg.planning.plans import TASKS
-from smoothseg.training.config import DEFAULT_LR, HEAD_INIT_STD, TrainingConfig
+from smoothseg.training.config import DEFAULT_LR, TrainingConfig
 from smoothseg.training.distributed import from_environment
 from smoothseg.training.trainer import TRAINERS
 from smoothseg.workflows.training import train_and_validate, validate_only
@@ -22,8 +22,7 @@ def _body(args: argparse.Namespace) -> int:
         dataset=args.dataset, task=args.configuration, fold=args.fold, trainer=args.tr, device=args.device,
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters, optimizer=args.optimizer,
         initial_lr=args.lr, batch_dice=not args.sample_dice, tlvr_weight=args.tlvr_weight, vae=not args.no_vae,
-        deep_supervision=args.deep_supervision, head_init_std=args.head_init_std, mask_leak_mm=args.mask_leak_mm,
-        patience=args.patience,
+        deep_supervision=args.deep_supervision, mask_leak_mm=args.mask_leak_mm, patience=args.patience,
         lesion_sampling=args.lesion_sampling, lesion_alpha=args.lesion_alpha, clean_liver=args.clean_liver,
         lesion_synthesis=args.lesion_synthesis, compile=args.compile,
         precision=args.precision, num_workers=args.num_workers, gpu_augmentation=args.gpu_augmentation,
@@ -72,10 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also supervise the coarser decoder stages (a head on each, targets downsampled, weights "
                              "halving per scale; nnU-Net's scheme). Default: on for the tumor task (the ablation: "
                              "documentation/benchmarks.md), off for the liver task")
-    parser.add_argument("--head-init-std", dest="head_init_std", type=float, default=None,
-                        help="the segmentation heads' output convolutions start from N(0, std^2) with bias 0, so "
-                             f"every class starts near 1/K whatever the seed (default: {HEAD_INIT_STD} for the tumor "
-                             "task, 0 = PyTorch's default initialisation for the liver task)")
     parser.add_argument("--mask-leak-mm", dest="mask_leak_mm", type=float, default=15.0,
                         help="tumor task: a quarter of the training liver masks are dilated by 5 mm to this many mm, "
                              "as by a liver stage leaking into neighbouring tissue (default 15; 0 switches it off)")

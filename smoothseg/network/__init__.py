@@ -5,12 +5,11 @@ from smoothseg.network.segresnet_vae import (
     SegResNetVAE,
     count_parameters,
     estimate_activation_elements,
-    init_segmentation_heads,
     measure_activation_elements,
     required_divisor,
 )
 
 __all__ = [
     "ResidualBlock", "SegResNetVAE", "count_parameters", "estimate_activation_elements",
-    "init_segmentation_heads", "measure_activation_elements", "required_divisor",
+    "measure_activation_elements", "required_divisor",
 ]

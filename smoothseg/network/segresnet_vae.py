@@ -46,7 +46,6 @@ __all__ = [
     "SegResNetVAE",
     "count_parameters",
     "estimate_activation_elements",
-    "init_segmentation_heads",
     "measure_activation_elements",
     "required_divisor",
 ]
@@ -343,24 +342,6 @@ class SegResNetVAE(nn.Module):
         vae_loss = self._vae_loss(x, features[-1]) if run_vae else torch.zeros((), device=x.device,
                                                                                  dtype=torch.float32)
         return (logits, vae_loss, aux) if self.deep_supervision else (logits, vae_loss)
-
-
-def init_segmentation_heads(model: SegResNetVAE, std: float) -> None:
-    """Draw the output convolution of every segmentation head (``head`` and the deep heads) from N(0, std^2), bias 0.
-
-    With a small ``std`` every class starts at probability ~1/K everywhere, whatever the seed; PyTorch's default
-    (uniform, fan-in scaled) gives the classes random offsets instead, and a seed whose tumour class starts lowest
-    learns "never tumour" first and takes longest to leave it (documentation/benchmarks.md). The classifier
-    initialisation of DeepLab-style heads (mmsegmentation's ``conv_seg``: std 0.01). The VAE's reconstruction head
-    keeps its default. ``std <= 0`` leaves every head as PyTorch initialised it.
-    """
-    if std <= 0:
-        return
-    for head in (model.head, *model.deep_heads):
-        conv = head[-1]
-        with torch.no_grad():
-            conv.weight.normal_(0.0, std)
-            conv.bias.zero_()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

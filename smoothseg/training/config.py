@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 #: Initial learning rate of each optimizer when none is given (poly decay to 0 over the run).
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
-#: Standard deviation of the tumour model's segmentation-head weights at the start (``--head-init-std``).
-HEAD_INIT_STD = 0.01
 
 #: Settings a continued (``--c``) tumour run must keep, with the value of runs from before each option.
 RESUME_KEPT = {"mask_leak_mm": 0.0, "lesion_sampling": 0.0, "lesion_alpha": 0.0, "clean_liver": 0.0,
@@ -39,10 +37,6 @@ class TrainingConfig:
     # A loss on every coarser decoder stage too (nnU-Net's weights). None: the measured default, on for the tumour
     # task (the ablation, benchmarks.md), off for the liver task (not measured there); resolved at construction.
     deep_supervision: bool | None = None
-    # The segmentation heads' output convolutions start from N(0, std^2), bias 0: every class at ~1/K whatever the
-    # seed (0: PyTorch's default initialisation; the ablation's default_head_init). None: HEAD_INIT_STD for the
-    # tumour task (its late take-off, benchmarks.md), 0 for the liver task (not measured there).
-    head_init_std: float | None = None
     tlvr_weight: float = 0.5
     oversample_foreground: float = 0.33
     mask_jitter_mm: float = 5.0
@@ -69,5 +63,3 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.deep_supervision is None:
             self.deep_supervision = self.task == "tumor"
-        if self.head_init_std is None:
-            self.head_init_std = HEAD_INIT_STD if self.task == "tumor" else 0.0

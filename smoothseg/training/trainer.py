@@ -31,7 +31,6 @@ from smoothseg.knowledge.weak_labels import fold_weak_labels
 from smoothseg.logging_setup import progress_bar
 from smoothseg.models.build import build_network
 from smoothseg.models.checkpoint import git_hash, load_checkpoint, save_checkpoint
-from smoothseg.network.segresnet_vae import init_segmentation_heads
 from smoothseg.paths import find_dataset, preprocessed_root, results_root
 from smoothseg.planning.plans import TASKS, Plans
 from smoothseg.planning.splits import load_fold
@@ -100,9 +99,6 @@ class Trainer:
                             ("--lesion-synthesis", config.lesion_synthesis)):
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise SmoothSegError(f"{flag} must be a share between 0 and 1, got {value}")
-        if not (math.isfinite(config.head_init_std) and config.head_init_std >= 0):
-            raise SmoothSegError(f"--head-init-std must be 0 (PyTorch's default) or a positive standard deviation, "
-                                 f"got {config.head_init_std}")
         if not (math.isfinite(config.lesion_alpha) and config.lesion_alpha >= 0):
             raise SmoothSegError(f"--lesion-alpha must be a non-negative number, got {config.lesion_alpha}")
         if config.unlabelled_every < 0:
@@ -127,9 +123,8 @@ class Trainer:
         # Channels-last on a CPU: oneDNN's 3D convolutions run a training step 1-2.5% faster; its GroupNorm kernel is
         # less exact (relative ~5e-6 per layer), which moves gradients by ~0.3% (documentation/benchmarks.md)
         self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
-        network = build_network(self.plan, vae=config.vae, deep_supervision=config.deep_supervision)
-        init_segmentation_heads(network, config.head_init_std)
-        self.network = network.to(self.device, memory_format=self.memory_format)
+        self.network = build_network(self.plan, vae=config.vae, deep_supervision=config.deep_supervision).to(
+            self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.network.parameters(), config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.progress = ProgressLog()

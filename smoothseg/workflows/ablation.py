@@ -2,8 +2,8 @@
 
 Variants (:data:`VARIANTS`), each the full method with one component taken away:
 
-* ``full``: liver model and tumour model with the VAE branch, the TLVR term, deep supervision and the small head
-  initialisation on the tumour model, active contours on (the tumour plan's settings);
+* ``full``: liver model and tumour model with the VAE branch, the TLVR term and deep supervision on the tumour model,
+  active contours on (the tumour plan's settings);
 * ``no_tlvr``: the tumour model trained without the TLVR term (``tlvr_weight`` 0); the liver model is ``full``'s;
 * ``no_vae``: both models without the VAE branch (the segmentation network alone);
 * ``no_active_contour``: ``full``'s models, active contours off;
@@ -17,14 +17,11 @@ Variants (:data:`VARIANTS`), each the full method with one component taken away:
   instead of the operating point chosen for detection;
 * ``no_deep_supervision``: the tumour model trained without deep supervision (on by default for the tumour task
   since the five-fold ablation of two seeds, benchmarks.md; the liver model has none in any variant);
-* ``default_head_init``: the tumour model's segmentation heads initialised as PyTorch does (uniform, fan-in scaled)
-  instead of N(0, 0.01^2) with bias 0 (``head_init_std`` 0);
 * ``lesion_synthesis``: the one variant that *adds* a component, off by default until measured: the tumour model
   trained with small synthetic lesions painted into a third of its patches (``lesion_synthesis`` 0.33).
 
 Model folders are named by what the model is, not relative to the defaults (``tumor_deepsup`` is ``full``'s tumour
-model trained before the head initialisation changed, ``tumor_deepsup_smallhead`` the current ``full``'s; ``tumor``,
-without deep supervision, is ``no_deep_supervision``'s from before then), so models trained before a default changed
+model; ``tumor``, without deep supervision, is ``no_deep_supervision``'s), so models trained before a default changed
 are reused only by the variant they belong to.
 
 Operating point: every variant but ``argmax_operating_point`` uses a voxel threshold, lesion confidence and minimum
@@ -103,7 +100,7 @@ from smoothseg.masks.components import keep_inside
 from smoothseg.paths import find_dataset, preprocessed_root, results_root, using_roots
 from smoothseg.planning.plans import ActiveContourPlan, Plans
 from smoothseg.preprocessing.dataset_preprocessing import preprocess_task
-from smoothseg.training.config import HEAD_INIT_STD, TrainingConfig
+from smoothseg.training.config import TrainingConfig
 from smoothseg.training.trainer import train
 from smoothseg.workflows.training_arms import TrainingArm, arm_preprocessed
 from smoothseg.workflows.unlabelled import prepare_unlabelled
@@ -114,7 +111,7 @@ __all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablat
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("full", "no_tlvr", "no_vae", "no_active_contour", "single_stage", "no_lesion_sampling", "no_clean_liver",
-            "argmax_operating_point", "lesion_synthesis", "no_deep_supervision", "default_head_init")
+            "argmax_operating_point", "lesion_synthesis", "no_deep_supervision")
 ECE_BINS = 10
 ARMS = "arms"
 FINAL = "checkpoint_final.pth"
@@ -134,12 +131,10 @@ class ModelSpec:
     clean_liver: bool = True
     synthesis: bool = False
     deep_supervision: bool | None = None  # None: the trainer's default (on for the tumour task only)
-    head_init: bool | None = None  # heads from N(0, HEAD_INIT_STD^2); None: the trainer's default (tumour task only)
 
     def __post_init__(self) -> None:
-        for name in ("deep_supervision", "head_init"):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, self.task == "tumor")
+        if self.deep_supervision is None:
+            object.__setattr__(self, "deep_supervision", self.task == "tumor")
 
     @property
     def key(self) -> str:
@@ -147,8 +142,7 @@ class ModelSpec:
         return self.task + ("" if self.vae else "_novae") + ("_notlvr" if tumour and not self.tlvr else "") + \
             ("_nolesionsampling" if tumour and not self.lesion_sampling else "") + \
             ("_nocleanliver" if tumour and not self.clean_liver else "") + \
-            ("_synthesis" if tumour and self.synthesis else "") + ("_deepsup" if self.deep_supervision else "") + \
-            ("_smallhead" if self.head_init else "")
+            ("_synthesis" if tumour and self.synthesis else "") + ("_deepsup" if self.deep_supervision else "")
 
 
 #: The models of each variant: (liver, tumour) for the cascade, (single,) without one.
@@ -163,7 +157,6 @@ VARIANT_MODELS: dict[str, tuple[ModelSpec, ...]] = {
     "argmax_operating_point": (ModelSpec("liver"), ModelSpec("tumor")),
     "lesion_synthesis": (ModelSpec("liver"), ModelSpec("tumor", synthesis=True)),
     "no_deep_supervision": (ModelSpec("liver"), ModelSpec("tumor", deep_supervision=False)),
-    "default_head_init": (ModelSpec("liver"), ModelSpec("tumor", head_init=False)),
 }
 #: The share of patches with painted lesions in the ``lesion_synthesis`` variant.
 SYNTHESIS_SHARE = 0.33
@@ -251,7 +244,6 @@ def _train(spec: ModelSpec, seed: int, fold: str, settings: AblationSettings, fo
         lesion_sampling=TrainingConfig.lesion_sampling if spec.lesion_sampling else 0.0,
         clean_liver=TrainingConfig.clean_liver if spec.clean_liver else 0.0,
         lesion_synthesis=SYNTHESIS_SHARE if spec.synthesis else 0.0, deep_supervision=spec.deep_supervision,
-        head_init_std=HEAD_INIT_STD if spec.head_init else 0.0,
         continue_training=(fold_folder / LATEST).exists(), validate=False,
         liver_model=str(liver_model) if liver_model is not None and task == "tumor" else None)
     logger.info("ablation: training %s (seed %d, fold %s) -> %s", spec.key, seed, fold, fold_folder)
