@@ -3,8 +3,8 @@
 The ablation keeps, per case, the lesion counts at every candidate tumour operating point (voxel threshold, lesion
 confidence, minimum lesion volume; ``ablation/cases/<group>_seed<s>_fold<k>.json``). This pools them over all folds
 and seeds (each case-seed pair counts as one case) and prints the FROC curve: lesion sensitivity, overall and by
-reference lesion volume, against false-positive lesions per case, as the upper envelope of the candidates without a
-minimum volume; plus the argmax row and how often the ablation's cross-fitted choice picked each point.
+reference lesion volume, against false-positive lesions per case, as the upper envelope of all candidates; plus the
+argmax row and how often the ablation's cross-fitted choice picked each point.
 
     python bench/froc_table.py <results>/Dataset900_SyntheticLiver/ablation [--group liver+tumor_deepsup]
         [--variant full] [--out table.md]
@@ -40,10 +40,9 @@ def pooled_cases(folder: Path, group: str) -> tuple[dict[str, dict], list[str]]:
 
 
 def frontier(rows: list[dict]) -> list[dict]:
-    """The rows without a minimum lesion volume that no other such row beats: fewer or equal false positives per
-    case with a higher sensitivity (the FROC curve), in order of false positives."""
-    candidates = sorted((r for r in rows if r["min_lesion_volume_ml"] == 0),
-                        key=lambda r: (r["fp_per_case"], -r["sensitivity"]))
+    """The candidates no other beats (as few or fewer false positives per case with a higher sensitivity): the FROC
+    curve of everything the operating point can choose, in order of false positives."""
+    candidates = sorted(rows, key=lambda r: (r["fp_per_case"], -r["sensitivity"], -r["f1"]))
     out, best = [], -math.inf
     for row in candidates:
         if row["sensitivity"] > best:
@@ -68,8 +67,8 @@ def _fmt(value: float) -> str:
 def markdown(rows: list[dict], by_key: dict[str, dict], chosen: Counter, n_cases: int, n_files: int) -> str:
     """The FROC rows, then the argmax row and the chosen points where they are not on the curve."""
     lines = [f"{n_cases} case-seed pairs from {n_files} fold-seed files. Candidates as `threshold|confidence|min ml`; "
-             "each row is on the FROC curve (no other candidate without a minimum volume finds more lesions with as "
-             "few false positives).", "",
+             "the first rows form the FROC curve (no other candidate finds more lesions with as few false positives), "
+             "then the argmax and the chosen points that are not on it.", "",
              "| operating point | FP lesions per case | FP per tumour-free liver | sensitivity | "
              + " | ".join(label for _, label in BINS) + " | lesion F1 | chosen (fold-seeds) |",
              "|---|---|---|---|" + "---|" * len(BINS) + "---|---|"]
