@@ -20,12 +20,14 @@ from collections import Counter
 from pathlib import Path
 
 from smoothseg.inference.operating_point import froc_table
+from smoothseg.workflows.ablation import load_cache
 
 BINS = (("lt1ml", "< 1 ml"), ("1to10ml", "1-10 ml"), ("ge10ml", ">= 10 ml"))
 
 
 def pooled_cases(folder: Path, group: str) -> tuple[dict[str, dict], list[str]]:
-    """Every case-seed pair's candidate counts, keyed ``case@seed``, and the files they came from."""
+    """Every case-seed pair's candidate counts, keyed ``case@seed``, and the files they came from (files of an older
+    cache format, which the ablation would compute again, are left out with a message)."""
     pattern = re.compile(re.escape(group) + r"_seed(\d+)_fold(\w+)\.json$")
     per_case: dict[str, dict] = {}
     files = []
@@ -33,8 +35,12 @@ def pooled_cases(folder: Path, group: str) -> tuple[dict[str, dict], list[str]]:
         match = pattern.match(path.name)
         if not match:
             continue
+        cases = load_cache(path)
+        if cases is None:
+            print(f"{path.name}: an older cache format, left out (smoothseg_ablate computes it again)")
+            continue
         files.append(path.name)
-        for case_id, entry in json.loads(path.read_text())["cases"].items():
+        for case_id, entry in cases.items():
             per_case[f"{case_id}@{match.group(1)}"] = entry["operating_point"]
     return per_case, files
 

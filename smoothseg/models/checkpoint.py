@@ -31,6 +31,7 @@ def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, in hex."""
     return update_with_file(hashlib.sha256(), path).hexdigest()
 
+
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 
 

@@ -106,7 +106,7 @@ from smoothseg.workflows.training_arms import TrainingArm, arm_preprocessed
 from smoothseg.workflows.unlabelled import prepare_unlabelled
 from smoothseg.workflows.validation import validation_cases
 
-__all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "run_ablation"]
+__all__ = ["ECE_BINS", "VARIANTS", "AblationSettings", "calibration", "load_cache", "run_ablation"]
 
 logger = logging.getLogger(__name__)
 
@@ -619,7 +619,7 @@ def run_ablation(settings: AblationSettings) -> Path:
             for fold in settings.folds:  # first pass: the networks, once per case
                 cache = folder / "cases" / f"{name}_seed{seed}_fold{fold}.json"
                 maps = folder / "cases" / "maps" / f"{name}_seed{seed}_fold{fold}"
-                rows[fold] = _load_cache(cache)
+                rows[fold] = load_cache(cache)
                 if rows[fold] is None:
                     checkpoints: dict[str, Path] = {}
                     for s in specs:  # the liver model first: it crops the tumour model's unlabelled cases
@@ -634,7 +634,7 @@ def run_ablation(settings: AblationSettings) -> Path:
                     # named by the models too: a variant whose models changed (a default that changed) is scored again
                     cache = folder / "cases" / \
                         f"{variant}_{name}_seed{seed}_fold{fold}_{point.key.replace('|', '_')}.json"
-                    scored = _load_cache(cache)
+                    scored = load_cache(cache)
                     if scored is None:
                         maps = folder / "cases" / "maps" / f"{name}_seed{seed}_fold{fold}"
                         scored = _score_variant(variant, point, raw, fold, settings, maps, rows[fold], contours)
@@ -664,7 +664,8 @@ def _base_folder(folder: Path) -> Path:
 CACHE_FORMAT = 3
 
 
-def _load_cache(path: Path) -> dict[str, Any] | None:
+def load_cache(path: Path) -> dict[str, Any] | None:
+    """The per-case entries of one ``ablation/cases/`` file; None when it is missing or of another format."""
     if not path.exists():
         return None
     data = json.loads(path.read_text())
