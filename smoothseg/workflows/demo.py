@@ -85,8 +85,8 @@ class DemoSettings:
         return self.epochs(task) * self.iters_per_epoch
 
 
-# Sized on a 2-core CPU (see documentation/benchmarks.md): about 13 of the 15 min for the default run (the tumour
-# model's 40 epochs take the time the prediction and loader speed-ups freed), ~3 min for --quick.
+# Sized on a 2-core CPU (see documentation/benchmarks.md): the default run takes 12.3-12.8 of its 15 min (~14 from a
+# fresh clone; the tumour model's 40 epochs take the time the prediction and loader speed-ups freed), ~3 for --quick.
 _CPU = DemoSettings(n_cases=32, gpu_memory_target_gb=1.25, liver_epochs=12, tumor_epochs=40, iters_per_epoch=25,
                     val_iters=3)
 _CPU_QUICK = DemoSettings(n_cases=32, gpu_memory_target_gb=1.0, liver_epochs=6, tumor_epochs=6, iters_per_epoch=20,
