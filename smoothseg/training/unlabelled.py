@@ -50,7 +50,6 @@ import torch
 
 from smoothseg.atomic import atomic_path, write_json
 from smoothseg.errors import SmoothSegError
-from smoothseg.inference.sliding_window import tile_regions
 from smoothseg.labels import TUMOR
 from smoothseg.models.checkpoint import file_sha256
 
@@ -151,13 +150,22 @@ def constraint_penalty(tlvr: torch.Tensor | float, low: float, high: float) -> t
     return (torch.clamp(low - tlvr, min=0) + torch.clamp(tlvr - high, min=0)) ** 2
 
 
+def _starts(size: int, patch: int) -> list[int]:
+    """Tile starts along one axis without overlap, the last tile flush with the end (it may overlap its
+    neighbour; :func:`_tiles` gives each voxel to one tile)."""
+    if size <= patch:
+        return [0]
+    return [*range(0, size - patch, patch), size - patch]
+
+
 def _tiles(liver: np.ndarray, patch: tuple[int, ...]) -> list[tuple[tuple[slice, ...], np.ndarray]]:
     """Tiles of ``patch`` over ``liver``'s grid (padded to at least ``patch``) with the liver voxels each one
     *owns* (every liver voxel owned by exactly one tile); tiles that own none are left out."""
     claimed = np.zeros(liver.shape, dtype=bool)
     tiles = []
-    # the inference tiling without overlap (step 1); an axis shorter than the patch has one tile from 0
-    for box in tile_regions(np.maximum(liver.shape, patch), patch, step_size=1.0):
+    axes = [_starts(s, p) for s, p in zip(liver.shape, patch, strict=True)]
+    for corner in np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(patch)):
+        box = tuple(slice(int(c), int(c) + int(p)) for c, p in zip(corner, patch, strict=True))
         owned = liver[box] & ~claimed[box]
         if owned.any():
             claimed[box] |= owned
